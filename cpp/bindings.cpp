@@ -1,0 +1,259 @@
+// The Python boundary: the only file that includes pybind11. Each array of a
+// list is checked here (type, dtype, byte order, contiguity, alignment,
+// writability) before any kernel runs, so a refused call changes nothing; the
+// work then runs on raw pointers with the GIL released. The checks live in C++
+// rather than in the Python layer because a Python loop over 4,000 small
+// tensors would cost more than the kernels themselves.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cmath>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "dispatch.h"
+#include "multi_tensor.h"
+#include "parallel.h"
+
+namespace py = pybind11;
+using namespace gradguard;
+
+namespace {
+
+constexpr int kCContiguous = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_;
+constexpr int kFContiguous = py::detail::npy_api::NPY_ARRAY_F_CONTIGUOUS_;
+constexpr int kAligned = py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+constexpr int kWriteable = py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
+constexpr int kNpyFloat = 11, kNpyDouble = 12, kNpyHalf = 23, kNpyUserDefined = 256;
+
+enum class Access { read, write };
+
+// Arrays validated and turned into raw views. `keep_alive` holds the
+// contiguous copies made for strided inputs of read-only operations.
+struct TensorList {
+  std::vector<TensorRef> tensors;
+  std::vector<py::object> keep_alive;
+};
+
+std::string describe(const char* argument, size_t index, const py::handle& names) {
+  std::string text = std::string(argument) + "[" + std::to_string(index) + "]";
+  if (!names.is_none()) text += " ('" + py::str(py::reinterpret_borrow<py::list>(names)[index]).cast<std::string>() + "')";
+  return text;
+}
+
+// ml_dtypes registers bfloat16 as a user-defined NumPy type; its number is
+// assigned at run time, so it is recognised by name once and then by number.
+bool is_bfloat16(const py::dtype& dtype) {
+  static int known_number = -1;
+  const int number = dtype.num();
+  if (number == known_number) return true;
+  if (number < kNpyUserDefined || dtype.itemsize() != 2) return false;
+  if (py::str(dtype.attr("name")).cast<std::string>() != "bfloat16") return false;
+  known_number = number;
+  return true;
+}
+
+bool native_byte_order(const py::dtype& dtype) {
+  const char order = dtype.byteorder();
+  if (order == '=' || order == '|') return true;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  return order == '>';
+#else
+  return order == '<';
+#endif
+}
+
+DType element_type(const py::array& array, const char* argument, size_t index, const py::handle& names) {
+  const py::dtype dtype = array.dtype();
+  if (native_byte_order(dtype)) {
+    switch (dtype.num()) {
+      case kNpyFloat: return DType::float32;
+      case kNpyDouble: return DType::float64;
+      case kNpyHalf: return DType::float16;
+      default: if (is_bfloat16(dtype)) return DType::bfloat16;
+    }
+  }
+  throw py::type_error(describe(argument, index, names) + " has dtype " + py::str(dtype).cast<std::string>() +
+                       "; gradguard supports float32, float64, float16 and bfloat16 (ml_dtypes), in native byte order");
+}
+
+TensorList to_tensors(const py::list& arrays, const py::handle& names, const char* argument, Access access) {
+  TensorList list;
+  list.tensors.reserve(arrays.size());
+  for (size_t index = 0; index < arrays.size(); ++index) {
+    py::handle item = arrays[index];
+    if (!py::isinstance<py::array>(item))
+      throw py::type_error(describe(argument, index, names) + " must be a NumPy array, got " +
+                           py::str(py::type::handle_of(item).attr("__name__")).cast<std::string>());
+    py::array array = py::reinterpret_borrow<py::array>(item);
+    const DType dtype = element_type(array, argument, index, names);
+    const int flags = array.flags();
+    // Element-wise work does not care about order: any array whose elements
+    // fill one dense block (C or Fortran order) is read as a flat buffer.
+    const bool dense = (flags & (kCContiguous | kFContiguous)) && (flags & kAligned);
+    if (access == Access::write) {
+      if (!(flags & kWriteable))
+        throw py::value_error(describe(argument, index, names) + " is read-only; this operation writes in place");
+      if (!dense)
+        throw py::value_error(describe(argument, index, names) +
+                              " is not contiguous; in-place operations need a C- or Fortran-contiguous, aligned array "
+                              "(clip a contiguous copy and assign it back)");
+    } else if (!dense) {
+      array = py::module_::import("numpy").attr("ascontiguousarray")(array);
+      list.keep_alive.push_back(array);
+    }
+    list.tensors.push_back({const_cast<void*>(array.data()), static_cast<int64_t>(array.size()), dtype});
+  }
+  return list;
+}
+
+py::list nonfinite_indices(const GlobalNorm& norm) {
+  py::list indices;
+  for (size_t index = 0; index < norm.per_tensor.size(); ++index)
+    if (norm.per_tensor[index].has_nan || norm.per_tensor[index].has_inf) indices.append(index);
+  return indices;
+}
+
+template <class T>
+py::array_t<T> to_numpy(const std::vector<TensorStats>& stats, T TensorStats::*field) {
+  py::array_t<T> out(static_cast<py::ssize_t>(stats.size()));
+  T* data = out.mutable_data();
+  for (size_t index = 0; index < stats.size(); ++index) data[index] = stats[index].*field;
+  return out;
+}
+
+py::dict stats_to_dict(const std::vector<TensorStats>& stats) {
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const auto size = static_cast<py::ssize_t>(stats.size());
+  py::array_t<double> mean(size), std_dev(size), abs_mean(size), l2(size), minimum(size), maximum(size);
+  for (size_t index = 0; index < stats.size(); ++index) {
+    const TensorStats& entry = stats[index];
+    const bool any = entry.finite > 0;
+    const double finite = static_cast<double>(entry.finite);
+    mean.mutable_at(index) = any ? entry.mean : nan;
+    std_dev.mutable_at(index) = any ? std::sqrt(entry.squared_deviations / finite) : nan;
+    abs_mean.mutable_at(index) = any ? entry.abs_sum / finite : nan;
+    l2.mutable_at(index) = std::sqrt(entry.sum_of_squares);
+    minimum.mutable_at(index) = any ? entry.min : nan;
+    maximum.mutable_at(index) = any ? entry.max : nan;
+  }
+  py::dict result;
+  result["numel"] = to_numpy(stats, &TensorStats::count);
+  result["mean"] = mean;
+  result["std"] = std_dev;
+  result["abs_mean"] = abs_mean;
+  result["l2"] = l2;
+  result["min"] = minimum;
+  result["max"] = maximum;
+  result["n_nan"] = to_numpy(stats, &TensorStats::nan);
+  result["n_inf"] = to_numpy(stats, &TensorStats::inf);
+  result["n_zero"] = to_numpy(stats, &TensorStats::zero);
+  return result;
+}
+
+// torch's rule: coef = max_norm / (total + eps), clamped to at most 1. A NaN
+// total gives a NaN coefficient, which is applied (every gradient turns NaN).
+double clip_coefficient(double max_norm, double total, double eps) {
+  const double coefficient = max_norm / (total + eps);
+  return coefficient < 1.0 || std::isnan(coefficient) ? coefficient : 1.0;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  active_kernels();  // a bad GRADGUARD_SIMD fails the import, not a later call
+  m.doc() = "gradguard's C++ core. Use the `gradguard` package; these functions assume validated arguments.";
+
+  m.def("global_norm", [](const py::list& arrays, double ord, const py::object& names) {
+    TensorList list = to_tensors(arrays, names, "arrays", Access::read);
+    GlobalNorm norm;
+    {
+      py::gil_scoped_release released;
+      norm = global_norm(list.tensors, NormOrder::from(ord));
+    }
+    return py::make_tuple(norm.total, nonfinite_indices(norm));
+  });
+
+  m.def("clip_by_global_norm", [](const py::list& arrays, double max_norm, double ord, double eps,
+                                  bool error_if_nonfinite, const py::object& names) {
+    TensorList list = to_tensors(arrays, names, "arrays", Access::write);
+    GlobalNorm norm;
+    double coefficient = 1.0;
+    bool clipped = false;
+    {
+      py::gil_scoped_release released;
+      norm = global_norm(list.tensors, NormOrder::from(ord));
+      const bool refuse = error_if_nonfinite && !std::isfinite(norm.total);
+      coefficient = clip_coefficient(max_norm, norm.total, eps);
+      clipped = !refuse && coefficient != 1.0;
+      if (clipped) scale_tensors(list.tensors, coefficient);
+    }
+    return py::make_tuple(norm.total, coefficient, clipped, nonfinite_indices(norm));
+  });
+
+  m.def("clip_by_norm", [](const py::list& arrays, double max_norm, double ord, double eps, const py::object& names) {
+    TensorList list = to_tensors(arrays, names, "arrays", Access::write);
+    py::array_t<double> norms(static_cast<py::ssize_t>(list.tensors.size()));
+    double* norm_data = norms.mutable_data();
+    {
+      py::gil_scoped_release released;
+      GlobalNorm norm = global_norm(list.tensors, NormOrder::from(ord));
+      std::vector<double> coefficients(list.tensors.size());
+      for (size_t index = 0; index < list.tensors.size(); ++index) {
+        norm_data[index] = norm.per_tensor[index].norm;
+        coefficients[index] = clip_coefficient(max_norm, norm_data[index], eps);
+      }
+      scale_tensors(list.tensors, coefficients);
+    }
+    return norms;
+  });
+
+  m.def("clip_by_value", [](const py::list& arrays, double low, double high, const py::object& names) {
+    TensorList list = to_tensors(arrays, names, "arrays", Access::write);
+    py::gil_scoped_release released;
+    clamp_tensors(list.tensors, low, high);
+  });
+
+  m.def("scale", [](const py::list& arrays, double factor, const py::object& names) {
+    TensorList list = to_tensors(arrays, names, "arrays", Access::write);
+    py::gil_scoped_release released;
+    scale_tensors(list.tensors, factor);
+  });
+
+  m.def("grad_stats", [](const py::list& arrays, const py::object& names) {
+    TensorList list = to_tensors(arrays, names, "arrays", Access::read);
+    std::vector<TensorStats> stats;
+    {
+      py::gil_scoped_release released;
+      stats = tensor_stats(list.tensors);
+    }
+    return stats_to_dict(stats);
+  });
+
+  m.def("read_probe", [](const py::array& array) {
+    if (!py::isinstance<py::array_t<float>>(array) || !(array.flags() & kCContiguous))
+      throw py::type_error("read_probe needs a C-contiguous float32 array");
+    const float* data = static_cast<const float*>(array.data());
+    const int64_t count = static_cast<int64_t>(array.size());
+    py::gil_scoped_release released;
+    return read_probe(data, count);
+  });
+
+  m.def("set_num_threads", [](int count) { set_num_threads(count); });
+  m.def("get_num_threads", [] { return num_threads(); });
+  m.def("usable_cores", [] { return usable_cores(); });
+  m.def("simd_target", [] { return std::string(active_kernels().target); });
+  m.def("supported_targets", [] { return supported_targets(); });
+  m.def("compiled_targets", [] { return compiled_targets(); });
+  m.def("use_target", [](const std::string& name) {
+    try {
+      use_target(name);
+    } catch (const std::invalid_argument& error) {
+      throw py::value_error(error.what());
+    }
+  });
+  m.attr("compiler") = GRADGUARD_COMPILER;
+  m.attr("piece_elements") = kPieceElements;
+}

@@ -1,0 +1,71 @@
+// The per-target kernel table: every SIMD target (baseline, avx2, avx512)
+// compiles the same kernel sources into its own namespace and exports one
+// KernelTable; dispatch.cpp picks one at import. Kernels work on one
+// contiguous piece of one tensor; multi_tensor.cpp splits lists into pieces.
+#pragma once
+#include <cstdint>
+
+#include "dtype.h"
+
+namespace gradguard {
+
+// Which power sum a norm pass accumulates.
+enum class NormKind : int {
+  l2 = 0,       // sum x^2
+  l1 = 1,       // sum |x|
+  linf = 2,     // max |x| (the power sum is sum |x|, kept only to carry NaN)
+  general = 3,  // sum |x|^p
+};
+
+// Partial result of a norm pass over one piece, float64 whatever the dtype.
+// power_sum is NaN exactly when the piece holds a NaN. max_abs is tracked only
+// where it is needed (float64 input, the inf-norm, a general p): for float32,
+// fp16 and bf16 input the float64 power sums of order 1 and 2 can neither
+// overflow (each square is below 1.2e77) nor underflow (above 2e-90), so
+// there, power_sum is inf exactly when the piece holds an inf.
+struct NormPartial {
+  double power_sum = 0.0;
+  double max_abs = 0.0;       // meaningful only when max_tracked; may be NaN if the piece holds NaN
+  bool max_tracked = false;
+};
+
+// Partial statistics of one piece, over its finite entries. Sums are taken
+// around `shift` (the piece's first finite-or-zero value) so the variance does
+// not cancel catastrophically when |mean| >> std.
+struct StatsPartial {
+  int64_t count = 0;        // elements in the piece
+  int64_t finite = 0;       // finite elements
+  int64_t nan = 0;
+  int64_t zero = 0;
+  double shift = 0.0;
+  double shifted_sum = 0.0;     // sum (x - shift)
+  double shifted_sumsq = 0.0;   // sum (x - shift)^2
+  double abs_sum = 0.0;         // sum |x|
+  double min = 0.0;             // +inf when no finite entry
+  double max = 0.0;             // -inf when no finite entry
+};
+
+using NormFn = NormPartial (*)(const void* data, int64_t count, NormKind kind, double p, double scale);
+using StatsFn = StatsPartial (*)(const void* data, int64_t count);
+using ScaleFn = void (*)(void* data, int64_t count, double factor);
+using ClampFn = void (*)(void* data, int64_t count, double low, double high);
+using ReadProbeFn = double (*)(const void* data, int64_t count);
+
+struct KernelTable {
+  const char* target;  // "baseline", "avx2", "avx512"
+  NormFn norm[kNumDTypes];
+  StatsFn stats[kNumDTypes];
+  ScaleFn scale[kNumDTypes];
+  ClampFn clamp[kNumDTypes];
+  // The simplest possible read loop (float32 sum): the bandwidth yardstick
+  // that `python -m gradguard bench` measures rooflines with.
+  ReadProbeFn read_probe;
+};
+
+namespace baseline { const KernelTable& kernel_table(); }
+#if defined(__x86_64__) || defined(_M_X64)
+namespace avx2 { const KernelTable& kernel_table(); }
+namespace avx512 { const KernelTable& kernel_table(); }
+#endif
+
+}  // namespace gradguard

@@ -1,0 +1,299 @@
+#include "multi_tensor.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "dispatch.h"
+#include "parallel.h"
+
+namespace gradguard {
+namespace {
+
+struct Piece {
+  int64_t tensor;
+  int64_t offset;
+  int64_t count;
+};
+
+struct Plan {
+  std::vector<Piece> pieces;
+  std::vector<int64_t> task_starts;  // task t covers pieces [task_starts[t], task_starts[t+1])
+  std::vector<int64_t> tensor_first_piece;  // tensor i's pieces start here (size tensors + 1)
+  int64_t tasks() const { return static_cast<int64_t>(task_starts.size()) - 1; }
+};
+
+// Plans and per-piece buffers are thread_local and reused: a call over
+// thousands of small tensors must not pay page faults on freshly mapped
+// buffers (hundreds of KiB each) every time. Each buffer is used by one
+// function at a time; concurrent callers have their own.
+const Plan& make_plan(const std::vector<TensorRef>& tensors, Plan& plan) {
+  plan.pieces.clear();
+  plan.task_starts.clear();
+  plan.tensor_first_piece.clear();
+  plan.tensor_first_piece.reserve(tensors.size() + 1);
+  int64_t task_elements = 0;
+  plan.task_starts.push_back(0);
+  for (size_t index = 0; index < tensors.size(); ++index) {
+    plan.tensor_first_piece.push_back(static_cast<int64_t>(plan.pieces.size()));
+    const int64_t count = tensors[index].count;
+    for (int64_t offset = 0; offset < count; offset += kPieceElements) {
+      const int64_t piece_count = std::min(kPieceElements, count - offset);
+      plan.pieces.push_back({static_cast<int64_t>(index), offset, piece_count});
+      task_elements += piece_count;
+      if (task_elements >= kPieceElements) {
+        plan.task_starts.push_back(static_cast<int64_t>(plan.pieces.size()));
+        task_elements = 0;
+      }
+    }
+  }
+  plan.tensor_first_piece.push_back(static_cast<int64_t>(plan.pieces.size()));
+  if (plan.task_starts.back() != static_cast<int64_t>(plan.pieces.size()))
+    plan.task_starts.push_back(static_cast<int64_t>(plan.pieces.size()));
+  return plan;
+}
+
+inline const char* piece_address(const TensorRef& tensor, int64_t offset) {
+  return static_cast<const char*>(tensor.data) + offset * element_size(tensor.dtype);
+}
+
+// Runs body(piece) for every piece, tasks spread over the pool. With
+// `backwards`, tasks are taken last-first: a write pass that follows a read
+// pass then starts on the data the read pass left in the cache.
+template <class Body>
+void for_each_piece(const Plan& plan, bool backwards, const Body& body) {
+  const int64_t tasks = plan.tasks();
+  parallel_for(tasks, [&](int64_t task) {
+    const int64_t chosen = backwards ? tasks - 1 - task : task;
+    for (int64_t piece = plan.task_starts[chosen]; piece < plan.task_starts[chosen + 1]; ++piece) body(piece);
+  });
+}
+
+std::vector<NormPartial> norm_pass(const std::vector<TensorRef>& tensors, const Plan& plan, NormOrder order,
+                                   const std::vector<double>& scale_per_tensor) {
+  const KernelTable& kernels = active_kernels();
+  // Bound to a local reference: inside the lambda a thread_local name would
+  // mean each worker's own buffer.
+  static thread_local std::vector<NormPartial> reusable_partials;
+  std::vector<NormPartial>& partials = reusable_partials;
+  partials.resize(plan.pieces.size());
+  for_each_piece(plan, false, [&](int64_t index) {
+    const Piece& piece = plan.pieces[index];
+    const TensorRef& tensor = tensors[piece.tensor];
+    partials[index] = kernels.norm[static_cast<int>(tensor.dtype)](
+        piece_address(tensor, piece.offset), piece.count, order.kind, order.p, scale_per_tensor[piece.tensor]);
+  });
+  // Pieces are folded in order: the result is independent of the thread count.
+  std::vector<NormPartial> per_tensor(tensors.size());
+  for (size_t tensor = 0; tensor < tensors.size(); ++tensor) {
+    NormPartial folded;
+    for (int64_t piece = plan.tensor_first_piece[tensor]; piece < plan.tensor_first_piece[tensor + 1]; ++piece) {
+      folded.power_sum += partials[piece].power_sum;
+      folded.max_abs = std::max(folded.max_abs, partials[piece].max_abs);
+      folded.max_tracked = partials[piece].max_tracked;
+    }
+    per_tensor[tensor] = folded;
+  }
+  return per_tensor;
+}
+
+bool holds_nan(const NormPartial& folded) { return std::isnan(folded.power_sum); }
+
+bool holds_inf(const NormPartial& folded) {
+  if (holds_nan(folded)) return false;
+  return folded.max_tracked ? std::isinf(folded.max_abs) : std::isinf(folded.power_sum);
+}
+
+// A power sum below this may have lost digits to float64 underflow.
+constexpr double kUnderflowRisk = 0x1p-900;
+
+// True when the fast (unscaled) power sum cannot be trusted: it overflowed
+// while every value was finite, or it underflowed while some value was not 0.
+// Untracked sums (float32/fp16/bf16, p = 1 or 2) never need it (NormPartial).
+bool needs_rescaling(const NormPartial& folded, NormOrder order) {
+  if (!folded.max_tracked || order.kind == NormKind::linf || holds_nan(folded) || holds_inf(folded)) return false;
+  if (std::isinf(folded.power_sum)) return true;
+  return folded.max_abs > 0.0 && folded.power_sum < kUnderflowRisk;
+}
+
+// The p-th root of a power sum that was taken of |x| / multiplier (multiplier 1: unscaled).
+double root_of(double power_sum, NormOrder order, double multiplier) {
+  switch (order.kind) {
+    case NormKind::l2: return std::sqrt(power_sum) * multiplier;
+    case NormKind::l1: return power_sum * multiplier;
+    default: return std::pow(power_sum, 1.0 / order.p) * multiplier;
+  }
+}
+
+double power_of(double ratio, NormOrder order) {
+  switch (order.kind) {
+    case NormKind::l2: return ratio * ratio;
+    case NormKind::l1: return ratio;
+    default: return std::pow(ratio, order.p);
+  }
+}
+
+}  // namespace
+
+NormOrder NormOrder::from(double ord) {
+  if (ord == 2.0) return {NormKind::l2, 2.0};
+  if (ord == 1.0) return {NormKind::l1, 1.0};
+  if (std::isinf(ord)) return {NormKind::linf, ord};
+  return {NormKind::general, ord};
+}
+
+GlobalNorm global_norm(const std::vector<TensorRef>& tensors, NormOrder order) {
+  static thread_local Plan reusable_plan;
+  const Plan& plan = make_plan(tensors, reusable_plan);
+  const std::vector<NormPartial> fast = norm_pass(tensors, plan, order, std::vector<double>(tensors.size(), 1.0));
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+
+  GlobalNorm result;
+  result.per_tensor.resize(tensors.size());
+  bool any_nan = false, any_inf = false, any_rescue = false;
+  double power_sum = 0.0, max_abs = 0.0;
+  for (size_t index = 0; index < tensors.size(); ++index) {
+    TensorNorm& entry = result.per_tensor[index];
+    entry.has_nan = holds_nan(fast[index]);
+    entry.has_inf = holds_inf(fast[index]);
+    any_nan = any_nan || entry.has_nan;
+    any_inf = any_inf || entry.has_inf;
+    any_rescue = any_rescue || needs_rescaling(fast[index], order);
+    power_sum += fast[index].power_sum;
+    max_abs = std::max(max_abs, fast[index].max_abs);
+    entry.norm = entry.has_nan ? nan : entry.has_inf ? inf
+               : order.kind == NormKind::linf ? fast[index].max_abs
+               : root_of(fast[index].power_sum, order, 1.0);
+  }
+  if (any_nan || any_inf) {
+    result.total = any_nan ? nan : inf;
+    return result;
+  }
+  if (order.kind == NormKind::linf) {
+    result.total = max_abs;
+    return result;
+  }
+  const bool sum_unreliable = std::isinf(power_sum) || (power_sum > 0.0 && power_sum < kUnderflowRisk);
+  if (!any_rescue && !sum_unreliable) {
+    result.total = root_of(power_sum, order, 1.0);
+    return result;
+  }
+  // Rare path (float64 values beyond ~1e154 or below ~1e-154, or a large p):
+  // each tensor's |x| is divided by that tensor's largest |x| m_t before being
+  // raised to p, the way LAPACK's nrm2 avoids overflow: S_t = sum (|x|/m_t)^p,
+  // norm_t = m_t S_t^(1/p), and at the largest maximum M,
+  // total = M (sum_t (m_t/M)^p S_t)^(1/p). One pass finds the maxima first.
+  const std::vector<NormPartial> maxima =
+      norm_pass(tensors, plan, {NormKind::linf, inf}, std::vector<double>(tensors.size(), 1.0));
+  double largest = 0.0;
+  std::vector<double> scales(tensors.size());
+  for (size_t index = 0; index < tensors.size(); ++index) {
+    largest = std::max(largest, maxima[index].max_abs);
+    scales[index] = maxima[index].max_abs > 0.0 ? 1.0 / maxima[index].max_abs : 1.0;
+  }
+  const std::vector<NormPartial> rescaled = norm_pass(tensors, plan, order, scales);
+  double weighted = 0.0;
+  for (size_t index = 0; index < tensors.size(); ++index) {
+    const double tensor_max = maxima[index].max_abs;
+    if (tensor_max == 0.0) continue;
+    if (needs_rescaling(fast[index], order))
+      result.per_tensor[index].norm = root_of(rescaled[index].power_sum, order, tensor_max);
+    weighted += power_of(tensor_max / largest, order) * rescaled[index].power_sum;
+  }
+  result.total = largest > 0.0 ? root_of(weighted, order, largest) : 0.0;
+  return result;
+}
+
+void scale_tensors(const std::vector<TensorRef>& tensors, double factor) {
+  scale_tensors(tensors, std::vector<double>(tensors.size(), factor));
+}
+
+void scale_tensors(const std::vector<TensorRef>& tensors, const std::vector<double>& factors) {
+  const KernelTable& kernels = active_kernels();
+  static thread_local Plan reusable_plan;
+  const Plan& plan = make_plan(tensors, reusable_plan);
+  for_each_piece(plan, true, [&](int64_t index) {
+    const Piece& piece = plan.pieces[index];
+    const TensorRef& tensor = tensors[piece.tensor];
+    const double factor = factors[piece.tensor];
+    if (factor == 1.0) return;
+    kernels.scale[static_cast<int>(tensor.dtype)](const_cast<char*>(piece_address(tensor, piece.offset)),
+                                                   piece.count, factor);
+  });
+}
+
+void clamp_tensors(const std::vector<TensorRef>& tensors, double low, double high) {
+  const KernelTable& kernels = active_kernels();
+  static thread_local Plan reusable_plan;
+  const Plan& plan = make_plan(tensors, reusable_plan);
+  for_each_piece(plan, false, [&](int64_t index) {
+    const Piece& piece = plan.pieces[index];
+    const TensorRef& tensor = tensors[piece.tensor];
+    kernels.clamp[static_cast<int>(tensor.dtype)](const_cast<char*>(piece_address(tensor, piece.offset)),
+                                                   piece.count, low, high);
+  });
+}
+
+std::vector<TensorStats> tensor_stats(const std::vector<TensorRef>& tensors) {
+  const KernelTable& kernels = active_kernels();
+  static thread_local Plan reusable_plan;
+  const Plan& plan = make_plan(tensors, reusable_plan);
+  static thread_local std::vector<StatsPartial> reusable_partials;
+  std::vector<StatsPartial>& partials = reusable_partials;  // the caller's buffer, also in the workers
+  partials.resize(plan.pieces.size());
+  for_each_piece(plan, false, [&](int64_t index) {
+    const Piece& piece = plan.pieces[index];
+    const TensorRef& tensor = tensors[piece.tensor];
+    partials[index] =
+        kernels.stats[static_cast<int>(tensor.dtype)](piece_address(tensor, piece.offset), piece.count);
+  });
+
+  std::vector<TensorStats> result(tensors.size());
+  for (size_t tensor = 0; tensor < tensors.size(); ++tensor) {
+    TensorStats& stats = result[tensor];
+    stats.min = std::numeric_limits<double>::infinity();
+    stats.max = -std::numeric_limits<double>::infinity();
+    for (int64_t index = plan.tensor_first_piece[tensor]; index < plan.tensor_first_piece[tensor + 1]; ++index) {
+      const StatsPartial& piece = partials[index];
+      stats.count += piece.count;
+      stats.nan += piece.nan;
+      stats.inf += piece.count - piece.finite - piece.nan;
+      stats.zero += piece.zero;
+      stats.abs_sum += piece.abs_sum;
+      stats.min = std::min(stats.min, piece.min);
+      stats.max = std::max(stats.max, piece.max);
+      if (piece.finite == 0) continue;
+      // Piece moments from its shifted sums, then Chan et al.'s pairwise merge.
+      const double count = static_cast<double>(piece.finite);
+      const double piece_mean = piece.shift + piece.shifted_sum / count;
+      const double piece_deviations =
+          std::max(0.0, piece.shifted_sumsq - piece.shifted_sum * piece.shifted_sum / count);
+      stats.sum_of_squares +=
+          piece.shifted_sumsq + 2.0 * piece.shift * piece.shifted_sum + count * piece.shift * piece.shift;
+      const double merged = static_cast<double>(stats.finite) + count;
+      const double delta = piece_mean - stats.mean;
+      stats.mean += delta * count / merged;
+      stats.squared_deviations += piece_deviations + delta * delta * static_cast<double>(stats.finite) * count / merged;
+      stats.finite += piece.finite;
+    }
+    stats.sum_of_squares = std::max(0.0, stats.sum_of_squares);
+  }
+  return result;
+}
+
+double read_probe(const float* data, int64_t count) {
+  const KernelTable& kernels = active_kernels();
+  const std::vector<TensorRef> tensors = {{const_cast<float*>(data), count, DType::float32}};
+  Plan owned_plan;
+  const Plan& plan = make_plan(tensors, owned_plan);
+  std::vector<double> partials(plan.pieces.size());
+  for_each_piece(plan, false, [&](int64_t index) {
+    const Piece& piece = plan.pieces[index];
+    partials[index] = kernels.read_probe(data + piece.offset, piece.count);
+  });
+  double sum = 0.0;
+  for (double partial : partials) sum += partial;
+  return sum;
+}
+
+}  // namespace gradguard

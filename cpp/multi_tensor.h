@@ -1,0 +1,74 @@
+// Operations over a list of tensors (Apex's multi_tensor_apply, on the CPU).
+// Every tensor is cut into pieces at fixed offsets (multiples of
+// kPieceElements), consecutive pieces are grouped into tasks of about
+// kPieceElements elements (so thousands of small tensors make few tasks), each
+// piece's partial result goes into its own slot, and slots are reduced in piece
+// order. The pieces depend only on each tensor's size, so results do not depend
+// on the thread count, nor on which other tensors share the list.
+#pragma once
+#include <cstdint>
+#include <vector>
+
+#include "kernel_table.h"
+
+namespace gradguard {
+
+// 64 Ki elements: 256 KiB of float32, a few hundred microseconds of work: big
+// enough that scheduling costs nothing, small enough to balance two threads
+// and to fit the L2 cache.
+constexpr int64_t kPieceElements = int64_t(1) << 16;
+
+struct TensorRef {
+  void* data;
+  int64_t count;
+  DType dtype;
+};
+
+// ord as the user gave it: 2, 1, inf or any p > 0.
+struct NormOrder {
+  NormKind kind;
+  double p;
+  static NormOrder from(double ord);
+};
+
+// A tensor's norm pass, finished: the norm itself and what it saw.
+struct TensorNorm {
+  double norm = 0.0;
+  bool has_nan = false;
+  bool has_inf = false;
+};
+
+struct GlobalNorm {
+  double total = 0.0;
+  std::vector<TensorNorm> per_tensor;
+};
+
+// The p-norm of all elements of all tensors together (and each tensor's own).
+// NaN anywhere gives NaN; otherwise inf anywhere gives inf.
+GlobalNorm global_norm(const std::vector<TensorRef>& tensors, NormOrder order);
+
+// tensor[i] *= factor (factor rounded to float32 for 16/32-bit tensors).
+void scale_tensors(const std::vector<TensorRef>& tensors, double factor);
+
+// tensor[i] *= factors[i]; tensors whose factor is exactly 1 are skipped.
+void scale_tensors(const std::vector<TensorRef>& tensors, const std::vector<double>& factors);
+
+// tensor[i] = clamp(tensor[i], low, high); NaN stays NaN.
+void clamp_tensors(const std::vector<TensorRef>& tensors, double low, double high);
+
+// Statistics of one tensor over its finite entries (moments), plus counts.
+struct TensorStats {
+  int64_t count = 0, finite = 0, nan = 0, inf = 0, zero = 0;
+  double mean = 0.0;
+  double squared_deviations = 0.0;  // sum (x - mean)^2
+  double abs_sum = 0.0;
+  double sum_of_squares = 0.0;
+  double min = 0.0, max = 0.0;
+};
+
+std::vector<TensorStats> tensor_stats(const std::vector<TensorRef>& tensors);
+
+// Sum of a float32 buffer by the plainest threaded read loop (bandwidth yardstick).
+double read_probe(const float* data, int64_t count);
+
+}  // namespace gradguard

@@ -1,0 +1,199 @@
+#include "parallel.h"
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <exception>
+#include <mutex>
+#include <new>
+#include <thread>
+#include <vector>
+
+#if defined(__linux__)
+#include <pthread.h>
+#include <sched.h>
+#endif
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+namespace gradguard {
+namespace {
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(_M_X64)
+  _mm_pause();
+#endif
+}
+
+// How long an idle worker polls for the next job before sleeping. Waking a
+// sleeping thread costs tens of microseconds (more in a VM), as much as a
+// whole clip of thousands of small tensors; polling this long after each job
+// keeps back-to-back calls (a training step's clip, stats, optimiser) fast,
+// and costs nothing to a process that makes no further call.
+constexpr auto kSpinBeforeSleep = std::chrono::microseconds(200);
+
+class ThreadPool {
+ public:
+  explicit ThreadPool(int threads) { start(threads); }
+
+  int threads() const { return thread_count_; }
+
+  void resize(int threads) {
+    std::lock_guard<std::mutex> running(run_mutex_);
+    stop_workers();
+    start(threads);
+  }
+
+  // After fork() only the forking thread exists in the child: forget the
+  // workers (their std::thread objects are leaked, never destroyed) and let
+  // the child's first run() start new ones.
+  void reset_after_fork() {
+    new (&run_mutex_) std::mutex();
+    new (&sleep_mutex_) std::mutex();
+    new (&wake_) std::condition_variable();
+    workers_ = new std::vector<std::thread>();
+    sleeping_.store(0);
+    unfinished_workers_.store(0);
+    restart_needed_ = true;
+  }
+
+  void run(int64_t tasks, const std::function<void(int64_t)>& body) {
+    std::unique_lock<std::mutex> running(run_mutex_, std::try_to_lock);
+    if (running.owns_lock() && restart_needed_) start(thread_count_);
+    if (!running.owns_lock() || workers_->empty() || tasks == 1) {
+      for (int64_t task = 0; task < tasks; ++task) body(task);
+      return;
+    }
+    body_ = &body;
+    tasks_ = tasks;
+    error_ = nullptr;
+    next_task_.store(0, std::memory_order_relaxed);
+    unfinished_workers_.store(static_cast<int>(workers_->size()), std::memory_order_relaxed);
+    generation_.fetch_add(1, std::memory_order_release);
+    if (sleeping_.load(std::memory_order_acquire) > 0) {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      wake_.notify_all();
+    }
+    work();
+    while (unfinished_workers_.load(std::memory_order_acquire) > 0) cpu_relax();
+    body_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  void start(int threads) {
+    thread_count_ = threads < 1 ? 1 : threads;
+    stopping_.store(false);
+    restart_needed_ = false;
+    if (workers_ == nullptr) workers_ = new std::vector<std::thread>();
+    // The worker starts from the current generation, read here under the run
+    // lock, so a run() that begins before the thread is scheduled is not missed.
+    const uint64_t current = generation_.load();
+    for (int index = 1; index < thread_count_; ++index)
+      workers_->emplace_back([this, current] { worker_loop(current); });
+  }
+
+  void stop_workers() {
+    stopping_.store(true, std::memory_order_release);
+    generation_.fetch_add(1, std::memory_order_release);
+    {
+      std::lock_guard<std::mutex> lock(sleep_mutex_);
+      wake_.notify_all();
+    }
+    for (auto& worker : *workers_) worker.join();
+    workers_->clear();
+  }
+
+  void work() {
+    for (;;) {
+      const int64_t task = next_task_.fetch_add(1, std::memory_order_relaxed);
+      if (task >= tasks_) return;
+      try {
+        (*body_)(task);
+      } catch (...) {
+        std::lock_guard<std::mutex> lock(error_mutex_);
+        if (!error_) error_ = std::current_exception();
+      }
+    }
+  }
+
+  // Waits until the generation moves past `seen`: polls first, then sleeps.
+  uint64_t wait_for_job(uint64_t seen) {
+    const auto deadline = std::chrono::steady_clock::now() + kSpinBeforeSleep;
+    for (int polls = 0;; ++polls) {
+      const uint64_t now = generation_.load(std::memory_order_acquire);
+      if (now != seen) return now;
+      cpu_relax();
+      if ((polls & 255) == 255 && std::chrono::steady_clock::now() > deadline) break;
+    }
+    std::unique_lock<std::mutex> lock(sleep_mutex_);
+    sleeping_.fetch_add(1, std::memory_order_acq_rel);
+    wake_.wait(lock, [&] { return generation_.load(std::memory_order_acquire) != seen; });
+    sleeping_.fetch_sub(1, std::memory_order_acq_rel);
+    return generation_.load(std::memory_order_acquire);
+  }
+
+  void worker_loop(uint64_t seen) {
+    for (;;) {
+      seen = wait_for_job(seen);
+      if (stopping_.load(std::memory_order_acquire)) return;
+      work();
+      unfinished_workers_.fetch_sub(1, std::memory_order_acq_rel);
+    }
+  }
+
+  std::mutex run_mutex_;    // one run() at a time; held by resize()
+  std::mutex sleep_mutex_;  // pairs with wake_ for sleeping workers
+  std::mutex error_mutex_;
+  std::condition_variable wake_;
+  std::vector<std::thread>* workers_ = nullptr;
+  int thread_count_ = 1;
+  bool restart_needed_ = false;
+  std::atomic<bool> stopping_{false};
+  std::atomic<uint64_t> generation_{0};
+  std::atomic<int> sleeping_{0};
+  std::atomic<int> unfinished_workers_{0};
+  // The job: written by run() before the generation is published (release),
+  // read by workers after they observe it (acquire).
+  const std::function<void(int64_t)>* body_ = nullptr;
+  int64_t tasks_ = 0;
+  std::atomic<int64_t> next_task_{0};
+  std::exception_ptr error_;
+};
+
+ThreadPool& pool() {
+  static ThreadPool* instance = [] {
+    auto* created = new ThreadPool(usable_cores());
+#if defined(__linux__)
+    pthread_atfork(nullptr, nullptr, [] { pool().reset_after_fork(); });
+#endif
+    return created;
+  }();
+  return *instance;
+}
+
+}  // namespace
+
+int usable_cores() {
+#if defined(__linux__)
+  cpu_set_t cpus;
+  if (sched_getaffinity(0, sizeof(cpus), &cpus) == 0) {
+    const int count = CPU_COUNT(&cpus);
+    if (count > 0) return count;
+  }
+#endif
+  const unsigned int hardware = std::thread::hardware_concurrency();
+  return hardware == 0 ? 1 : static_cast<int>(hardware);
+}
+
+int num_threads() { return pool().threads(); }
+
+void set_num_threads(int count) { pool().resize(count < 1 ? 1 : count); }
+
+void parallel_for(int64_t tasks, const std::function<void(int64_t)>& body) {
+  if (tasks <= 0) return;
+  pool().run(tasks, body);
+}
+
+}  // namespace gradguard

@@ -1,0 +1,25 @@
+// Kernels compiled for AVX2 + FMA + F16C (Haswell, Zen and later).
+// The same kernel sources are compiled once per target, each copy inside its
+// own namespace so no inline function can be shared between targets (an
+// AVX-512 copy of a helper must never be picked for the baseline path). The
+// standard headers come before the target pragma for the same reason.
+#include <cstdint>
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#endif
+
+#include "kernel_table.h"
+
+#pragma GCC target("avx2,fma,f16c")
+#define GRADGUARD_HAS_F16C 1
+#define GRADGUARD_FLOATS_PER_VECTOR 8
+#define GRADGUARD_TARGET_NAME "avx2"
+
+namespace gradguard {
+namespace avx2 {
+#include "kernels/convert.inc"
+#include "kernels/reduce.inc"
+#include "kernels/elementwise.inc"
+#include "kernels/table.inc"
+}  // namespace avx2
+}  // namespace gradguard

@@ -1,0 +1,23 @@
+"""gradguard: numerically healthy training on NumPy buffers.
+
+Fused multi-tensor global-norm clipping and one-pass gradient statistics, with a
+C++17 core (SIMD chosen at run time, threads, GIL released). Any framework can
+use it through NumPy views (a CPU torch tensor's ``.numpy()`` shares memory).
+"""
+import os as _os
+
+from . import _core
+from .clip import ClipReport, clip_by_global_norm, clip_by_norm, clip_by_value, global_norm
+from .config import config, get_num_threads, set_num_threads, show_config, simd_target
+from .stats import GradStats, grad_stats
+
+__version__ = "0.1.0"
+
+if _os.environ.get("GRADGUARD_NUM_THREADS"):
+    set_num_threads(int(_os.environ["GRADGUARD_NUM_THREADS"]))
+
+__all__ = [
+    "global_norm", "clip_by_global_norm", "clip_by_norm", "clip_by_value", "ClipReport",
+    "grad_stats", "GradStats",
+    "set_num_threads", "get_num_threads", "simd_target", "config", "show_config",
+]

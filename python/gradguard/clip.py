@@ -1,0 +1,152 @@
+"""Gradient clipping: by the global norm of all gradients, per tensor, by value.
+
+Each call hands the whole list to one multi-tensor C++ kernel (threads, SIMD,
+GIL released). Computing the norm and applying the clip are also available
+separately (`global_norm`, then `clip_by_global_norm` with a known bound).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from . import _core
+from ._arguments import as_array_list, finite_or_none, name_of, non_negative, norm_order
+
+__all__ = ["global_norm", "clip_by_global_norm", "clip_by_norm", "clip_by_value", "ClipReport"]
+
+
+@dataclass(frozen=True)
+class ClipReport:
+    """What one `clip_by_global_norm` call saw and did, from its single norm pass.
+
+    total_norm: the global norm before clipping.
+    clip_coef: max_norm / (total_norm + eps), clamped to at most 1 (NaN when total_norm is NaN).
+    clipped: whether the arrays were multiplied by clip_coef.
+    max_norm: the bound asked for.
+    nonfinite: indices (or names, for a dict) of the arrays holding NaN or inf.
+    """
+
+    total_norm: float
+    clip_coef: float
+    clipped: bool
+    max_norm: float
+    nonfinite: tuple
+
+
+def global_norm(arrays, ord=2.0):
+    """The p-norm of all elements of all arrays taken together.
+
+        global_norm = (sum_i sum_j |arrays[i]_j|^p)^(1/p),   max_i,j |arrays[i]_j| for p = inf
+
+    Args:
+        arrays: a list/tuple (or dict name -> array) of float32, float64, float16
+            or bfloat16 NumPy arrays; dtypes may be mixed. A single array is a list of one.
+        ord: p: 2 (default), 1, inf, or any p > 0.
+
+    Returns:
+        The norm as a Python float, accumulated in float64 whatever the dtypes
+        (so fp16 gradients of 60000.0 give a finite, exact-to-float64 norm).
+        `[]` gives 0.0; NaN anywhere gives nan; otherwise inf anywhere gives inf.
+        float64 inputs whose squares would overflow or underflow float64 are
+        rescaled by their largest magnitude in a second pass, as LAPACK's nrm2 does.
+    """
+    array_list, names = as_array_list(arrays)
+    total, _ = _core.global_norm(array_list, norm_order(ord), names)
+    return total
+
+
+def clip_by_global_norm(arrays, max_norm, *, ord=2.0, eps=1e-6, error_if_nonfinite=False, return_report=False):
+    """Scale all arrays in place so that their global norm is at most max_norm.
+
+    The semantics of ``torch.nn.utils.clip_grad_norm_``:
+
+        total = global_norm(arrays, ord)
+        clip_coef = min(1, max_norm / (total + eps))
+        arrays[i] *= clip_coef   for every i, when clip_coef < 1
+
+    With ``eps=0`` this is TensorFlow's ``tf.clip_by_global_norm`` and Optax's
+    ``clip_by_global_norm`` rule: arrays[i] * max_norm / max(total, max_norm).
+
+    One pass reads every array for the norm; a second pass scales in place only
+    when clipping happens (the multiply is done in float32 for 16-bit arrays,
+    float64 for float64 ones, and rounded once).
+
+    Non-finite totals: with ``error_if_nonfinite=True`` a FloatingPointError
+    names the arrays holding NaN/inf and nothing is modified. Without it,
+    behaviour is torch's: a NaN total gives a NaN coefficient and every array
+    becomes NaN; an inf total gives coefficient 0, so finite entries become 0
+    and infinite ones NaN.
+
+    Args:
+        arrays: list/tuple or dict name -> array of writable, contiguous
+            float32/float64/float16/bfloat16 arrays (every array is validated
+            before any is written).
+        max_norm: the bound, a number >= 0 (inf: never clip).
+        ord: the norm's p: 2 (default), 1, inf, or any p > 0.
+        eps: added to the total before dividing (torch's 1e-6 by default), >= 0.
+        error_if_nonfinite: raise instead of scaling when the total is NaN or inf.
+        return_report: return a ClipReport instead of the total norm.
+
+    Returns:
+        The total norm before clipping, as a Python float (or a ClipReport).
+    """
+    array_list, names = as_array_list(arrays)
+    bound = non_negative(max_norm, "max_norm")
+    epsilon = non_negative(eps, "eps", allow_inf=False)
+    total, coefficient, clipped, nonfinite = _core.clip_by_global_norm(
+        array_list, bound, norm_order(ord), epsilon, bool(error_if_nonfinite), names)
+    if error_if_nonfinite and not math.isfinite(total):
+        culprits = ", ".join(name_of(index, names) for index in nonfinite)
+        raise FloatingPointError(
+            f"the total norm of order {ord} of the arrays is {total}, so they were not clipped "
+            f"(non-finite values in: {culprits}). Set error_if_nonfinite=False to clip anyway, as torch does.")
+    if not return_report:
+        return total
+    labels = tuple(names[index] for index in nonfinite) if names is not None else tuple(nonfinite)
+    return ClipReport(total_norm=total, clip_coef=coefficient, clipped=clipped, max_norm=bound, nonfinite=labels)
+
+
+def clip_by_norm(arrays, max_norm, *, ord=2.0, eps=1e-6):
+    """Clip each array in place by its own norm (tf.clip_by_norm, Keras ``clipnorm``).
+
+        norm_i = ||arrays[i]||_p
+        arrays[i] *= min(1, max_norm / (norm_i + eps))
+
+    With ``eps=0`` this is exactly tf.clip_by_norm: t * max_norm / max(||t||, max_norm).
+    An array whose norm is NaN becomes NaN, like clip_by_global_norm without
+    error_if_nonfinite.
+
+    Returns:
+        float64 NumPy array of the per-array norms before clipping.
+    """
+    array_list, names = as_array_list(arrays)
+    bound = non_negative(max_norm, "max_norm")
+    epsilon = non_negative(eps, "eps", allow_inf=False)
+    return _core.clip_by_norm(array_list, bound, norm_order(ord), epsilon, names)
+
+
+def clip_by_value(arrays, clip_value=None, *, min_value=None, max_value=None):
+    """Clamp every element in place, like ``torch.nn.utils.clip_grad_value_``.
+
+        arrays[i] = clamp(arrays[i], -clip_value, clip_value)          (clip_value given)
+        arrays[i] = clamp(arrays[i], min_value, max_value)             (bounds given; either may be None)
+
+    NaN stays NaN. Bounds are rounded to the array's compute type (float32 for
+    16- and 32-bit arrays) before comparing, and the result to the array's dtype.
+    """
+    array_list, names = as_array_list(arrays)
+    if clip_value is not None:
+        if min_value is not None or max_value is not None:
+            raise TypeError("give either clip_value or min_value/max_value, not both")
+        high = non_negative(clip_value, "clip_value")
+        low = -high
+    else:
+        low = finite_or_none(min_value, "min_value")
+        high = finite_or_none(max_value, "max_value")
+        if low is None and high is None:
+            raise TypeError("clip_by_value needs clip_value, or min_value and/or max_value")
+        low = -math.inf if low is None else low
+        high = math.inf if high is None else high
+        if low > high:
+            raise ValueError(f"min_value ({low}) must not exceed max_value ({high})")
+    _core.clip_by_value(array_list, low, high, names)

@@ -1,0 +1,62 @@
+"""Threads and SIMD target: what the core runs with, and how to change it."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["set_num_threads", "get_num_threads", "simd_target", "config", "show_config"]
+
+
+def set_num_threads(count):
+    """Use `count` >= 1 threads in the core (default: the cores this process may run on)."""
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
+        raise TypeError(f"count must be an int, got {type(count).__name__}")
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    _core.set_num_threads(int(count))
+
+
+def get_num_threads():
+    """Threads the core uses."""
+    return _core.get_num_threads()
+
+
+def simd_target():
+    """The SIMD target in use: 'avx512', 'avx2' or 'baseline'.
+
+    Chosen at import as the best the CPU (and OS) supports; the environment
+    variable GRADGUARD_SIMD=avx2|baseline caps it.
+    """
+    return _core.simd_target()
+
+
+def config():
+    """The build and run-time configuration as a dict."""
+    from . import __version__
+
+    try:
+        import ml_dtypes
+
+        bfloat16 = f"yes (ml_dtypes {ml_dtypes.__version__})"
+    except ImportError:
+        bfloat16 = "no (pip install ml_dtypes)"
+    return {
+        "gradguard": __version__,
+        "simd_target": _core.simd_target(),
+        "cpu_supports": ", ".join(_core.supported_targets()),
+        "compiled_targets": ", ".join(_core.compiled_targets()),
+        "threads": _core.get_num_threads(),
+        "usable_cores": _core.usable_cores(),
+        "compiler": _core.compiler,
+        "numpy": np.__version__,
+        "bfloat16": bfloat16,
+    }
+
+
+def show_config():
+    """Print the SIMD target, threads, compiler and optional features."""
+    settings = config()
+    width = max(len(key) for key in settings)
+    for key, value in settings.items():
+        print(f"{key:<{width}}  {value}")

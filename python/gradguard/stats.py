@@ -1,0 +1,84 @@
+"""One-pass per-array gradient statistics: the raw material of vanishing and
+exploding-gradient detection."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from ._arguments import as_array_list
+
+__all__ = ["grad_stats", "GradStats"]
+
+_FIELDS = ("numel", "mean", "std", "abs_mean", "l2", "min", "max", "n_nan", "n_inf", "n_zero")
+
+
+@dataclass(frozen=True)
+class GradStats:
+    """Per-array statistics, one entry per input array (NumPy arrays of that length).
+
+    Moments are over each array's finite entries (n_finite = numel - n_nan - n_inf):
+
+        mean     = sum x / n_finite
+        std      = sqrt(sum (x - mean)^2 / n_finite)      (population, ddof=0)
+        abs_mean = sum |x| / n_finite
+        l2       = sqrt(sum x^2)
+        min, max over finite x
+
+    (mean, std, abs_mean, min, max are NaN for an array with no finite entry;
+    l2 is then 0.) n_nan, n_inf, n_zero count entries; numel is the size.
+    global_norm is the L2 norm of everything: NaN when any NaN is present,
+    otherwise inf when any inf is, otherwise sqrt(sum l2^2).
+    """
+
+    numel: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    abs_mean: np.ndarray
+    l2: np.ndarray
+    min: np.ndarray
+    max: np.ndarray
+    n_nan: np.ndarray
+    n_inf: np.ndarray
+    n_zero: np.ndarray
+    names: Optional[Tuple[str, ...]]
+    global_norm: float
+
+    def __len__(self):
+        return len(self.numel)
+
+    def row(self, key):
+        """The statistics of one array, by index or name, as a dict."""
+        index = self.names.index(key) if isinstance(key, str) and self.names is not None else int(key)
+        return {field: getattr(self, field)[index].item() for field in _FIELDS}
+
+    def nonfinite(self):
+        """Indices (or names) of the arrays holding NaN or inf."""
+        indices = np.flatnonzero((self.n_nan > 0) | (self.n_inf > 0))
+        return tuple(self.names[i] for i in indices) if self.names is not None else tuple(indices.tolist())
+
+
+def grad_stats(arrays):
+    """Statistics of every array from ONE read of memory (see GradStats for the formulas).
+
+    Args:
+        arrays: list/tuple or dict name -> array (float32, float64, float16,
+            bfloat16; mixed dtypes allowed). Strided arrays are read through a
+            contiguous copy.
+
+    Returns:
+        GradStats. Accumulation is float64 in a fixed order, so results do not
+        depend on the number of threads.
+    """
+    array_list, names = as_array_list(arrays)
+    fields = _core.grad_stats(array_list, names)
+    if fields["n_nan"].any():
+        total = math.nan
+    elif fields["n_inf"].any():
+        total = math.inf
+    else:
+        total = math.sqrt(float(np.sum(np.square(fields["l2"]))))
+    return GradStats(names=tuple(names) if names is not None else None, global_norm=total, **fields)
