@@ -156,6 +156,7 @@ py::dict stats_to_dict(const std::vector<TensorStats>& stats) {
 // torch's rule: coef = max_norm / (total + eps), clamped to at most 1. A NaN
 // total gives a NaN coefficient, which is applied (every gradient turns NaN).
 double clip_coefficient(double max_norm, double total, double eps) {
+  if (total == 0.0) return 1.0;  // nothing to clip; avoids 0/0 when max_norm = eps = 0
   const double coefficient = max_norm / (total + eps);
   return coefficient < 1.0 || std::isnan(coefficient) ? coefficient : 1.0;
 }

@@ -179,28 +179,32 @@ GlobalNorm global_norm(const std::vector<TensorRef>& tensors, NormOrder order) {
     return result;
   }
   // Rare path (float64 values beyond ~1e154 or below ~1e-154, or a large p):
-  // each tensor's |x| is divided by that tensor's largest |x| m_t before being
-  // raised to p, the way LAPACK's nrm2 avoids overflow: S_t = sum (|x|/m_t)^p,
-  // norm_t = m_t S_t^(1/p), and at the largest maximum M,
-  // total = M (sum_t (m_t/M)^p S_t)^(1/p). One pass finds the maxima first.
+  // each tensor is rescaled by a power of two s_t = 2^e_t close to 1/m_t,
+  // its largest |x| (exact, and clamped so that s_t itself stays finite for
+  // denormal maxima), the way LAPACK's nrm2 avoids overflow:
+  // S_t = sum (|x| s_t)^p, norm_t = S_t^(1/p) / s_t, and with s_c the scale of
+  // the tensor holding the overall maximum, total = (sum_t (s_c/s_t)^p S_t)^(1/p) / s_c.
+  // One pass finds the maxima first.
   const std::vector<NormPartial> maxima =
       norm_pass(tensors, plan, {NormKind::linf, inf}, std::vector<double>(tensors.size(), 1.0));
+  auto exponent_for = [](double max_abs) { return max_abs > 0.0 ? std::clamp(-std::ilogb(max_abs), -1000, 1000) : 0; };
   double largest = 0.0;
   std::vector<double> scales(tensors.size());
   for (size_t index = 0; index < tensors.size(); ++index) {
     largest = std::max(largest, maxima[index].max_abs);
-    scales[index] = maxima[index].max_abs > 0.0 ? 1.0 / maxima[index].max_abs : 1.0;
+    scales[index] = std::ldexp(1.0, exponent_for(maxima[index].max_abs));
   }
+  const int common_exponent = exponent_for(largest);
   const std::vector<NormPartial> rescaled = norm_pass(tensors, plan, order, scales);
   double weighted = 0.0;
   for (size_t index = 0; index < tensors.size(); ++index) {
-    const double tensor_max = maxima[index].max_abs;
-    if (tensor_max == 0.0) continue;
+    if (maxima[index].max_abs == 0.0) continue;
+    const int exponent = exponent_for(maxima[index].max_abs);
     if (needs_rescaling(fast[index], order))
-      result.per_tensor[index].norm = root_of(rescaled[index].power_sum, order, tensor_max);
-    weighted += power_of(tensor_max / largest, order) * rescaled[index].power_sum;
+      result.per_tensor[index].norm = root_of(rescaled[index].power_sum, order, std::ldexp(1.0, -exponent));
+    weighted += power_of(std::ldexp(1.0, common_exponent - exponent), order) * rescaled[index].power_sum;
   }
-  result.total = largest > 0.0 ? root_of(weighted, order, largest) : 0.0;
+  result.total = root_of(weighted, order, std::ldexp(1.0, -common_exponent));
   return result;
 }
 

@@ -1,0 +1,123 @@
+"""Plain NumPy versions of gradguard's functions: the readable specification
+that the tests compare the C++ core against (bottleneck's "slow" module).
+
+Everything is computed in float64 (norms with a max-abs rescaling, so float64
+inputs near the overflow threshold are exact too); in-place results are formed
+in each dtype's compute type (float32 for 16- and 32-bit arrays, float64 for
+float64) and rounded once to the array's dtype, as the core does. They are
+slow (several passes, temporaries) and return new arrays instead of writing.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = ["compute_dtype", "global_norm", "tensor_norms", "clip_by_global_norm", "clip_by_norm",
+           "clip_by_value", "grad_stats"]
+
+
+def compute_dtype(dtype):
+    """float64 for float64 arrays, float32 for everything narrower."""
+    return np.float64 if np.dtype(dtype) == np.float64 else np.float32
+
+
+def _norm(values, ord):
+    """p-norm of a float64 vector with NaN/inf rules and max-abs rescaling."""
+    if values.size == 0:
+        return 0.0
+    if np.isnan(values).any():
+        return math.nan
+    magnitudes = np.abs(values)
+    largest = float(magnitudes.max())
+    if math.isinf(largest):
+        return math.inf
+    if math.isinf(ord):
+        return largest
+    if largest == 0.0:
+        return 0.0
+    scaled = magnitudes / largest
+    return largest * float(np.sum(scaled ** ord)) ** (1.0 / ord)
+
+
+def tensor_norms(arrays, ord=2.0):
+    """Each array's own p-norm."""
+    return np.array([_norm(np.asarray(a, dtype=np.float64).ravel(), ord) for a in arrays], dtype=np.float64)
+
+
+def global_norm(arrays, ord=2.0):
+    """The p-norm of all elements of all arrays together."""
+    arrays = list(arrays)
+    if not arrays:
+        return 0.0
+    return _norm(np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in arrays]), ord)
+
+
+def _scaled(array, coefficient):
+    compute = compute_dtype(array.dtype)
+    return (array.astype(compute) * compute(coefficient)).astype(array.dtype)
+
+
+def clip_coefficient(max_norm, total, eps):
+    """min(1, max_norm / (total + eps)); NaN stays NaN (torch's clamp)."""
+    if total == 0.0:
+        return 1.0
+    coefficient = max_norm / (total + eps)
+    return coefficient if (coefficient < 1.0 or math.isnan(coefficient)) else 1.0
+
+
+def clip_by_global_norm(arrays, max_norm, ord=2.0, eps=1e-6):
+    """(total, clipped copies) with torch.nn.utils.clip_grad_norm_'s rule."""
+    arrays = list(arrays)
+    total = global_norm(arrays, ord)
+    coefficient = clip_coefficient(max_norm, total, eps)
+    if coefficient == 1.0:
+        return total, [a.copy() for a in arrays]
+    return total, [_scaled(a, coefficient) for a in arrays]
+
+
+def clip_by_norm(arrays, max_norm, ord=2.0, eps=1e-6):
+    """(per-array norms, clipped copies): each array by its own norm."""
+    norms = tensor_norms(arrays, ord)
+    out = []
+    for array, norm in zip(arrays, norms):
+        coefficient = clip_coefficient(max_norm, norm, eps)
+        out.append(array.copy() if coefficient == 1.0 else _scaled(array, coefficient))
+    return norms, out
+
+
+def clip_by_value(arrays, low, high):
+    """Clamped copies; NaN stays NaN; bounds rounded to the compute type."""
+    out = []
+    for array in arrays:
+        compute = compute_dtype(array.dtype)
+        values = array.astype(compute)
+        clipped = np.where(values < compute(low), compute(low), values)
+        clipped = np.where(clipped > compute(high), compute(high), clipped)
+        out.append(clipped.astype(array.dtype))
+    return out
+
+
+def grad_stats(arrays):
+    """Per-array statistics as a dict of float64/int64 arrays (see gradguard.GradStats)."""
+    fields = {name: [] for name in ("numel", "mean", "std", "abs_mean", "l2", "min", "max", "n_nan", "n_inf", "n_zero")}
+    for array in arrays:
+        values = np.asarray(array, dtype=np.float64).ravel()
+        finite = values[np.isfinite(values)]
+        fields["numel"].append(values.size)
+        fields["n_nan"].append(int(np.isnan(values).sum()))
+        fields["n_inf"].append(int(np.isinf(values).sum()))
+        fields["n_zero"].append(int((values == 0).sum()))
+        fields["l2"].append(_norm(finite, 2.0))
+        if finite.size:
+            fields["mean"].append(finite.mean())
+            fields["std"].append(finite.std())
+            fields["abs_mean"].append(np.abs(finite).mean())
+            fields["min"].append(finite.min())
+            fields["max"].append(finite.max())
+        else:
+            for name in ("mean", "std", "abs_mean", "min", "max"):
+                fields[name].append(math.nan)
+    integer_fields = {"numel", "n_nan", "n_inf", "n_zero"}
+    return {name: np.array(values, dtype=np.int64 if name in integer_fields else np.float64)
+            for name, values in fields.items()}

@@ -1,0 +1,56 @@
+"""Fixtures shared by the tests: SIMD targets, dtypes, sizes and tolerances."""
+import numpy as np
+import pytest
+
+import gradguard as gg
+from gradguard import _core
+
+try:
+    import ml_dtypes
+
+    BFLOAT16 = np.dtype(ml_dtypes.bfloat16)
+except ImportError:  # bfloat16 is optional
+    ml_dtypes = None
+    BFLOAT16 = None
+
+DTYPES = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)] + ([BFLOAT16] if BFLOAT16 else [])
+DTYPE_IDS = [str(d) for d in DTYPES]
+
+# Sizes that straddle the vector widths (4/8/16), the 16-lane block, the
+# 64-element stats group and the 65536-element piece.
+SIZES = [0, 1, 7, 8, 9, 15, 16, 17, 63, 64, 65, 100, 1000, 65535, 65536, 65537, 200_003]
+
+# Relative tolerance of a result accumulated in float64 from inputs of each
+# dtype: the terms carry at most a few roundings of the compute type.
+NORM_RTOL = {"float32": 1e-6, "float64": 1e-12, "float16": 1e-6, "bfloat16": 1e-6}
+STATS_RTOL = {"float32": 2e-6, "float64": 1e-10, "float16": 2e-6, "bfloat16": 2e-6}
+
+
+def _target_params():
+    supported = set(_core.supported_targets())
+    return [pytest.param(name, marks=() if name in supported else pytest.mark.skip(
+        reason=f"this CPU cannot run the {name} target")) for name in _core.compiled_targets()]
+
+
+@pytest.fixture(params=_target_params())
+def simd_target(request):
+    """Runs the test on one SIMD target, then restores the import-time choice."""
+    before = _core.simd_target()
+    _core.use_target(request.param)
+    yield request.param
+    _core.use_target(before)
+
+
+@pytest.fixture(params=DTYPES, ids=DTYPE_IDS)
+def dtype(request):
+    return request.param
+
+
+def random_array(rng, size, dtype, scale=1.0):
+    """Normal values representable in dtype (so the reference sees the same numbers)."""
+    return (rng.standard_normal(size) * scale).astype(dtype)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(12345)

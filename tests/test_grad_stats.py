@@ -1,0 +1,88 @@
+"""gg.grad_stats against the float64 NumPy reference, on every SIMD target."""
+import math
+
+import numpy as np
+import pytest
+from conftest import SIZES, STATS_RTOL, random_array
+
+import gradguard as gg
+from gradguard import reference
+
+FLOAT_FIELDS = ("mean", "std", "abs_mean", "l2", "min", "max")
+COUNT_FIELDS = ("numel", "n_nan", "n_inf", "n_zero")
+
+
+def assert_stats_match(stats, expected, dtype, scale=1.0):
+    for field in COUNT_FIELDS:
+        np.testing.assert_array_equal(getattr(stats, field), expected[field], err_msg=field)
+    rtol = STATS_RTOL[np.dtype(dtype).name]
+    for field in FLOAT_FIELDS:
+        # mean can be ~0: its error is relative to the spread, not to itself.
+        atol = rtol * scale if field == "mean" else 0.0
+        np.testing.assert_allclose(getattr(stats, field), expected[field], rtol=rtol, atol=atol, err_msg=field)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_matches_reference(simd_target, dtype, size, rng):
+    arrays = [random_array(rng, size, dtype), random_array(rng, (5, 7), dtype, scale=100)]
+    stats = gg.grad_stats(arrays)
+    assert_stats_match(stats, reference.grad_stats(arrays), dtype, scale=100)
+    assert stats.global_norm == pytest.approx(reference.global_norm(arrays), rel=STATS_RTOL[dtype.name])
+
+
+@pytest.mark.parametrize("size", [1, 16, 17, 64, 65, 1000, 70_000])
+def test_nan_inf_and_zeros_are_counted_not_averaged(simd_target, dtype, size, rng):
+    values = random_array(rng, size, dtype)
+    positions = rng.permutation(size)
+    values[positions[: size // 10]] = 0
+    values[positions[size // 10: size // 5]] = np.nan
+    values[positions[size // 5: size // 5 + size // 20]] = np.inf
+    values[positions[-1]] = -np.inf if size > 1 else values[positions[-1]]
+    stats = gg.grad_stats({"layer": values})
+    assert_stats_match(stats, reference.grad_stats([values]), dtype)
+    assert stats.names == ("layer",)
+    expected_global = math.nan if np.isnan(values.astype(np.float64)).any() else (
+        math.inf if np.isinf(values.astype(np.float64)).any() else stats.l2[0])
+    assert stats.global_norm == expected_global or (math.isnan(stats.global_norm) and math.isnan(expected_global))
+
+
+def test_nothing_finite(simd_target):
+    stats = gg.grad_stats([np.array([np.nan, np.inf, -np.inf, np.nan], np.float32), np.zeros(0, np.float16)])
+    np.testing.assert_array_equal(stats.n_nan, [2, 0])
+    np.testing.assert_array_equal(stats.n_inf, [2, 0])
+    assert np.isnan(stats.mean).all() and np.isnan(stats.min).all() and np.isnan(stats.std).all()
+    np.testing.assert_array_equal(stats.l2, [0.0, 0.0])
+
+
+def test_first_value_not_finite_still_gives_finite_min_max(simd_target):
+    values = np.array([np.inf, np.nan, 3.0, -2.0, 5.0], np.float32)
+    stats = gg.grad_stats([values])
+    assert (stats.min[0], stats.max[0], stats.mean[0]) == (-2.0, 5.0, 2.0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_large_mean_small_spread_does_not_cancel(simd_target, dtype, rng):
+    # |mean| / std = 1e5: sum-of-squares formulas lose every digit of the variance.
+    values = (1000.0 + rng.standard_normal(300_000) * 0.01).astype(dtype)
+    stats = gg.grad_stats([values])
+    exact = values.astype(np.float64)
+    assert stats.std[0] == pytest.approx(exact.std(), rel=1e-4 if dtype == np.float32 else 1e-9)
+    assert stats.mean[0] == pytest.approx(exact.mean(), rel=1e-9)
+
+
+def test_row_and_nonfinite_helpers(simd_target):
+    stats = gg.grad_stats({"a": np.array([1.0, -1.0], np.float32), "b": np.array([np.nan], np.float64)})
+    assert stats.row("a")["abs_mean"] == 1.0 and stats.row(0)["numel"] == 2
+    assert stats.nonfinite() == ("b",)
+    assert len(stats) == 2 and gg.grad_stats([]).global_norm == 0.0
+
+
+def test_torch_agrees():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    values = random_array(rng, 100_000, np.float32, scale=0.02)
+    tensor = torch.from_numpy(values).double()
+    stats = gg.grad_stats([values])
+    assert stats.std[0] == pytest.approx(float(tensor.std(unbiased=False)), rel=1e-6)
+    assert stats.abs_mean[0] == pytest.approx(float(tensor.abs().mean()), rel=1e-6)
+    assert stats.l2[0] == pytest.approx(float(torch.linalg.vector_norm(tensor)), rel=1e-6)
