@@ -4,6 +4,7 @@
 #include <chrono>
 #include <condition_variable>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <new>
 #include <thread>
@@ -66,16 +67,24 @@ class ThreadPool {
       return;
     }
     body_ = &body;
-    tasks_ = tasks;
     error_ = nullptr;
-    next_task_.store(0, std::memory_order_relaxed);
+    // Participant p owns tasks [tasks * p / n, tasks * (p + 1) / n) and walks
+    // them in order, so each thread streams through one contiguous stretch of
+    // memory (what the hardware prefetchers need); a participant that runs
+    // out takes tasks from the others' cursors.
+    const int participants = static_cast<int>(workers_->size()) + 1;
+    participants_ = participants;
+    for (int participant = 0; participant < participants; ++participant) {
+      cursors_[participant].next.store(tasks * participant / participants, std::memory_order_relaxed);
+      cursors_[participant].end = tasks * (participant + 1) / participants;
+    }
     unfinished_workers_.store(static_cast<int>(workers_->size()), std::memory_order_relaxed);
     generation_.fetch_add(1, std::memory_order_release);
     if (sleeping_.load(std::memory_order_acquire) > 0) {
       std::lock_guard<std::mutex> lock(sleep_mutex_);
       wake_.notify_all();
     }
-    work();
+    work(0);
     while (unfinished_workers_.load(std::memory_order_acquire) > 0) cpu_relax();
     body_ = nullptr;
     if (error_) std::rethrow_exception(error_);
@@ -90,8 +99,9 @@ class ThreadPool {
     // The worker starts from the current generation, read here under the run
     // lock, so a run() that begins before the thread is scheduled is not missed.
     const uint64_t current = generation_.load();
+    cursors_.reset(new Cursor[thread_count_]);
     for (int index = 1; index < thread_count_; ++index)
-      workers_->emplace_back([this, current] { worker_loop(current); });
+      workers_->emplace_back([this, current, index] { worker_loop(current, index); });
   }
 
   void stop_workers() {
@@ -105,15 +115,18 @@ class ThreadPool {
     workers_->clear();
   }
 
-  void work() {
-    for (;;) {
-      const int64_t task = next_task_.fetch_add(1, std::memory_order_relaxed);
-      if (task >= tasks_) return;
-      try {
-        (*body_)(task);
-      } catch (...) {
-        std::lock_guard<std::mutex> lock(error_mutex_);
-        if (!error_) error_ = std::current_exception();
+  void work(int participant) {
+    for (int offset = 0; offset < participants_; ++offset) {
+      Cursor& cursor = cursors_[(participant + offset) % participants_];
+      for (;;) {
+        const int64_t task = cursor.next.fetch_add(1, std::memory_order_relaxed);
+        if (task >= cursor.end) break;
+        try {
+          (*body_)(task);
+        } catch (...) {
+          std::lock_guard<std::mutex> lock(error_mutex_);
+          if (!error_) error_ = std::current_exception();
+        }
       }
     }
   }
@@ -134,11 +147,11 @@ class ThreadPool {
     return generation_.load(std::memory_order_acquire);
   }
 
-  void worker_loop(uint64_t seen) {
+  void worker_loop(uint64_t seen, int participant) {
     for (;;) {
       seen = wait_for_job(seen);
       if (stopping_.load(std::memory_order_acquire)) return;
-      work();
+      work(participant);
       unfinished_workers_.fetch_sub(1, std::memory_order_acq_rel);
     }
   }
@@ -156,9 +169,13 @@ class ThreadPool {
   std::atomic<int> unfinished_workers_{0};
   // The job: written by run() before the generation is published (release),
   // read by workers after they observe it (acquire).
+  struct alignas(64) Cursor {  // one cache line each: no false sharing
+    std::atomic<int64_t> next{0};
+    int64_t end = 0;
+  };
   const std::function<void(int64_t)>* body_ = nullptr;
-  int64_t tasks_ = 0;
-  std::atomic<int64_t> next_task_{0};
+  std::unique_ptr<Cursor[]> cursors_;
+  int participants_ = 1;
   std::exception_ptr error_;
 };
 

@@ -1,0 +1,79 @@
+"""pytest-benchmark: gradguard (on each SIMD target the CPU has), NumPy and torch
+on the standard workloads, one group per workload and operation, so ratios read
+directly. Run: pytest benchmarks --benchmark-only  (add --benchmark-group-by=group)."""
+import numpy as np
+import pytest
+
+from gradguard import _core
+from gradguard.bench import make_cases, read_probes, torch, write_probes
+from gradguard.workloads import make_gradients, workload_names
+
+OPERATIONS = ["global_norm", "clip_by_global_norm", "grad_stats"]
+IMPLEMENTATIONS = [f"gradguard-{target}" for target in _core.supported_targets()] + ["numpy", "torch"]
+
+
+@pytest.fixture(scope="module")
+def cases_of():
+    """Cases for one workload at a time (gpt2-small's gradients are 0.5 GB)."""
+    current = {}
+
+    def get(workload):
+        if workload not in current:
+            current.clear()
+            current[workload] = {case.operation: case for case in make_cases(workload, make_gradients(workload))}
+        return current[workload]
+
+    return get
+
+
+@pytest.fixture(scope="module", autouse=True)
+def two_threads():
+    before = _core.get_num_threads()
+    _core.set_num_threads(2)
+    if torch is not None:
+        torch.set_num_threads(2)
+    yield
+    _core.set_num_threads(before)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("operation", OPERATIONS)
+@pytest.mark.parametrize("workload", workload_names())
+def test_workload(benchmark, cases_of, workload, operation, implementation):
+    case = cases_of(workload)[operation]
+    library, _, target = implementation.partition("-")
+    if library not in case.implementations:
+        pytest.skip(f"{library} is not installed")
+    function = case.implementations[library]
+    if target:
+        previous = _core.simd_target()
+
+        def on_target():
+            _core.use_target(target)
+            try:
+                function()
+            finally:
+                _core.use_target(previous)
+
+        run = on_target
+    else:
+        run = function
+    benchmark.group = f"{workload} {operation}"
+    benchmark.extra_info["bytes_moved"] = case.bytes_moved()
+    slow = library != "gradguard" and operation == "grad_stats"
+    benchmark.pedantic(run, rounds=3 if slow else 10, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["GB/s"] = case.bytes_moved() / benchmark.stats.stats.median / 1e9
+
+
+_PROBE_NAMES = [("read", name) for name in read_probes(np.zeros(16, np.float32))] + \
+               [("read_write", name) for name in write_probes(np.zeros(16, np.float32))]
+
+
+@pytest.mark.parametrize("kind, probe", _PROBE_NAMES, ids=[f"{k}-{n}" for k, n in _PROBE_NAMES])
+def test_bandwidth(benchmark, kind, probe):
+    """The roofline's yardsticks: plain loops over a 512 MiB float32 buffer."""
+    buffer = np.ones(128 * 2**20, dtype=np.float32)
+    probes = read_probes(buffer) if kind == "read" else write_probes(buffer)
+    benchmark.group = f"bandwidth {kind}"
+    benchmark.pedantic(probes[probe], rounds=5, iterations=1, warmup_rounds=1)
+    benchmark.extra_info["GB/s"] = buffer.nbytes * (1 if kind == "read" else 2) / benchmark.stats.stats.median / 1e9

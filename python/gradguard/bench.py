@@ -1,0 +1,258 @@
+"""Benchmarks: gradguard against plain NumPy and PyTorch (when installed) on
+the standard workloads, with the machine's memory bandwidth measured in the
+same run. `python -m gradguard bench` prints the table; the pytest-benchmark
+suite in benchmarks/ runs the same cases.
+
+Bytes moved per call: a norm or statistics pass reads every gradient once
+(N bytes); an in-place clip reads them for the norm and reads and writes them
+to scale (3N). The roofline is the time those bytes take at the best
+bandwidth measured here: read-only passes at the read bandwidth, the scale
+pass at the read+write bandwidth, each the best of gradguard's plain probe
+loop, NumPy and torch.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _core
+from .clip import clip_by_global_norm, global_norm
+from .config import get_num_threads, set_num_threads, simd_target
+from .stats import grad_stats
+from .workloads import make_gradients, workload_names
+
+try:
+    import torch
+except ImportError:  # torch is optional: its columns are left out
+    torch = None
+
+
+def best_time(function, repeat, warmup=1):
+    """Median seconds of `repeat` calls after `warmup` calls."""
+    for _ in range(warmup):
+        function()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+# ---- bandwidth probes --------------------------------------------------------------
+
+def read_probes(buffer):
+    """Read-only loops over a float32 buffer: name -> callable."""
+    probes = {"gradguard plain loop": lambda: _core.read_probe(buffer), "numpy sum": lambda: buffer.sum()}
+    if torch is not None:
+        tensor = torch.from_numpy(buffer)
+        probes["torch sum"] = lambda: tensor.sum()
+    return probes
+
+
+def write_probes(buffer):
+    """In-place read+write loops over a float32 buffer: name -> callable."""
+    # Multiplying by 1 + 2^-23 keeps values finite for thousands of calls.
+    factor = 1.0 + 2.0**-23
+    probes = {"gradguard plain loop": lambda: _core.scale([buffer], factor, None),
+              "numpy multiply": lambda: np.multiply(buffer, np.float32(factor), out=buffer)}
+    if torch is not None:
+        tensor = torch.from_numpy(buffer)
+        probes["torch mul_"] = lambda: tensor.mul_(factor)
+    return probes
+
+
+@dataclass
+class Bandwidth:
+    read: float        # bytes/s, best of the read probes
+    read_write: float  # bytes moved (read + written) per second, best of the write probes
+    read_by: str
+    read_write_by: str
+
+
+def measure_bandwidth(nbytes=512 * 2**20, repeat=5):
+    """Best read and read+write bandwidth over a buffer too large for any cache."""
+    buffer = np.ones(nbytes // 4, dtype=np.float32)
+    read = {name: nbytes / best_time(probe, repeat) for name, probe in read_probes(buffer).items()}
+    write = {name: 2 * nbytes / best_time(probe, repeat) for name, probe in write_probes(buffer).items()}
+    read_by, write_by = max(read, key=read.get), max(write, key=write.get)
+    return Bandwidth(read[read_by], write[write_by], read_by, write_by)
+
+
+# ---- the cases -------------------------------------------------------------------
+
+@dataclass
+class Case:
+    """One operation on one workload, implemented by several libraries."""
+
+    workload: str
+    operation: str
+    nbytes: int            # gradient bytes
+    passes: tuple          # ("read",) or ("read", "read_write")
+    implementations: dict = field(default_factory=dict)  # name -> callable
+
+    def roofline_seconds(self, bandwidth):
+        seconds = 0.0
+        for kind in self.passes:
+            seconds += self.nbytes / bandwidth.read if kind == "read" else 2 * self.nbytes / bandwidth.read_write
+        return seconds
+
+    def bytes_moved(self):
+        return self.nbytes * sum(1 if kind == "read" else 2 for kind in self.passes)
+
+
+def numpy_global_norm(arrays):
+    return math.sqrt(sum(float(np.vdot(a, a)) for a in arrays))
+
+
+def numpy_clip(arrays, max_norm):
+    total = numpy_global_norm(arrays)
+    coefficient = max_norm / (total + 1e-6)
+    if coefficient < 1:
+        for array in arrays:
+            array *= np.float32(coefficient)
+    return total
+
+
+def numpy_stats(arrays):
+    """The NumPy calls grad_stats replaces, per array."""
+    return [(np.abs(a).mean(), a.std(), a.min(), a.max(), np.isnan(a).sum(), np.isinf(a).sum(),
+             np.count_nonzero(a == 0), np.linalg.norm(a.ravel())) for a in arrays]
+
+
+def torch_stats(tensors):
+    return [(t.abs().mean(), t.std(unbiased=False), t.min(), t.max(), t.isnan().sum(), t.isinf().sum(),
+             (t == 0).sum(), torch.linalg.vector_norm(t)) for t in tensors]
+
+
+class _ShrinkingBound:
+    """max_norm just below the last total, so every call really clips (a bound
+    at or above the norm makes clipping a no-op after the first call)."""
+
+    def __init__(self):
+        self.total = math.inf
+
+    def next(self):
+        return self.total * 0.999 if math.isfinite(self.total) else 1e30
+
+    def update(self, total):
+        self.total = float(total)
+
+
+def make_cases(workload, gradients, operations=("global_norm", "clip_by_global_norm", "grad_stats")):
+    """Benchmark cases on one workload's gradients (a dict name -> float32 array)."""
+    arrays = list(gradients.values())
+    nbytes = sum(a.nbytes for a in arrays)
+    tensors = [torch.from_numpy(a) for a in arrays] if torch is not None else None
+    parameters = None
+    if torch is not None:
+        parameters = []
+        for tensor in tensors:  # parameters whose .grad are views of the NumPy gradients
+            parameter = torch.nn.Parameter(torch.zeros(1).expand(tensor.shape))
+            parameter.grad = tensor
+            parameters.append(parameter)
+    cases = []
+    if "global_norm" in operations:
+        case = Case(workload, "global_norm", nbytes, ("read",))
+        case.implementations["gradguard"] = lambda: global_norm(arrays)
+        case.implementations["numpy"] = lambda: numpy_global_norm(arrays)
+        if torch is not None:
+            case.implementations["torch"] = lambda: torch.nn.utils.get_total_norm(tensors)
+        cases.append(case)
+    if "clip_by_global_norm" in operations:
+        case = Case(workload, "clip_by_global_norm", nbytes, ("read", "read_write"))
+        bounds = {name: _ShrinkingBound() for name in ("gradguard", "numpy", "torch")}
+
+        def gradguard_clip():
+            bounds["gradguard"].update(clip_by_global_norm(arrays, bounds["gradguard"].next()))
+
+        def plain_numpy_clip():
+            bounds["numpy"].update(numpy_clip(arrays, bounds["numpy"].next()))
+
+        case.implementations["gradguard"] = gradguard_clip
+        case.implementations["numpy"] = plain_numpy_clip
+        if torch is not None:
+            def torch_clip():
+                bounds["torch"].update(torch.nn.utils.clip_grad_norm_(parameters, bounds["torch"].next()))
+
+            case.implementations["torch"] = torch_clip
+        cases.append(case)
+    if "grad_stats" in operations:
+        case = Case(workload, "grad_stats", nbytes, ("read",))
+        case.implementations["gradguard"] = lambda: grad_stats(arrays)
+        case.implementations["numpy"] = lambda: numpy_stats(arrays)
+        if torch is not None:
+            case.implementations["torch"] = lambda: torch_stats(tensors)
+        cases.append(case)
+    return cases
+
+
+# ---- the table -----------------------------------------------------------------------
+
+def run(workloads, repeat, threads, slow_repeat=2):
+    """Measure every case; return (bandwidth, rows)."""
+    set_num_threads(threads)
+    if torch is not None:
+        torch.set_num_threads(threads)
+    bandwidth = measure_bandwidth()
+    rows = []
+    for workload in workloads:
+        gradients = make_gradients(workload)
+        for case in make_cases(workload, gradients):
+            roofline = case.roofline_seconds(bandwidth)
+            results = {}
+            for name, function in case.implementations.items():
+                # NumPy's per-tensor statistics take seconds: fewer repeats.
+                count = slow_repeat if (name != "gradguard" and case.operation == "grad_stats") else repeat
+                results[name] = best_time(function, count)
+            for name, seconds in results.items():
+                rows.append({
+                    "workload": workload, "operation": case.operation, "implementation": name,
+                    "ms": seconds * 1e3, "GB/s": case.bytes_moved() / seconds / 1e9,
+                    "roofline_ms": roofline * 1e3, "x_roofline": seconds / roofline,
+                    "gg_speedup": seconds / results["gradguard"],
+                })
+        if workload == "many-small":
+            one = {"all": np.concatenate([a.ravel() for a in gradients.values()])}
+            for case in make_cases("many-small as one tensor", one, ("clip_by_global_norm", "grad_stats")):
+                seconds = best_time(case.implementations["gradguard"], repeat)
+                rows.append({"workload": case.workload, "operation": case.operation, "implementation": "gradguard",
+                             "ms": seconds * 1e3, "GB/s": case.bytes_moved() / seconds / 1e9,
+                             "roofline_ms": case.roofline_seconds(bandwidth) * 1e3,
+                             "x_roofline": seconds / case.roofline_seconds(bandwidth), "gg_speedup": 1.0})
+        del gradients
+    return bandwidth, rows
+
+
+def format_table(bandwidth, rows, threads):
+    lines = [
+        f"gradguard {simd_target()} target, {threads} threads"
+        + (f"; torch {torch.__version__} on {torch.get_num_threads()} threads" if torch is not None else "; torch not installed"),
+        f"memory bandwidth: read {bandwidth.read / 1e9:.1f} GB/s ({bandwidth.read_by}), "
+        f"read+write {bandwidth.read_write / 1e9:.1f} GB/s ({bandwidth.read_write_by})",
+        "",
+        f"{'workload':<26}{'operation':<21}{'implementation':<11}{'ms':>9}{'GB/s':>7}{'roofline ms':>13}"
+        f"{'x roofline':>11}{'gg faster':>10}",
+    ]
+    for row in rows:
+        lines.append(f"{row['workload']:<26}{row['operation']:<21}{row['implementation']:<11}{row['ms']:>9.2f}"
+                     f"{row['GB/s']:>7.1f}{row['roofline_ms']:>13.2f}{row['x_roofline']:>11.2f}"
+                     f"{row['gg_speedup']:>9.1f}x")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m gradguard bench",
+                                     description="Time gradguard against NumPy and torch on the standard workloads.")
+    parser.add_argument("--workloads", nargs="+", default=workload_names(), choices=workload_names())
+    parser.add_argument("--repeat", type=int, default=7, help="timed calls per measurement (median reported)")
+    parser.add_argument("--threads", type=int, default=get_num_threads(), help="threads for gradguard and torch")
+    arguments = parser.parse_args(argv)
+    bandwidth, rows = run(arguments.workloads, arguments.repeat, arguments.threads)
+    print(format_table(bandwidth, rows, arguments.threads))
+    return 0
