@@ -116,43 +116,6 @@ py::list nonfinite_indices(const GlobalNorm& norm) {
   return indices;
 }
 
-template <class T>
-py::array_t<T> to_numpy(const std::vector<TensorStats>& stats, T TensorStats::*field) {
-  py::array_t<T> out(static_cast<py::ssize_t>(stats.size()));
-  T* data = out.mutable_data();
-  for (size_t index = 0; index < stats.size(); ++index) data[index] = stats[index].*field;
-  return out;
-}
-
-py::dict stats_to_dict(const std::vector<TensorStats>& stats) {
-  const double nan = std::numeric_limits<double>::quiet_NaN();
-  const auto size = static_cast<py::ssize_t>(stats.size());
-  py::array_t<double> mean(size), std_dev(size), abs_mean(size), l2(size), minimum(size), maximum(size);
-  for (size_t index = 0; index < stats.size(); ++index) {
-    const TensorStats& entry = stats[index];
-    const bool any = entry.finite > 0;
-    const double finite = static_cast<double>(entry.finite);
-    mean.mutable_at(index) = any ? entry.mean : nan;
-    std_dev.mutable_at(index) = any ? std::sqrt(entry.squared_deviations / finite) : nan;
-    abs_mean.mutable_at(index) = any ? entry.abs_sum / finite : nan;
-    l2.mutable_at(index) = std::sqrt(entry.sum_of_squares);
-    minimum.mutable_at(index) = any ? entry.min : nan;
-    maximum.mutable_at(index) = any ? entry.max : nan;
-  }
-  py::dict result;
-  result["numel"] = to_numpy(stats, &TensorStats::count);
-  result["mean"] = mean;
-  result["std"] = std_dev;
-  result["abs_mean"] = abs_mean;
-  result["l2"] = l2;
-  result["min"] = minimum;
-  result["max"] = maximum;
-  result["n_nan"] = to_numpy(stats, &TensorStats::nan);
-  result["n_inf"] = to_numpy(stats, &TensorStats::inf);
-  result["n_zero"] = to_numpy(stats, &TensorStats::zero);
-  return result;
-}
-
 // torch's rule: coef = max_norm / (total + eps), clamped to at most 1. A NaN
 // total gives a NaN coefficient, which is applied (every gradient turns NaN).
 double clip_coefficient(double max_norm, double total, double eps) {
@@ -225,12 +188,28 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("grad_stats", [](const py::list& arrays, const py::object& names) {
     TensorList list = to_tensors(arrays, names, "arrays", Access::read);
-    std::vector<TensorStats> stats;
+    const auto size = static_cast<py::ssize_t>(list.tensors.size());
+    py::array_t<int64_t> numel(size), nan(size), inf(size), zero(size);
+    py::array_t<double> mean(size), std_dev(size), abs_mean(size), l2(size), minimum(size), maximum(size);
+    const StatsColumns columns{numel.mutable_data(), mean.mutable_data(), std_dev.mutable_data(),
+                               abs_mean.mutable_data(), l2.mutable_data(), minimum.mutable_data(),
+                               maximum.mutable_data(), nan.mutable_data(), inf.mutable_data(), zero.mutable_data()};
     {
       py::gil_scoped_release released;
-      stats = tensor_stats(list.tensors);
+      tensor_stats(list.tensors, columns);
     }
-    return stats_to_dict(stats);
+    py::dict result;
+    result["numel"] = numel;
+    result["mean"] = mean;
+    result["std"] = std_dev;
+    result["abs_mean"] = abs_mean;
+    result["l2"] = l2;
+    result["min"] = minimum;
+    result["max"] = maximum;
+    result["n_nan"] = nan;
+    result["n_inf"] = inf;
+    result["n_zero"] = zero;
+    return result;
   });
 
   m.def("read_probe", [](const py::array& array) {

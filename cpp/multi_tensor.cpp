@@ -238,51 +238,83 @@ void clamp_tensors(const std::vector<TensorRef>& tensors, double low, double hig
   });
 }
 
-std::vector<TensorStats> tensor_stats(const std::vector<TensorRef>& tensors) {
+namespace {
+
+// Folds a tensor's piece partials in piece order (Chan et al.'s pairwise
+// merge of count, mean and sum of squared deviations) and writes the result.
+void finish_tensor_stats(const StatsPartial* pieces, int64_t piece_count, int64_t tensor, const StatsColumns& out) {
+  int64_t count = 0, finite = 0, nan = 0, zero = 0;
+  double mean = 0.0, deviations = 0.0, abs_sum = 0.0, sum_of_squares = 0.0;
+  double minimum = std::numeric_limits<double>::infinity(), maximum = -minimum;
+  for (int64_t index = 0; index < piece_count; ++index) {
+    const StatsPartial& piece = pieces[index];
+    count += piece.count;
+    nan += piece.nan;
+    zero += piece.zero;
+    abs_sum += piece.abs_sum;
+    minimum = std::min(minimum, piece.min);
+    maximum = std::max(maximum, piece.max);
+    if (piece.finite == 0) continue;
+    // The piece's moments from its sums around `shift`.
+    const double piece_count_wide = static_cast<double>(piece.finite);
+    const double piece_mean = piece.shift + piece.shifted_sum / piece_count_wide;
+    const double piece_deviations =
+        std::max(0.0, piece.shifted_sumsq - piece.shifted_sum * piece.shifted_sum / piece_count_wide);
+    sum_of_squares += piece.shifted_sumsq + 2.0 * piece.shift * piece.shifted_sum +
+                      piece_count_wide * piece.shift * piece.shift;
+    const double merged = static_cast<double>(finite) + piece_count_wide;
+    const double delta = piece_mean - mean;
+    mean += delta * piece_count_wide / merged;
+    deviations += piece_deviations + delta * delta * static_cast<double>(finite) * piece_count_wide / merged;
+    finite += piece.finite;
+  }
+  const double nan_value = std::numeric_limits<double>::quiet_NaN();
+  const double finite_wide = static_cast<double>(finite);
+  out.numel[tensor] = count;
+  out.nan[tensor] = nan;
+  out.inf[tensor] = count - finite - nan;
+  out.zero[tensor] = zero;
+  out.l2[tensor] = std::sqrt(std::max(0.0, sum_of_squares));
+  out.mean[tensor] = finite > 0 ? mean : nan_value;
+  out.std[tensor] = finite > 0 ? std::sqrt(deviations / finite_wide) : nan_value;
+  out.abs_mean[tensor] = finite > 0 ? abs_sum / finite_wide : nan_value;
+  out.min[tensor] = finite > 0 ? minimum : nan_value;
+  out.max[tensor] = finite > 0 ? maximum : nan_value;
+}
+
+}  // namespace
+
+void tensor_stats(const std::vector<TensorRef>& tensors, const StatsColumns& columns) {
   const KernelTable& kernels = active_kernels();
   static thread_local Plan reusable_plan;
   const Plan& plan = make_plan(tensors, reusable_plan);
   static thread_local std::vector<StatsPartial> reusable_partials;
   std::vector<StatsPartial>& partials = reusable_partials;  // the caller's buffer, also in the workers
   partials.resize(plan.pieces.size());
-  for_each_piece(plan, false, [&](int64_t index) {
-    const Piece& piece = plan.pieces[index];
-    const TensorRef& tensor = tensors[piece.tensor];
-    partials[index] =
-        kernels.stats[static_cast<int>(tensor.dtype)](piece_address(tensor, piece.offset), piece.count);
-  });
-
-  std::vector<TensorStats> result(tensors.size());
-  for (size_t tensor = 0; tensor < tensors.size(); ++tensor) {
-    TensorStats& stats = result[tensor];
-    stats.min = std::numeric_limits<double>::infinity();
-    stats.max = -std::numeric_limits<double>::infinity();
-    for (int64_t index = plan.tensor_first_piece[tensor]; index < plan.tensor_first_piece[tensor + 1]; ++index) {
-      const StatsPartial& piece = partials[index];
-      stats.count += piece.count;
-      stats.nan += piece.nan;
-      stats.inf += piece.count - piece.finite - piece.nan;
-      stats.zero += piece.zero;
-      stats.abs_sum += piece.abs_sum;
-      stats.min = std::min(stats.min, piece.min);
-      stats.max = std::max(stats.max, piece.max);
-      if (piece.finite == 0) continue;
-      // Piece moments from its shifted sums, then Chan et al.'s pairwise merge.
-      const double count = static_cast<double>(piece.finite);
-      const double piece_mean = piece.shift + piece.shifted_sum / count;
-      const double piece_deviations =
-          std::max(0.0, piece.shifted_sumsq - piece.shifted_sum * piece.shifted_sum / count);
-      stats.sum_of_squares +=
-          piece.shifted_sumsq + 2.0 * piece.shift * piece.shifted_sum + count * piece.shift * piece.shift;
-      const double merged = static_cast<double>(stats.finite) + count;
-      const double delta = piece_mean - stats.mean;
-      stats.mean += delta * count / merged;
-      stats.squared_deviations += piece_deviations + delta * delta * static_cast<double>(stats.finite) * count / merged;
-      stats.finite += piece.finite;
+  // A tensor whose pieces all lie in one task is finished by that task (in
+  // parallel: thousands of small tensors); the others are finished afterwards.
+  const int64_t tasks = plan.tasks();
+  parallel_for(tasks, [&](int64_t task) {
+    const int64_t first = plan.task_starts[task], last = plan.task_starts[task + 1];
+    for (int64_t index = first; index < last; ++index) {
+      const Piece& piece = plan.pieces[index];
+      const TensorRef& tensor = tensors[piece.tensor];
+      partials[index] =
+          kernels.stats[static_cast<int>(tensor.dtype)](piece_address(tensor, piece.offset), piece.count);
+      const int64_t tensor_first = plan.tensor_first_piece[piece.tensor];
+      const int64_t tensor_end = plan.tensor_first_piece[piece.tensor + 1];
+      if (index + 1 == tensor_end && tensor_first >= first)
+        finish_tensor_stats(&partials[tensor_first], tensor_end - tensor_first, piece.tensor, columns);
     }
-    stats.sum_of_squares = std::max(0.0, stats.sum_of_squares);
+  });
+  for (size_t tensor = 0; tensor < tensors.size(); ++tensor) {
+    const int64_t tensor_first = plan.tensor_first_piece[tensor];
+    const int64_t tensor_end = plan.tensor_first_piece[tensor + 1];
+    const int64_t* task_of_first = std::upper_bound(plan.task_starts.data(), plan.task_starts.data() + tasks + 1, tensor_first);
+    const bool finished_in_task = tensor_end > tensor_first && tensor_end <= *task_of_first;
+    if (!finished_in_task)
+      finish_tensor_stats(partials.data() + tensor_first, tensor_end - tensor_first, static_cast<int64_t>(tensor), columns);
   }
-  return result;
 }
 
 double read_probe(const float* data, int64_t count) {

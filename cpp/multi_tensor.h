@@ -56,17 +56,25 @@ void scale_tensors(const std::vector<TensorRef>& tensors, const std::vector<doub
 // tensor[i] = clamp(tensor[i], low, high); NaN stays NaN.
 void clamp_tensors(const std::vector<TensorRef>& tensors, double low, double high);
 
-// Statistics of one tensor over its finite entries (moments), plus counts.
-struct TensorStats {
-  int64_t count = 0, finite = 0, nan = 0, inf = 0, zero = 0;
-  double mean = 0.0;
-  double squared_deviations = 0.0;  // sum (x - mean)^2
-  double abs_sum = 0.0;
-  double sum_of_squares = 0.0;
-  double min = 0.0, max = 0.0;
+// Per-tensor statistics, written into caller-owned columns (one entry per
+// tensor). Moments are over each tensor's finite entries:
+//   mean = sum x / n, std = sqrt(sum (x - mean)^2 / n), abs_mean = sum |x| / n,
+//   min, max (NaN when n = 0), l2 = sqrt(sum x^2) (0 when n = 0);
+// numel, nan, inf and zero count entries.
+struct StatsColumns {
+  int64_t* numel;
+  double* mean;
+  double* std;
+  double* abs_mean;
+  double* l2;
+  double* min;
+  double* max;
+  int64_t* nan;
+  int64_t* inf;
+  int64_t* zero;
 };
 
-std::vector<TensorStats> tensor_stats(const std::vector<TensorRef>& tensors);
+void tensor_stats(const std::vector<TensorRef>& tensors, const StatsColumns& columns);
 
 // Sum of a float32 buffer by the plainest threaded read loop (bandwidth yardstick).
 double read_probe(const float* data, int64_t count);
