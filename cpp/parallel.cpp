@@ -21,7 +21,14 @@
 namespace gradguard {
 namespace {
 
-inline void cpu_relax() {
+// Busy-wait step: a pause, and every 64th time a yield, so that a waiting
+// thread hands its core to whoever the OS would run (torch's or BLAS's
+// threads, or our own worker) instead of burning it.
+inline void pause_or_yield(int polls) {
+  if ((polls & 63) == 63) {
+    std::this_thread::yield();
+    return;
+  }
 #if defined(__x86_64__) || defined(_M_X64)
   _mm_pause();
 #endif
@@ -32,7 +39,7 @@ inline void cpu_relax() {
 // whole clip of thousands of small tensors; polling this long after each job
 // keeps back-to-back calls (a training step's clip, stats, optimiser) fast,
 // and costs nothing to a process that makes no further call.
-constexpr auto kSpinBeforeSleep = std::chrono::microseconds(200);
+constexpr auto kSpinBeforeSleep = std::chrono::microseconds(100);
 
 class ThreadPool {
  public:
@@ -55,7 +62,8 @@ class ThreadPool {
     new (&wake_) std::condition_variable();
     workers_ = new std::vector<std::thread>();
     sleeping_.store(0);
-    unfinished_workers_.store(0);
+    active_.store(0);
+    open_.store(false);
     restart_needed_ = true;
   }
 
@@ -78,14 +86,18 @@ class ThreadPool {
       cursors_[participant].next.store(tasks * participant / participants, std::memory_order_relaxed);
       cursors_[participant].end = tasks * (participant + 1) / participants;
     }
-    unfinished_workers_.store(static_cast<int>(workers_->size()), std::memory_order_relaxed);
-    generation_.fetch_add(1, std::memory_order_release);
-    if (sleeping_.load(std::memory_order_acquire) > 0) {
+    open_.store(true, std::memory_order_seq_cst);
+    generation_.fetch_add(1, std::memory_order_seq_cst);
+    if (sleeping_.load(std::memory_order_seq_cst) > 0) {
       std::lock_guard<std::mutex> lock(sleep_mutex_);
       wake_.notify_all();
     }
     work(0);
-    while (unfinished_workers_.load(std::memory_order_acquire) > 0) cpu_relax();
+    // Every task is claimed. Close the job and wait only for the workers that
+    // joined it: a worker the OS has not scheduled yet (other libraries'
+    // threads may hold the cores) must not keep the caller waiting.
+    open_.store(false, std::memory_order_seq_cst);
+    for (int polls = 0; active_.load(std::memory_order_seq_cst) > 0; ++polls) pause_or_yield(polls);
     body_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
@@ -137,7 +149,7 @@ class ThreadPool {
     for (int polls = 0;; ++polls) {
       const uint64_t now = generation_.load(std::memory_order_acquire);
       if (now != seen) return now;
-      cpu_relax();
+      pause_or_yield(polls);
       if ((polls & 255) == 255 && std::chrono::steady_clock::now() > deadline) break;
     }
     std::unique_lock<std::mutex> lock(sleep_mutex_);
@@ -151,8 +163,11 @@ class ThreadPool {
     for (;;) {
       seen = wait_for_job(seen);
       if (stopping_.load(std::memory_order_acquire)) return;
-      work(participant);
-      unfinished_workers_.fetch_sub(1, std::memory_order_acq_rel);
+      // Join only a job that is still open (seq_cst on both sides: if this
+      // load sees it open, the caller's later wait sees this increment).
+      active_.fetch_add(1, std::memory_order_seq_cst);
+      if (open_.load(std::memory_order_seq_cst)) work(participant);
+      active_.fetch_sub(1, std::memory_order_seq_cst);
     }
   }
 
@@ -166,7 +181,8 @@ class ThreadPool {
   std::atomic<bool> stopping_{false};
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> sleeping_{0};
-  std::atomic<int> unfinished_workers_{0};
+  std::atomic<int> active_{0};     // workers inside the current job
+  std::atomic<bool> open_{false};  // whether workers may still join it
   // The job: written by run() before the generation is published (release),
   // read by workers after they observe it (acquire).
   struct alignas(64) Cursor {  // one cache line each: no false sharing

@@ -34,14 +34,31 @@ except ImportError:  # torch is optional: its columns are left out
 
 def best_time(function, repeat, warmup=1):
     """Median seconds of `repeat` calls after `warmup` calls."""
+    return interleaved_medians({"only": function}, repeat, warmup)["only"]
+
+
+def interleaved_medians(functions, repeat, warmup=1, repeat_of=None, first=()):
+    """Median seconds of each function, timed round-robin: every round calls
+    each function once. On a machine whose memory bandwidth drifts (a shared
+    host), drift then affects every function alike. The functions named in
+    `first` open every round; the others follow in an order rotated by one
+    each round, so each follows every other equally often (another library's
+    threads still spinning after its call, caches it left warm or cold).
+    repeat_of: optional name -> repeat count for slow functions."""
+    counts = {name: (repeat_of or {}).get(name, repeat) for name in functions}
+    times = {name: [] for name in functions}
+    rotating = [name for name in functions if name not in first]
     for _ in range(warmup):
-        function()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for function in functions.values():
+            function()
+    for round_index in range(max(counts.values())):
+        shift = round_index % max(1, len(rotating))
+        for name in list(first) + rotating[shift:] + rotating[:shift]:
+            if round_index < counts[name]:
+                start = time.perf_counter()
+                functions[name]()
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 # ---- bandwidth probes --------------------------------------------------------------
@@ -194,55 +211,67 @@ def make_cases(workload, gradients, operations=("global_norm", "clip_by_global_n
 
 # ---- the table -----------------------------------------------------------------------
 
-def run(workloads, repeat, threads, slow_repeat=2):
-    """Measure every case; return (bandwidth, rows)."""
+def run(workloads, repeat, threads, slow_repeat=3):
+    """Measure every case, each interleaved with the bandwidth probes; return rows."""
     set_num_threads(threads)
     if torch is not None:
         torch.set_num_threads(threads)
-    bandwidth = measure_bandwidth()
+    probe_buffer = np.ones(512 * 2**20 // 4, dtype=np.float32)
+    probes = {f"read: {name}": probe for name, probe in read_probes(probe_buffer).items()}
+    probes.update({f"read+write: {name}": probe for name, probe in write_probes(probe_buffer).items()})
     rows = []
     for workload in workloads:
         gradients = make_gradients(workload)
-        for case in make_cases(workload, gradients):
-            roofline = case.roofline_seconds(bandwidth)
-            results = {}
-            for name, function in case.implementations.items():
-                # NumPy's per-tensor statistics take seconds: fewer repeats.
-                count = slow_repeat if (name != "gradguard" and case.operation == "grad_stats") else repeat
-                results[name] = best_time(function, count)
-            for name, seconds in results.items():
-                rows.append({
-                    "workload": workload, "operation": case.operation, "implementation": name,
-                    "ms": seconds * 1e3, "GB/s": case.bytes_moved() / seconds / 1e9,
-                    "roofline_ms": roofline * 1e3, "x_roofline": seconds / roofline,
-                    "gg_speedup": seconds / results["gradguard"],
-                })
+        cases = make_cases(workload, gradients)
         if workload == "many-small":
             one = {"all": np.concatenate([a.ravel() for a in gradients.values()])}
             for case in make_cases("many-small as one tensor", one, ("clip_by_global_norm", "grad_stats")):
-                seconds = best_time(case.implementations["gradguard"], repeat)
-                rows.append({"workload": case.workload, "operation": case.operation, "implementation": "gradguard",
-                             "ms": seconds * 1e3, "GB/s": case.bytes_moved() / seconds / 1e9,
-                             "roofline_ms": case.roofline_seconds(bandwidth) * 1e3,
-                             "x_roofline": seconds / case.roofline_seconds(bandwidth), "gg_speedup": 1.0})
-        del gradients
-    return bandwidth, rows
+                case.implementations = {"gradguard": case.implementations["gradguard"]}
+                cases.append(case)
+        for case in cases:
+            functions = dict(case.implementations)
+            functions.update(probes)
+            # NumPy's and torch's per-tensor statistics take up to a second: fewer repeats.
+            slow = {name: slow_repeat for name in case.implementations
+                    if name != "gradguard" and case.operation == "grad_stats"}
+            medians = interleaved_medians(functions, repeat, repeat_of=slow, first=tuple(probes))
+            bandwidth = _bandwidth_from(medians, probe_buffer.nbytes)
+            roofline = case.roofline_seconds(bandwidth)
+            for name in case.implementations:
+                seconds = medians[name]
+                rows.append({
+                    "workload": case.workload, "operation": case.operation, "implementation": name,
+                    "ms": seconds * 1e3, "GB/s": case.bytes_moved() / seconds / 1e9,
+                    "roofline_ms": roofline * 1e3, "x_roofline": seconds / roofline,
+                    "gg_speedup": seconds / medians["gradguard"],
+                    "read_GBps": bandwidth.read / 1e9, "read_write_GBps": bandwidth.read_write / 1e9,
+                })
+        del gradients, cases
+    return rows
 
 
-def format_table(bandwidth, rows, threads):
+def _bandwidth_from(medians, nbytes):
+    read = {name: nbytes / seconds for name, seconds in medians.items() if name.startswith("read: ")}
+    write = {name: 2 * nbytes / seconds for name, seconds in medians.items() if name.startswith("read+write: ")}
+    read_by, write_by = max(read, key=read.get), max(write, key=write.get)
+    return Bandwidth(read[read_by], write[write_by], read_by[6:], write_by[12:])
+
+
+def format_table(rows, threads):
     lines = [
         f"gradguard {simd_target()} target, {threads} threads"
         + (f"; torch {torch.__version__} on {torch.get_num_threads()} threads" if torch is not None else "; torch not installed"),
-        f"memory bandwidth: read {bandwidth.read / 1e9:.1f} GB/s ({bandwidth.read_by}), "
-        f"read+write {bandwidth.read_write / 1e9:.1f} GB/s ({bandwidth.read_write_by})",
+        "each case is timed round-robin with the bandwidth probes (512 MiB buffer, run first in each round,",
+        "then the implementations in rotating order); the roofline is the case's bytes at the best",
+        "read / read+write bandwidth of the same rounds (for many-small, 8 MB, the data can sit in cache)",
         "",
-        f"{'workload':<26}{'operation':<21}{'implementation':<11}{'ms':>9}{'GB/s':>7}{'roofline ms':>13}"
-        f"{'x roofline':>11}{'gg faster':>10}",
+        f"{'workload':<26}{'operation':<21}{'impl':<11}{'ms':>9}{'GB/s':>7}{'roofline':>10}{'x roof':>8}"
+        f"{'gg faster':>10}{'bw read/rw':>12}",
     ]
     for row in rows:
         lines.append(f"{row['workload']:<26}{row['operation']:<21}{row['implementation']:<11}{row['ms']:>9.2f}"
-                     f"{row['GB/s']:>7.1f}{row['roofline_ms']:>13.2f}{row['x_roofline']:>11.2f}"
-                     f"{row['gg_speedup']:>9.1f}x")
+                     f"{row['GB/s']:>7.1f}{row['roofline_ms']:>10.2f}{row['x_roofline']:>8.2f}"
+                     f"{row['gg_speedup']:>9.1f}x{row['read_GBps']:>6.0f}/{row['read_write_GBps']:<4.0f}")
     return "\n".join(lines)
 
 
@@ -253,6 +282,6 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=7, help="timed calls per measurement (median reported)")
     parser.add_argument("--threads", type=int, default=get_num_threads(), help="threads for gradguard and torch")
     arguments = parser.parse_args(argv)
-    bandwidth, rows = run(arguments.workloads, arguments.repeat, arguments.threads)
-    print(format_table(bandwidth, rows, arguments.threads))
+    rows = run(arguments.workloads, arguments.repeat, arguments.threads)
+    print(format_table(rows, arguments.threads))
     return 0
