@@ -37,13 +37,20 @@ def best_time(function, repeat, warmup=1):
     return interleaved_medians({"only": function}, repeat, warmup)["only"]
 
 
-def interleaved_medians(functions, repeat, warmup=1, repeat_of=None, first=()):
+# Idle time before each timed call. torch's OpenMP workers and OpenBLAS's
+# threads keep spinning on the cores for milliseconds after a call returns;
+# without a pause, whichever library runs next shares two cores with them.
+SETTLE_SECONDS = 0.02
+
+
+def interleaved_medians(functions, repeat, warmup=1, repeat_of=None, first=(), settle=SETTLE_SECONDS):
     """Median seconds of each function, timed round-robin: every round calls
     each function once. On a machine whose memory bandwidth drifts (a shared
     host), drift then affects every function alike. The functions named in
     `first` open every round; the others follow in an order rotated by one
-    each round, so each follows every other equally often (another library's
-    threads still spinning after its call, caches it left warm or cold).
+    each round, so each follows every other equally often (caches it left
+    warm or cold). Each timed call follows `settle` idle seconds and one
+    untimed call of the same function.
     repeat_of: optional name -> repeat count for slow functions."""
     counts = {name: (repeat_of or {}).get(name, repeat) for name in functions}
     times = {name: [] for name in functions}
@@ -55,6 +62,8 @@ def interleaved_medians(functions, repeat, warmup=1, repeat_of=None, first=()):
         shift = round_index % max(1, len(rotating))
         for name in list(first) + rotating[shift:] + rotating[:shift]:
             if round_index < counts[name]:
+                time.sleep(settle)
+                functions[name]()  # untimed: wakes the library's threads, as in back-to-back use
                 start = time.perf_counter()
                 functions[name]()
                 times[name].append(time.perf_counter() - start)
@@ -262,7 +271,8 @@ def format_table(rows, threads):
         f"gradguard {simd_target()} target, {threads} threads"
         + (f"; torch {torch.__version__} on {torch.get_num_threads()} threads" if torch is not None else "; torch not installed"),
         "each case is timed round-robin with the bandwidth probes (512 MiB buffer, run first in each round,",
-        "then the implementations in rotating order); the roofline is the case's bytes at the best",
+        "then the implementations in rotating order; each timed call follows 20 ms idle, so no other",
+        "library's threads are still spinning, and one untimed call); the roofline is the case's bytes at the best",
         "read / read+write bandwidth of the same rounds (for many-small, 8 MB, the data can sit in cache)",
         "",
         f"{'workload':<26}{'operation':<21}{'impl':<11}{'ms':>9}{'GB/s':>7}{'roofline':>10}{'x roof':>8}"
