@@ -82,8 +82,16 @@ DType element_type(const py::array& array, const char* argument, size_t index, c
 TensorList to_tensors(const py::list& arrays, const py::handle& names, const char* argument, Access access) {
   TensorList list;
   list.tensors.reserve(arrays.size());
-  for (size_t index = 0; index < arrays.size(); ++index) {
-    py::handle item = arrays[index];
+  PyObject* const* items = PySequence_Fast_ITEMS(arrays.ptr());
+  const size_t count = arrays.size();
+  for (size_t index = 0; index < count; ++index) {
+    // Thousands of small arrays: their objects and shape blocks are scattered
+    // and often not in cache; fetch a few ahead (the array object 8 ahead, its
+    // shape 4 ahead, once that object has arrived).
+    if (index + 8 < count) __builtin_prefetch(items[index + 8]);
+    if (index + 4 < count && py::isinstance<py::array>(items[index + 4]))
+      __builtin_prefetch(py::detail::array_proxy(items[index + 4])->dimensions);
+    py::handle item = items[index];
     if (!py::isinstance<py::array>(item))
       throw py::type_error(describe(argument, index, names) + " must be a NumPy array, got " +
                            py::str(py::type::handle_of(item).attr("__name__")).cast<std::string>());
