@@ -15,6 +15,7 @@
 
 #include "dispatch.h"
 #include "multi_tensor.h"
+#include "normalization.h"
 #include "parallel.h"
 
 namespace py = pybind11;
@@ -132,6 +133,29 @@ double clip_coefficient(double max_norm, double total, double eps) {
   return coefficient < 1.0 || std::isnan(coefficient) ? coefficient : 1.0;
 }
 
+// One array argument of the normalisation functions: None, or a C-contiguous
+// array of `dtype` with `size` elements (writable when `writable`). The Python
+// layer has already checked these with user-facing messages; this guards the
+// pointers the kernels will use.
+void* buffer_of(const py::object& object, const char* argument, DType dtype, int64_t size, bool writable) {
+  if (object.is_none()) return nullptr;
+  if (!py::isinstance<py::array>(object)) throw py::type_error(std::string(argument) + " must be a NumPy array");
+  py::array array = py::reinterpret_borrow<py::array>(object);
+  const DType actual = element_type(array, argument, 0, py::none());
+  const int flags = array.flags();
+  if (actual != dtype)
+    throw py::type_error(std::string(argument) + " must have dtype " + dtype_name(dtype));
+  if (!(flags & kCContiguous) || !(flags & kAligned))
+    throw py::value_error(std::string(argument) + " must be C-contiguous and aligned");
+  if (static_cast<int64_t>(array.size()) != size)
+    throw py::value_error(std::string(argument) + " has " + std::to_string(array.size()) + " elements, expected " +
+                          std::to_string(size));
+  if (writable && !(flags & kWriteable)) throw py::value_error(std::string(argument) + " is read-only");
+  return const_cast<void*>(array.data());
+}
+
+DType compute_dtype(DType dtype) { return dtype == DType::float64 ? DType::float64 : DType::float32; }
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -218,6 +242,59 @@ PYBIND11_MODULE(_core, m) {
     result["n_inf"] = inf;
     result["n_zero"] = zero;
     return result;
+  });
+
+  // x is (rows, features) in its dtype; weight, bias, mean, rstd in the compute dtype.
+  m.def("normalization_forward", [](const py::array& x, const py::object& residual, const py::object& sum,
+                                    const py::object& weight, const py::object& bias, const py::object& y,
+                                    const py::object& mean, const py::object& rstd, int64_t rows, int64_t features,
+                                    double eps, bool rms) {
+    const DType dtype = element_type(x, "x", 0, py::none());
+    const DType compute = compute_dtype(dtype);
+    const int64_t size = rows * features;
+    NormalizationForward args{};
+    args.x = buffer_of(x, "x", dtype, size, false);
+    args.residual = buffer_of(residual, "residual", dtype, size, false);
+    args.sum = buffer_of(sum, "sum", dtype, size, true);
+    args.weight = buffer_of(weight, "weight", compute, features, false);
+    args.bias = buffer_of(bias, "bias", compute, features, false);
+    args.y = buffer_of(y, "out", dtype, size, true);
+    args.mean = buffer_of(mean, "mean", compute, rows, true);
+    args.rstd = buffer_of(rstd, "rstd", compute, rows, true);
+    args.rows = rows;
+    args.features = features;
+    args.eps = eps;
+    args.rms = rms;
+    if (args.y == nullptr || args.rstd == nullptr || (!rms && args.mean == nullptr) ||
+        ((args.residual == nullptr) != (args.sum == nullptr)))
+      throw py::value_error("normalization_forward: missing output buffer");
+    py::gil_scoped_release released;
+    normalization_forward(args, rows, dtype);
+  });
+
+  m.def("normalization_backward", [](const py::array& dy, const py::array& x, const py::object& mean,
+                                     const py::object& rstd, const py::object& weight, const py::object& dx,
+                                     const py::object& dweight, const py::object& dbias, int64_t rows,
+                                     int64_t features, bool rms) {
+    const DType dtype = element_type(x, "x", 0, py::none());
+    const DType compute = compute_dtype(dtype);
+    const int64_t size = rows * features;
+    NormalizationBackward args{};
+    args.dy = buffer_of(dy, "dy", dtype, size, false);
+    args.x = buffer_of(x, "x", dtype, size, false);
+    args.mean = buffer_of(mean, "mean", compute, rows, false);
+    args.rstd = buffer_of(rstd, "rstd", compute, rows, false);
+    args.weight = buffer_of(weight, "weight", compute, features, false);
+    args.dx = buffer_of(dx, "dx", dtype, size, true);
+    args.rows = rows;
+    args.features = features;
+    args.rms = rms;
+    auto* weight_gradient = static_cast<double*>(buffer_of(dweight, "dweight", DType::float64, features, true));
+    auto* bias_gradient = static_cast<double*>(buffer_of(dbias, "dbias", DType::float64, features, true));
+    if (args.dx == nullptr || args.rstd == nullptr || (!rms && args.mean == nullptr))
+      throw py::value_error("normalization_backward: missing buffer");
+    py::gil_scoped_release released;
+    normalization_backward(args, rows, dtype, weight_gradient, bias_gradient);
   });
 
   m.def("read_probe", [](const py::array& array) {

@@ -45,6 +45,46 @@ struct StatsPartial {
   double max = 0.0;             // -inf when no finite entry
 };
 
+// Layer norm / RMS norm over rows of `features` elements (one row per call
+// of the row loop; rows are independent, so results never depend on threads).
+// weight/bias, mean/rstd and the chunk partials are in the compute type C
+// (float32, or float64 for float64 input); x, residual, sum, y, dy, dx in the
+// tensor's dtype. A null pointer means "absent".
+struct NormalizationForward {
+  const void* x;
+  const void* residual;  // s = x + residual is normalised, and written to `sum`
+  void* sum;
+  const void* weight;
+  const void* bias;
+  void* y;
+  void* mean;  // layer norm only
+  void* rstd;
+  int64_t rows;
+  int64_t features;
+  double eps;
+  bool rms;
+  bool stream_output;  // write y with non-temporal stores (large outputs)
+};
+
+struct NormalizationBackward {
+  const void* dy;
+  const void* x;
+  const void* mean;  // layer norm only
+  const void* rstd;
+  const void* weight;
+  void* dx;
+  int64_t rows;
+  int64_t features;
+  bool rms;
+  bool stream_output;  // write dx with non-temporal stores (large outputs)
+};
+
+using NormalizationForwardFn = void (*)(const NormalizationForward& args, int64_t first_row, int64_t end_row);
+// Accumulates sum_rows dy * xhat into dweight_partial and sum_rows dy into
+// dbias_partial (either may be null) for rows [first_row, end_row).
+using NormalizationBackwardFn = void (*)(const NormalizationBackward& args, int64_t first_row, int64_t end_row,
+                                         void* dweight_partial, void* dbias_partial);
+
 using NormFn = NormPartial (*)(const void* data, int64_t count, NormKind kind, double p, double scale);
 using StatsFn = StatsPartial (*)(const void* data, int64_t count);
 using ScaleFn = void (*)(void* data, int64_t count, double factor);
@@ -60,6 +100,8 @@ struct KernelTable {
   // The simplest possible read loop (float32 sum): the bandwidth yardstick
   // that `python -m gradguard bench` measures rooflines with.
   ReadProbeFn read_probe;
+  NormalizationForwardFn normalization_forward[kNumDTypes];
+  NormalizationBackwardFn normalization_backward[kNumDTypes];
 };
 
 namespace baseline { const KernelTable& kernel_table(); }

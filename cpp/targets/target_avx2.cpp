@@ -20,6 +20,7 @@ namespace avx2 {
 #include "kernels/convert.inc"
 #include "kernels/reduce.inc"
 #include "kernels/elementwise.inc"
+#include "kernels/normalization.inc"
 #include "kernels/table.inc"
 }  // namespace avx2
 }  // namespace gradguard

@@ -20,6 +20,7 @@ namespace avx512 {
 #include "kernels/convert.inc"
 #include "kernels/reduce.inc"
 #include "kernels/elementwise.inc"
+#include "kernels/normalization.inc"
 #include "kernels/table.inc"
 }  // namespace avx512
 }  // namespace gradguard

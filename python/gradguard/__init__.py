@@ -1,6 +1,7 @@
 """gradguard: numerically healthy training on NumPy buffers.
 
-Fused multi-tensor global-norm clipping and one-pass gradient statistics, with a
+Fused multi-tensor global-norm clipping, one-pass gradient statistics, and
+layer/RMS norm forward and backward, with a
 C++17 core (SIMD chosen at run time, threads, GIL released). Any framework can
 use it through NumPy views (a CPU torch tensor's ``.numpy()`` shares memory).
 """
@@ -8,6 +9,7 @@ import os as _os
 
 from . import _core
 from .clip import ClipReport, clip_by_global_norm, clip_by_norm, clip_by_value, global_norm
+from .norm import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 from .config import config, get_num_threads, set_num_threads, show_config, simd_target
 from .stats import GradStats, grad_stats
 
@@ -19,5 +21,6 @@ if _os.environ.get("GRADGUARD_NUM_THREADS"):
 __all__ = [
     "global_norm", "clip_by_global_norm", "clip_by_norm", "clip_by_value", "ClipReport",
     "grad_stats", "GradStats",
+    "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
     "set_num_threads", "get_num_threads", "simd_target", "config", "show_config",
 ]

@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 __all__ = ["compute_dtype", "global_norm", "tensor_norms", "clip_by_global_norm", "clip_by_norm",
-           "clip_by_value", "grad_stats"]
+           "clip_by_value", "grad_stats", "layer_norm", "rms_norm", "layer_norm_backward", "rms_norm_backward"]
 
 
 def compute_dtype(dtype):
@@ -121,3 +121,52 @@ def grad_stats(arrays):
     integer_fields = {"numel", "n_nan", "n_inf", "n_zero"}
     return {name: np.array(values, dtype=np.int64 if name in integer_fields else np.float64)
             for name, values in fields.items()}
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5, residual=None):
+    """(y, mean, rstd, s) in float64: the formulas of gradguard.layer_norm."""
+    s = np.asarray(x, np.float64) + (0.0 if residual is None else np.asarray(residual, np.float64))
+    mean = s.mean(axis=-1)
+    rstd = 1.0 / np.sqrt(((s - mean[..., None]) ** 2).mean(axis=-1) + eps)
+    y = (s - mean[..., None]) * rstd[..., None]
+    if weight is not None:
+        y = y * np.asarray(weight, np.float64)
+    if bias is not None:
+        y = y + np.asarray(bias, np.float64)
+    return y, mean, rstd, s
+
+
+def rms_norm(x, weight=None, eps=1e-6, residual=None):
+    """(y, rstd, s) in float64: the formulas of gradguard.rms_norm."""
+    s = np.asarray(x, np.float64) + (0.0 if residual is None else np.asarray(residual, np.float64))
+    rstd = 1.0 / np.sqrt((s ** 2).mean(axis=-1) + eps)
+    y = s * rstd[..., None]
+    if weight is not None:
+        y = y * np.asarray(weight, np.float64)
+    return y, rstd, s
+
+
+def layer_norm_backward(dy, x, mean, rstd, weight=None):
+    """(dx, dweight, dbias) in float64."""
+    dy, x = np.asarray(dy, np.float64), np.asarray(x, np.float64)
+    mean, rstd = np.asarray(mean, np.float64)[..., None], np.asarray(rstd, np.float64)[..., None]
+    xhat = (x - mean) * rstd
+    g = dy * (1.0 if weight is None else np.asarray(weight, np.float64))
+    dx = rstd * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    if weight is None:
+        return dx, None, None
+    rows = dy.reshape(-1, dy.shape[-1])
+    return dx, (rows * xhat.reshape(rows.shape)).sum(axis=0), rows.sum(axis=0)
+
+
+def rms_norm_backward(dy, x, rstd, weight=None):
+    """(dx, dweight) in float64."""
+    dy, x = np.asarray(dy, np.float64), np.asarray(x, np.float64)
+    rstd = np.asarray(rstd, np.float64)[..., None]
+    xhat = x * rstd
+    g = dy * (1.0 if weight is None else np.asarray(weight, np.float64))
+    dx = rstd * (g - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    if weight is None:
+        return dx, None
+    rows = dy.reshape(-1, dy.shape[-1])
+    return dx, (rows * xhat.reshape(rows.shape)).sum(axis=0)

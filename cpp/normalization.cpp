@@ -1,0 +1,87 @@
+#include "normalization.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "dispatch.h"
+#include "multi_tensor.h"
+#include "parallel.h"
+
+namespace gradguard {
+namespace {
+
+// Outputs at least this large are written with streaming stores: they cannot
+// stay in a 32 MiB last-level cache next to their inputs anyway (glibc's
+// memcpy switches at a similar size).
+constexpr int64_t kStreamingBytes = int64_t(16) << 20;
+
+bool stream(int64_t rows, int64_t features, DType dtype) {
+  return rows * features * element_size(dtype) >= kStreamingBytes;
+}
+
+// Rows per task: about one piece of elements, at least one row.
+int64_t rows_per_task(int64_t features) { return std::max<int64_t>(1, kPieceElements / std::max<int64_t>(1, features)); }
+
+}  // namespace
+
+void normalization_forward(const NormalizationForward& given, int64_t rows, DType dtype) {
+  NormalizationForward args = given;
+  args.stream_output = stream(rows, args.features, dtype);
+  const NormalizationForwardFn kernel = active_kernels().normalization_forward[static_cast<int>(dtype)];
+  const int64_t step = rows_per_task(args.features);
+  parallel_for((rows + step - 1) / step, [&](int64_t task) {
+    kernel(args, task * step, std::min(rows, (task + 1) * step));
+  });
+}
+
+void normalization_backward(const NormalizationBackward& given, int64_t rows, DType dtype, double* dweight,
+                            double* dbias) {
+  NormalizationBackward args = given;
+  args.stream_output = stream(rows, args.features, dtype);
+  const NormalizationBackwardFn kernel = active_kernels().normalization_backward[static_cast<int>(dtype)];
+  const int64_t features = args.features;
+  if (dweight == nullptr && dbias == nullptr) {
+    const int64_t step = rows_per_task(features);
+    parallel_for((rows + step - 1) / step, [&](int64_t task) {
+      kernel(args, task * step, std::min(rows, (task + 1) * step), nullptr, nullptr);
+    });
+    return;
+  }
+  // Per-chunk partial sums in the compute type, then a float64 sum over the
+  // chunks in chunk order, split over the feature axis.
+  const int64_t chunks = std::min(rows, kWeightGradientChunks);
+  const size_t element = dtype == DType::float64 ? sizeof(double) : sizeof(float);
+  const size_t chunk_bytes = static_cast<size_t>(features) * element;
+  static thread_local std::vector<char> reusable_scratch;
+  std::vector<char>& scratch = reusable_scratch;  // the caller's buffer, also in the workers
+  scratch.assign(2 * static_cast<size_t>(chunks) * chunk_bytes, 0);
+  char* weight_partials = scratch.data();
+  char* bias_partials = scratch.data() + static_cast<size_t>(chunks) * chunk_bytes;
+  parallel_for(chunks, [&](int64_t chunk) {
+    kernel(args, rows * chunk / chunks, rows * (chunk + 1) / chunks,
+           dweight != nullptr ? weight_partials + chunk * chunk_bytes : nullptr,
+           dbias != nullptr ? bias_partials + chunk * chunk_bytes : nullptr);
+  });
+  const int64_t feature_step = std::max<int64_t>(1024, kPieceElements / chunks);
+  parallel_for((features + feature_step - 1) / feature_step, [&](int64_t task) {
+    const int64_t first = task * feature_step, end = std::min(features, first + feature_step);
+    for (double* out : {dweight, dbias}) {
+      if (out == nullptr) continue;
+      const char* partials = out == dweight ? weight_partials : bias_partials;
+      for (int64_t feature = first; feature < end; ++feature) out[feature] = 0.0;
+      for (int64_t chunk = 0; chunk < chunks; ++chunk) {
+        const char* base = partials + chunk * chunk_bytes;
+        if (dtype == DType::float64) {
+          const double* values = reinterpret_cast<const double*>(base);
+          for (int64_t feature = first; feature < end; ++feature) out[feature] += values[feature];
+        } else {
+          const float* values = reinterpret_cast<const float*>(base);
+          for (int64_t feature = first; feature < end; ++feature) out[feature] += double(values[feature]);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace gradguard

@@ -1,0 +1,219 @@
+"""Layer norm and RMS norm over the last axis: forward (optionally fused with
+a residual add, the pre-norm transformer block) and backward. The C++ core
+does the work, rows in parallel with the GIL released; this module checks
+arguments, allocates outputs and converts weights to the compute type."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward"]
+
+
+def _float_dtypes():
+    names = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)]
+    try:
+        import ml_dtypes
+
+        names.append(np.dtype(ml_dtypes.bfloat16))
+    except ImportError:
+        pass
+    return names
+
+
+_SUPPORTED = _float_dtypes()
+
+
+def _check_float_array(value, argument):
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{argument} must be a NumPy array, got {type(value).__name__}")
+    if value.dtype not in _SUPPORTED:
+        raise TypeError(f"{argument} has dtype {value.dtype}; supported: float32, float64, float16, bfloat16 (ml_dtypes)")
+    return value
+
+
+def _compute_dtype(dtype):
+    """float64 for float64 tensors, float32 for the others (statistics and arithmetic)."""
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def _input(x):
+    x = _check_float_array(x, "x")
+    if x.ndim == 0:
+        raise ValueError("x must have at least one axis (the one normalised)")
+    if x.shape[-1] == 0:
+        raise ValueError("x's last axis is empty: there is nothing to normalise")
+    return np.ascontiguousarray(x)  # strided inputs are read through a contiguous copy
+
+
+def _eps(eps):
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}") from None
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
+    return value
+
+
+def _affine(value, argument, features, compute):
+    """weight/bias as a contiguous vector of the compute dtype, or None."""
+    if value is None:
+        return None
+    _check_float_array(value, argument)
+    if value.shape != (features,):
+        raise ValueError(f"{argument} must have shape ({features},) to match x's last axis, got {value.shape}")
+    return np.ascontiguousarray(value, dtype=compute)
+
+
+def _same_as_x(value, argument, x):
+    _check_float_array(value, argument)
+    if value.shape != x.shape:
+        raise ValueError(f"{argument} has shape {value.shape}, x has {x.shape}: they must match")
+    if value.dtype != x.dtype:
+        raise TypeError(f"{argument} has dtype {value.dtype}, x has {x.dtype}: they must match")
+    return np.ascontiguousarray(value)
+
+
+def _output(out, x, inputs):
+    """The caller's `out`, checked, or a new array like x."""
+    if out is None:
+        return np.empty_like(x)
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
+    if out.shape != x.shape or out.dtype != x.dtype:
+        raise ValueError(f"out must have x's shape {x.shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
+    if not out.flags.writeable:
+        raise ValueError("out is read-only")
+    if not out.flags.c_contiguous:
+        raise ValueError("out must be C-contiguous")
+    for name, array in inputs.items():
+        # Writing y over its own input row by row is safe; a shifted overlap is not.
+        if array is not None and np.may_share_memory(out, array) and not (
+                out.__array_interface__["data"][0] == array.__array_interface__["data"][0]):
+            raise ValueError(f"out partly overlaps {name}: it may alias it exactly, or not at all")
+    return out
+
+
+def _statistic(value, argument, x):
+    """mean / rstd of shape x.shape[:-1] (or with a trailing 1) as the compute dtype."""
+    _check_float_array(value, argument)
+    rows_shape = x.shape[:-1]
+    if value.shape not in (rows_shape, rows_shape + (1,)):
+        raise ValueError(f"{argument} must have shape {rows_shape} (one value per row of x), got {value.shape}")
+    return np.ascontiguousarray(value, dtype=_compute_dtype(x.dtype))
+
+
+def _forward(x, weight, bias, eps, residual, out, return_stats, rms):
+    x = _input(x)
+    eps = _eps(eps)
+    features = x.shape[-1]
+    rows = x.size // features
+    compute = _compute_dtype(x.dtype)
+    weight = _affine(weight, "weight", features, compute)
+    bias = None if rms else _affine(bias, "bias", features, compute)
+    residual = None if residual is None else _same_as_x(residual, "residual", x)
+    y = _output(out, x, {"x": x, "residual": residual})
+    total = np.empty_like(x) if residual is not None else None
+    mean = None if rms else np.empty(x.shape[:-1], dtype=compute)
+    rstd = np.empty(x.shape[:-1], dtype=compute)
+    if rows:
+        _core.normalization_forward(x, residual, total, weight, bias, y, mean, rstd, rows, features, eps, rms)
+    stats = (rstd,) if rms else (mean, rstd)
+    if return_stats:
+        return (y, *stats) + ((total,) if residual is not None else ())
+    return (y, total) if residual is not None else y
+
+
+def _backward(dy, x, mean, rstd, weight, out, rms):
+    x = _input(x)
+    dy = _same_as_x(dy, "dy", x)
+    features = x.shape[-1]
+    rows = x.size // features
+    compute = _compute_dtype(x.dtype)
+    mean = None if rms else _statistic(mean, "mean", x)
+    rstd = _statistic(rstd, "rstd", x)
+    weight_dtype = None if weight is None else weight.dtype if isinstance(weight, np.ndarray) else None
+    weight = _affine(weight, "weight", features, compute)
+    dx = _output(out, x, {"x": x, "dy": dy})
+    dweight = np.zeros(features, dtype=np.float64) if weight is not None else None
+    dbias = np.zeros(features, dtype=np.float64) if (weight is not None and not rms) else None
+    if rows:
+        _core.normalization_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, rows, features, rms)
+    if weight is None:
+        return (dx, None) if rms else (dx, None, None)
+    dweight = dweight.astype(weight_dtype)
+    return (dx, dweight) if rms else (dx, dweight, dbias.astype(weight_dtype))
+
+
+def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None, out=None, return_stats=False):
+    """Layer normalisation over the last axis, as torch.nn.functional.layer_norm:
+
+        s    = x + residual                      (when residual is given; rounded to x's dtype)
+        mean = sum_j s_j / F,   var = sum_j (s_j - mean)^2 / F      (biased), per row
+        rstd = 1 / sqrt(var + eps)
+        y    = (s - mean) * rstd * weight + bias
+
+    Statistics are taken in float64 and the output pass runs in float32
+    (float64 for float64 input); y has x's dtype, mean/rstd are float32
+    (float64 for float64 x), with shape x.shape[:-1].
+
+    Args:
+        x: (..., F) array of float32, float64, float16 or bfloat16.
+        weight, bias: None or arrays of shape (F,), any float dtype.
+        eps: > 0.
+        residual: None or an array like x: the pre-norm transformer block's
+            s = x + residual is normalised in the same pass and returned.
+        out: an array like x to write y into (it may be x itself).
+        return_stats: also return mean and rstd (for layer_norm_backward).
+
+    Returns:
+        y; (y, s) with residual; (y, mean, rstd) with return_stats; and
+        (y, mean, rstd, s) with both.
+    """
+    return _forward(x, weight, bias, eps, residual, out, return_stats, rms=False)
+
+
+def rms_norm(x, weight=None, eps=1e-6, *, residual=None, out=None, return_stats=False):
+    """RMS normalisation over the last axis, as torch.nn.functional.rms_norm:
+
+        s    = x + residual                      (when residual is given)
+        rstd = 1 / sqrt(sum_j s_j^2 / F + eps)
+        y    = s * rstd * weight
+
+    Same dtypes, `out` and `residual` conventions as layer_norm. Returns y;
+    (y, s) with residual; (y, rstd) with return_stats; (y, rstd, s) with both.
+    """
+    return _forward(x, weight, None, eps, residual, out, return_stats, rms=True)
+
+
+def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):
+    """Gradients of layer_norm (x is what was normalised: s when a residual was fused).
+
+        xhat = (x - mean) * rstd,  g = dy * weight
+        dx      = rstd * (g - mean_j(g) - xhat * mean_j(g * xhat))
+        dweight = sum_rows dy * xhat,   dbias = sum_rows dy
+
+    dweight/dbias are reduced over rows in a fixed order (float32 partial sums
+    over at most 64 row chunks, added in float64), so they do not depend on
+    the thread count. Returns (dx, dweight, dbias); the last two are None when
+    weight is None, and otherwise have weight's dtype. `out`: an array like x
+    to write dx into (it may be dy or x itself).
+    """
+    return _backward(dy, x, mean, rstd, weight, out, rms=False)
+
+
+def rms_norm_backward(dy, x, rstd, weight=None, *, out=None):
+    """Gradients of rms_norm:
+
+        xhat = x * rstd,  g = dy * weight
+        dx      = rstd * (g - xhat * mean_j(g * xhat))
+        dweight = sum_rows dy * xhat
+
+    Returns (dx, dweight); dweight is None when weight is None. `out`: an array
+    like x to write dx into (it may be dy or x itself).
+    """
+    return _backward(dy, x, None, rstd, weight, out, rms=True)
