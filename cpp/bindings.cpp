@@ -297,6 +297,67 @@ PYBIND11_MODULE(_core, m) {
     normalization_backward(args, rows, dtype, weight_gradient, bias_gradient);
   });
 
+  m.def("unscale", [](const py::list& arrays, double inverse_scale, const py::object& names) {
+    TensorList list = to_tensors(arrays, names, "grads", Access::write);
+    py::gil_scoped_release released;
+    return scale_and_check(list.tensors, inverse_scale);
+  });
+
+  // params, grads: validated lists; states: list of 3 lists (or None entries) of arrays like params.
+  m.def("optimizer_step", [](const py::list& params, const py::list& grads, const py::list& states,
+                             const py::dict& hyper, const py::object& names) {
+    TensorList param_list = to_tensors(params, names, "params", Access::write);
+    TensorList grad_list = to_tensors(grads, names, "grads", Access::read);
+    if (param_list.tensors.size() != grad_list.tensors.size())
+      throw py::value_error("params and grads have different lengths");
+    std::vector<OptimizerTensor> tensors(param_list.tensors.size());
+    for (size_t index = 0; index < tensors.size(); ++index) {
+      const TensorRef& param = param_list.tensors[index];
+      const TensorRef& grad = grad_list.tensors[index];
+      if (param.count != grad.count)
+        throw py::value_error(describe("grads", index, names) + " has a different size from its parameter");
+      const bool pair_ok = param.dtype == grad.dtype ||
+                           (param.dtype == DType::float32 && (grad.dtype == DType::float16 || grad.dtype == DType::bfloat16));
+      if (!pair_ok || (param.dtype != DType::float32 && param.dtype != DType::float64))
+        throw py::type_error(describe("params", index, names) + " is " + dtype_name(param.dtype) + " with a " +
+                             dtype_name(grad.dtype) + " gradient; parameters are float32 (gradients float32, float16 or "
+                             "bfloat16) or float64 (gradients float64)");
+      OptimizerTensor& tensor = tensors[index];
+      tensor.param = param.data;
+      tensor.grad = grad.data;
+      tensor.param_dtype = param.dtype;
+      tensor.grad_dtype = grad.dtype;
+      tensor.count = param.count;
+      for (int slot = 0; slot < 3; ++slot) {
+        py::object state_list = states[slot];
+        tensor.state[slot] = nullptr;
+        if (state_list.is_none()) continue;
+        py::object state = py::reinterpret_borrow<py::list>(state_list)[index];
+        tensor.state[slot] = buffer_of(state, "optimizer state", param.dtype, param.count, true);
+      }
+    }
+    OptimizerStep step{};
+    step.kind = static_cast<OptimizerKind>(hyper["kind"].cast<int>());
+    step.grad_scale = hyper["grad_scale"].cast<double>();
+    step.lr = hyper["lr"].cast<double>();
+    step.weight_decay = hyper["weight_decay"].cast<double>();
+    step.decoupled_weight_decay = hyper["decoupled_weight_decay"].cast<bool>();
+    step.momentum = hyper["momentum"].cast<double>();
+    step.dampening = hyper["dampening"].cast<double>();
+    step.nesterov = hyper["nesterov"].cast<bool>();
+    step.first_step = hyper["first_step"].cast<bool>();
+    step.beta1 = hyper["beta1"].cast<double>();
+    step.beta2 = hyper["beta2"].cast<double>();
+    step.eps = hyper["eps"].cast<double>();
+    step.amsgrad = hyper["amsgrad"].cast<bool>();
+    step.step_size = hyper["step_size"].cast<double>();
+    step.bias_correction2_sqrt = hyper["bias_correction2_sqrt"].cast<double>();
+    step.alpha = hyper["alpha"].cast<double>();
+    step.centered = hyper["centered"].cast<bool>();
+    py::gil_scoped_release released;
+    optimizer_step(tensors, step);
+  });
+
   m.def("read_probe", [](const py::array& array) {
     if (!py::isinstance<py::array_t<float>>(array) || !(array.flags() & kCContiguous))
       throw py::type_error("read_probe needs a C-contiguous float32 array");

@@ -85,6 +85,37 @@ using NormalizationForwardFn = void (*)(const NormalizationForward& args, int64_
 using NormalizationBackwardFn = void (*)(const NormalizationBackward& args, int64_t first_row, int64_t end_row,
                                          void* dweight_partial, void* dbias_partial);
 
+// One optimiser update over a piece of a parameter, its gradient and its
+// state buffers (torch.optim's formulas). Every gradient is multiplied by
+// grad_scale first: the clip coefficient times the inverse loss scale, folded
+// into the optimiser's own pass.
+enum class OptimizerKind : int { sgd = 0, adam = 1, rmsprop = 2 };
+
+struct OptimizerStep {
+  OptimizerKind kind;
+  double grad_scale;
+  double lr;
+  double weight_decay;
+  bool decoupled_weight_decay;  // AdamW: p *= 1 - lr * weight_decay
+  double momentum;              // SGD, RMSprop
+  double dampening;             // SGD
+  bool nesterov;                // SGD
+  bool first_step;              // SGD: the momentum buffer starts as the gradient
+  double beta1, beta2, eps;     // Adam (eps also RMSprop)
+  bool amsgrad;
+  double step_size;             // Adam: lr / (1 - beta1^t)
+  double bias_correction2_sqrt; // Adam: sqrt(1 - beta2^t)
+  double alpha;                 // RMSprop
+  bool centered;                // RMSprop
+};
+
+// state: SGD {momentum}; Adam {exp_avg, exp_avg_sq, max_exp_avg_sq};
+// RMSprop {square_avg, momentum_buffer, grad_avg}; unused ones are null.
+using OptimizerFn = void (*)(const OptimizerStep& step, void* param, const void* grad, void* const* state,
+                             int64_t count);
+// data *= factor, returning whether any input value was NaN or inf.
+using ScaleCheckFn = bool (*)(void* data, int64_t count, double factor);
+
 using NormFn = NormPartial (*)(const void* data, int64_t count, NormKind kind, double p, double scale);
 using StatsFn = StatsPartial (*)(const void* data, int64_t count);
 using ScaleFn = void (*)(void* data, int64_t count, double factor);
@@ -102,6 +133,9 @@ struct KernelTable {
   ReadProbeFn read_probe;
   NormalizationForwardFn normalization_forward[kNumDTypes];
   NormalizationBackwardFn normalization_backward[kNumDTypes];
+  // [parameter dtype: float32, float64][gradient dtype]; null where the pair makes no sense.
+  OptimizerFn optimizer[2][kNumDTypes];
+  ScaleCheckFn scale_check[kNumDTypes];
 };
 
 namespace baseline { const KernelTable& kernel_table(); }

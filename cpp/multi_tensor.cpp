@@ -334,6 +334,45 @@ void tensor_stats(const std::vector<TensorRef>& tensors, const StatsColumns& col
   }
 }
 
+void optimizer_step(const std::vector<OptimizerTensor>& tensors, const OptimizerStep& step) {
+  const KernelTable& kernels = active_kernels();
+  std::vector<TensorRef> refs;
+  refs.reserve(tensors.size());
+  for (const auto& tensor : tensors) refs.push_back({tensor.param, tensor.count, tensor.param_dtype});
+  static thread_local Plan reusable_plan;
+  const Plan& plan = make_plan(refs, reusable_plan);
+  for_each_piece(refs, plan, false, [&](int64_t index) {
+    const Piece& piece = plan.pieces[index];
+    const OptimizerTensor& tensor = tensors[piece.tensor];
+    const int param_size = element_size(tensor.param_dtype);
+    void* state[3];
+    for (int slot = 0; slot < 3; ++slot)
+      state[slot] = tensor.state[slot] ? static_cast<char*>(tensor.state[slot]) + piece.offset * param_size : nullptr;
+    const OptimizerFn kernel =
+        kernels.optimizer[tensor.param_dtype == DType::float64 ? 1 : 0][static_cast<int>(tensor.grad_dtype)];
+    kernel(step, static_cast<char*>(tensor.param) + piece.offset * param_size,
+           static_cast<const char*>(tensor.grad) + piece.offset * element_size(tensor.grad_dtype), state, piece.count);
+  });
+}
+
+bool scale_and_check(const std::vector<TensorRef>& tensors, double factor) {
+  const KernelTable& kernels = active_kernels();
+  static thread_local Plan reusable_plan;
+  const Plan& plan = make_plan(tensors, reusable_plan);
+  static thread_local std::vector<char> reusable_flags;
+  std::vector<char>& flags = reusable_flags;  // one per piece: no shared write
+  flags.assign(plan.pieces.size(), 0);
+  for_each_piece(tensors, plan, false, [&](int64_t index) {
+    const Piece& piece = plan.pieces[index];
+    const TensorRef& tensor = tensors[piece.tensor];
+    flags[index] = kernels.scale_check[static_cast<int>(tensor.dtype)](
+        const_cast<char*>(piece_address(tensor, piece.offset)), piece.count, factor);
+  });
+  for (char flag : flags)
+    if (flag) return true;
+  return false;
+}
+
 double read_probe(const float* data, int64_t count) {
   const KernelTable& kernels = active_kernels();
   const std::vector<TensorRef> tensors = {{const_cast<float*>(data), count, DType::float32}};

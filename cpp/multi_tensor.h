@@ -76,6 +76,23 @@ struct StatsColumns {
 
 void tensor_stats(const std::vector<TensorRef>& tensors, const StatsColumns& columns);
 
+// One parameter of an optimiser step: its data, gradient and state buffers
+// (same element count; state in the parameter's dtype, null when unused).
+struct OptimizerTensor {
+  void* param;
+  const void* grad;
+  void* state[3];
+  DType param_dtype;
+  DType grad_dtype;
+  int64_t count;
+};
+
+// Applies one optimiser step to every parameter, pieces spread over the pool.
+void optimizer_step(const std::vector<OptimizerTensor>& tensors, const OptimizerStep& step);
+
+// tensor[i] *= factor; returns whether any value was NaN or inf (before scaling).
+bool scale_and_check(const std::vector<TensorRef>& tensors, double factor);
+
 // Sum of a float32 buffer by the plainest threaded read loop (bandwidth yardstick).
 double read_probe(const float* data, int64_t count);
 

@@ -21,6 +21,7 @@ namespace avx512 {
 #include "kernels/reduce.inc"
 #include "kernels/elementwise.inc"
 #include "kernels/normalization.inc"
+#include "kernels/optimizer.inc"
 #include "kernels/table.inc"
 }  // namespace avx512
 }  // namespace gradguard

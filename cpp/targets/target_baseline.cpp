@@ -21,6 +21,7 @@ namespace baseline {
 #include "kernels/reduce.inc"
 #include "kernels/elementwise.inc"
 #include "kernels/normalization.inc"
+#include "kernels/optimizer.inc"
 #include "kernels/table.inc"
 }  // namespace baseline
 }  // namespace gradguard

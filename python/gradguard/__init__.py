@@ -9,6 +9,8 @@ import os as _os
 
 from . import _core
 from .clip import ClipReport, clip_by_global_norm, clip_by_norm, clip_by_value, global_norm
+from . import optim
+from .amp import LossScaler, unscale_
 from .norm import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 from .config import config, get_num_threads, set_num_threads, show_config, simd_target
 from .stats import GradStats, grad_stats
@@ -22,5 +24,6 @@ __all__ = [
     "global_norm", "clip_by_global_norm", "clip_by_norm", "clip_by_value", "ClipReport",
     "grad_stats", "GradStats",
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
+    "optim", "unscale_", "LossScaler",
     "set_num_threads", "get_num_threads", "simd_target", "config", "show_config",
 ]

@@ -170,3 +170,55 @@ def rms_norm_backward(dy, x, rstd, weight=None):
         return dx, None
     rows = dy.reshape(-1, dy.shape[-1])
     return dx, (rows * xhat.reshape(rows.shape)).sum(axis=0)
+
+
+def optimizer_step(kind, params, grads, state, step, hyper, grad_scale=1.0):
+    """One step of SGD / Adam / AdamW / RMSprop (torch.optim's formulas) on float64
+    copies: returns (new params, new state). state: dict name -> list of arrays."""
+    new_params, new_state = [], {name: list(values) for name, values in state.items()}
+    for index, (param, grad) in enumerate(zip(params, grads)):
+        p = np.asarray(param, np.float64).copy()
+        g = np.asarray(grad, np.float64) * grad_scale
+        wd = hyper.get("weight_decay", 0.0)
+        if kind == "sgd":
+            if wd:
+                g = g + wd * p
+            if hyper.get("momentum", 0.0):
+                buffer = g.copy() if step == 1 else hyper["momentum"] * new_state["momentum"][index] + (1 - hyper.get("dampening", 0.0)) * g
+                new_state["momentum"][index] = buffer
+                g = g + hyper["momentum"] * buffer if hyper.get("nesterov") else buffer
+            p -= hyper["lr"] * g
+        elif kind in ("adam", "adamw"):
+            if kind == "adamw":
+                p *= 1 - hyper["lr"] * wd
+            elif wd:
+                g = g + wd * p
+            beta1, beta2 = hyper["betas"]
+            m = beta1 * new_state["exp_avg"][index] + (1 - beta1) * g
+            v = beta2 * new_state["exp_avg_sq"][index] + (1 - beta2) * g * g
+            new_state["exp_avg"][index], new_state["exp_avg_sq"][index] = m, v
+            if hyper.get("amsgrad"):
+                v = np.maximum(new_state["max_exp_avg_sq"][index], v)
+                new_state["max_exp_avg_sq"][index] = v
+            denominator = np.sqrt(v) / math.sqrt(1 - beta2 ** step) + hyper["eps"]
+            p -= hyper["lr"] / (1 - beta1 ** step) * m / denominator
+        else:  # rmsprop
+            if wd:
+                g = g + wd * p
+            alpha = hyper["alpha"]
+            square_avg = alpha * new_state["square_avg"][index] + (1 - alpha) * g * g
+            new_state["square_avg"][index] = square_avg
+            if hyper.get("centered"):
+                grad_avg = alpha * new_state["grad_avg"][index] + (1 - alpha) * g
+                new_state["grad_avg"][index] = grad_avg
+                average = np.sqrt(square_avg - grad_avg * grad_avg) + hyper["eps"]
+            else:
+                average = np.sqrt(square_avg) + hyper["eps"]
+            if hyper.get("momentum", 0.0) > 0:
+                buffer = hyper["momentum"] * new_state["momentum"][index] + g / average
+                new_state["momentum"][index] = buffer
+                p -= hyper["lr"] * buffer
+            else:
+                p -= hyper["lr"] * g / average
+        new_params.append(p)
+    return new_params, new_state
