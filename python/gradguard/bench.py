@@ -23,6 +23,7 @@ import numpy as np
 from . import _core
 from .clip import clip_by_global_norm, global_norm
 from .config import get_num_threads, set_num_threads, simd_target
+from . import optim
 from .norm import layer_norm, layer_norm_backward
 from .stats import grad_stats
 from .workloads import make_gradients, workload_names
@@ -318,6 +319,106 @@ def format_norm_table(rows):
     return "\n".join(lines)
 
 
+# ---- fused optimiser steps ---------------------------------------------------------
+
+# Bytes per parameter of one step, float32: the gradient norm reads the
+# gradient (4); the update reads the gradient, the parameter and its states
+# and writes the parameter and states.
+OPTIMIZER_BYTES = {
+    "adamw": {"read": 4, "read_write": 4 + 2 * 4 * 3},   # g; p, exp_avg, exp_avg_sq read and written
+    "sgd": {"read": 4, "read_write": 4 + 2 * 4 * 2},     # g; p, momentum buffer
+    "rmsprop": {"read": 4, "read_write": 4 + 2 * 4 * 2},  # g; p, square_avg
+}
+
+
+def make_optimizer_cases(workload="gpt2-small", seed=0):
+    """{kind: {impl: step function}} on one workload; every implementation owns its
+    parameters and states, and all see the same float32 gradients."""
+    gradients = list(make_gradients(workload, seed=seed).values())
+    rng = np.random.default_rng(seed + 1)
+    initial = [rng.standard_normal(g.shape, dtype=np.float32) * 0.02 for g in gradients]
+    max_norm = 1.0  # the gradients' norm is ~1.1e4: every step clips
+    cases = {}
+
+    def own_params():
+        return [p.copy() for p in initial]
+
+    def gg_pair(kind, make):
+        fused_params, unfused_params = own_params(), own_params()
+        fused = make(fused_params, max_grad_norm=max_norm)
+        unfused = make(unfused_params)
+        unfused_grads = [g.copy() for g in gradients]  # the unfused clip scales these in place
+        bound = _ShrinkingBound()  # so that the clip really scales on every call
+
+        def unfused_step():
+            bound.update(clip_by_global_norm(unfused_grads, min(max_norm, bound.next())))
+            unfused.step(unfused_grads)
+
+        return {"gradguard fused": lambda: fused.step(gradients), "gradguard clip+step": unfused_step}
+
+    makers = {
+        "adamw": lambda params, **kw: optim.AdamW(params, lr=1e-4, **kw),
+        "sgd": lambda params, **kw: optim.SGD(params, lr=1e-3, momentum=0.9, **kw),
+        "rmsprop": lambda params, **kw: optim.RMSprop(params, lr=1e-4, **kw),
+    }
+    for kind, make in makers.items():
+        cases[kind] = gg_pair(kind, make)
+    if torch is not None:
+        def torch_step(factory):
+            parameters = [torch.nn.Parameter(torch.from_numpy(p)) for p in own_params()]
+            for parameter, gradient in zip(parameters, gradients):
+                parameter.grad = torch.from_numpy(gradient.copy())
+            optimizer = factory(parameters)
+
+            def step():
+                torch.nn.utils.clip_grad_norm_(parameters, max_norm)
+                optimizer.step()
+
+            return step
+
+        cases["adamw"]["torch fused"] = torch_step(lambda p: torch.optim.AdamW(p, lr=1e-4, fused=True))
+        cases["adamw"]["torch foreach"] = torch_step(lambda p: torch.optim.AdamW(p, lr=1e-4, foreach=True))
+        cases["sgd"]["torch foreach"] = torch_step(lambda p: torch.optim.SGD(p, lr=1e-3, momentum=0.9, foreach=True))
+        cases["rmsprop"]["torch foreach"] = torch_step(lambda p: torch.optim.RMSprop(p, lr=1e-4, foreach=True))
+    return cases, sum(g.size for g in gradients)
+
+
+def run_optimizers(repeat, workload="gpt2-small"):
+    cases, parameters = make_optimizer_cases(workload)
+    probe_buffer = np.ones(512 * 2**20 // 4, dtype=np.float32)
+    probes = {f"read: {name}": probe for name, probe in read_probes(probe_buffer).items()}
+    probes.update({f"read+write: {name}": probe for name, probe in write_probes(probe_buffer).items()})
+    rows = []
+    for kind, implementations in cases.items():
+        functions = dict(implementations)
+        functions.update(probes)
+        medians = interleaved_medians(functions, repeat, first=tuple(probes))
+        bandwidth = _bandwidth_from(medians, probe_buffer.nbytes)
+        bytes_per = OPTIMIZER_BYTES[kind]
+        roofline = parameters * (bytes_per["read"] / bandwidth.read + bytes_per["read_write"] / bandwidth.read_write)
+        moved = parameters * (bytes_per["read"] + bytes_per["read_write"])
+        for name in implementations:
+            seconds = medians[name]
+            rows.append({"optimizer": kind, "implementation": name, "ms": seconds * 1e3,
+                         "roofline_ms": roofline * 1e3, "x_roofline": seconds / roofline,
+                         "gg_speedup": seconds / medians["gradguard fused"], "MB_moved_fused": moved / 1e6})
+    return rows
+
+
+def format_optimizer_table(rows, workload="gpt2-small"):
+    lines = [
+        f"fused optimiser steps on {workload}, float32, every step clipping by global norm (max_norm 1.0);",
+        "roofline: one gradient read for the norm plus the update's reads and writes (AdamW 28 B/param, SGD-momentum",
+        "and RMSprop 20 B/param) at the read and read+write bandwidth of the same rounds",
+        "",
+        f"{'optimizer':<10}{'impl':<22}{'ms':>9}{'roofline':>10}{'x roof':>8}{'gg faster':>10}",
+    ]
+    for row in rows:
+        lines.append(f"{row['optimizer']:<10}{row['implementation']:<22}{row['ms']:>9.2f}{row['roofline_ms']:>10.2f}"
+                     f"{row['x_roofline']:>8.2f}{row['gg_speedup']:>9.2f}x")
+    return "\n".join(lines)
+
+
 # ---- the table -----------------------------------------------------------------------
 
 def run(workloads, repeat, threads, slow_repeat=3):
@@ -391,8 +492,9 @@ def main(argv=None):
     parser.add_argument("--workloads", nargs="+", default=workload_names(), choices=workload_names())
     parser.add_argument("--repeat", type=int, default=7, help="timed calls per measurement (median reported)")
     parser.add_argument("--threads", type=int, default=get_num_threads(), help="threads for gradguard and torch")
-    parser.add_argument("--sections", nargs="+", default=["clip", "norm"], choices=["clip", "norm"],
-                        help="clip: norms, clipping and statistics of the workloads; norm: layer norm")
+    parser.add_argument("--sections", nargs="+", default=["clip", "norm", "optim"], choices=["clip", "norm", "optim"],
+                        help="clip: norms, clipping and statistics of the workloads; norm: layer norm; "
+                             "optim: fused optimiser steps on gpt2-small")
     arguments = parser.parse_args(argv)
     if "clip" in arguments.sections:
         rows = run(arguments.workloads, arguments.repeat, arguments.threads)
@@ -403,4 +505,10 @@ def main(argv=None):
             torch.set_num_threads(arguments.threads)
         print()
         print(format_norm_table(run_norms(arguments.repeat)))
+    if "optim" in arguments.sections:
+        set_num_threads(arguments.threads)
+        if torch is not None:
+            torch.set_num_threads(arguments.threads)
+        print()
+        print(format_optimizer_table(run_optimizers(max(3, arguments.repeat // 2))))
     return 0
