@@ -3,19 +3,13 @@
 and (foreach); one group per optimiser."""
 import pytest
 
-from gradguard import _core
-from gradguard.bench import make_optimizer_cases, torch
+from gradguard.bench import make_optimizer_cases
 
 
 @pytest.fixture(scope="module")
 def cases():
-    before = _core.get_num_threads()
-    _core.set_num_threads(2)
-    if torch is not None:
-        torch.set_num_threads(2)
     built, _ = make_optimizer_cases()
-    yield built
-    _core.set_num_threads(before)
+    return built
 
 
 @pytest.mark.parametrize("implementation", ["gradguard fused", "gradguard clip+step", "torch fused", "torch foreach"])
