@@ -10,7 +10,9 @@ import os as _os
 from . import _core
 from .clip import ClipReport, clip_by_global_norm, clip_by_norm, clip_by_value, global_norm
 from . import optim
+from .adaptive import AutoClip, ZClip
 from .amp import LossScaler, unscale_
+from .monitor import Finding, GradientMonitor
 from .norm import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 from .config import config, get_num_threads, set_num_threads, show_config, simd_target
 from .stats import GradStats, grad_stats
@@ -25,5 +27,6 @@ __all__ = [
     "grad_stats", "GradStats",
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
     "optim", "unscale_", "LossScaler",
+    "GradientMonitor", "Finding", "AutoClip", "ZClip",
     "set_num_threads", "get_num_threads", "simd_target", "config", "show_config",
 ]

@@ -1,0 +1,179 @@
+"""GradientMonitor on synthetic histories whose truth is known, and the
+adaptive clippers against plain re-implementations of the papers' rules."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import gradguard as gg
+
+ELEMENTS = 64
+
+
+def layer_with_norm(rng, norm, zero_fraction=0.0):
+    values = rng.standard_normal(ELEMENTS)
+    if zero_fraction:
+        values[: int(round(zero_fraction * ELEMENTS))] = 0.0
+    return (values * (norm / np.linalg.norm(values))).astype(np.float32)
+
+
+def run(norms, zero_fractions=None, **settings):
+    """Feed norms[step][layer]; return the monitor and its findings."""
+    rng = np.random.default_rng(0)
+    steps, layers = norms.shape
+    monitor = gg.GradientMonitor(names=[f"layer{i}" for i in range(layers)], **settings)
+    for step in range(steps):
+        zeros = zero_fractions[step] if zero_fractions is not None else np.zeros(layers)
+        monitor.update([layer_with_norm(rng, norms[step, i], zeros[i]) for i in range(layers)], step=step)
+    return monitor, monitor.findings
+
+
+def stationary(rng, steps, layers, sigma=0.1):
+    return np.exp(rng.standard_normal((steps, layers)) * sigma)
+
+
+def test_no_finding_on_a_long_stationary_run():
+    rng = np.random.default_rng(1)
+    norms = stationary(rng, 10_000, 4) * np.array([1.0, 0.3, 3.0, 0.05])
+    monitor, findings = run(norms)
+    assert findings == []
+    assert monitor.history()["norm"].shape == (256, 4)  # bounded memory
+
+
+def test_depth_decay_flags_exactly_the_layers_far_below_the_median():
+    rng = np.random.default_rng(2)
+    depth = 0.5 ** np.arange(30)
+    norms = stationary(rng, 40, 30, sigma=0.02) * depth
+    _, findings = run(norms)
+    vanishing = {f.layer for f in findings if f.kind == "vanishing"}
+    median = np.median(depth)
+    expected = {f"layer{i}" for i in range(30) if depth[i] < 1e-4 * median * 0.9}
+    assert expected and vanishing == expected
+    assert all(f.step == 4 for f in findings)  # patience 5: the fifth step
+
+
+def test_layer_decaying_over_steps_is_found_when_it_collapses():
+    rng = np.random.default_rng(3)
+    norms = stationary(rng, 400, 3)
+    norms[200:, 1] *= 1e-5
+    _, findings = run(norms)
+    assert [(f.layer, f.kind, f.step) for f in findings] == [("layer1", "vanishing", 204)]
+    assert "since step 200" in findings[0].message
+
+
+def test_spike_at_step_500():
+    rng = np.random.default_rng(4)
+    norms = stationary(rng, 600, 3)
+    norms[500, 2] = 1e4
+    _, findings = run(norms)
+    assert [(f.layer, f.kind, f.step) for f in findings] == [("layer2", "exploding", 500)]
+    assert findings[0].evidence["z"] > 8
+
+
+def test_nan_at_step_300_and_geometric_growth():
+    rng = np.random.default_rng(5)
+    norms = stationary(rng, 400, 3)
+    norms[300:, 0] = np.nan
+    norms[100:110, 1] *= 3.0 ** np.arange(1, 11)
+    _, findings = run(norms, spike_z=1e9)  # growth alone, not the spike test
+    found = [(f.layer, f.kind, f.step) for f in findings]
+    assert ("layer0", "exploding", 300) in found
+    assert ("layer1", "exploding", 104) in found  # fifth consecutive tripling
+    assert len(found) == 2
+
+
+def test_dead_units():
+    rng = np.random.default_rng(6)
+    norms = stationary(rng, 200, 3)
+    zeros = np.zeros((200, 3))
+    zeros[100:, 1] = 0.95
+    _, findings = run(norms, zeros)
+    assert [(f.layer, f.kind, f.step) for f in findings] == [("layer1", "dead", 104)]
+
+
+def test_update_ratio_and_exports(tmp_path):
+    rng = np.random.default_rng(7)
+    monitor = gg.GradientMonitor()
+    params = {"w": np.ones(64, np.float32) * 10, "b": np.ones(8, np.float32)}
+    for step in range(10):
+        grads = {"w": layer_with_norm(rng, 1e-3), "b": (np.ones(8, np.float32) * (5.0 if step >= 2 else 1e-3))}
+        monitor.update(grads, params=params)
+    assert [(f.layer, f.kind, f.step) for f in monitor.findings] == [("b", "update_ratio", 6)]
+    summary = monitor.summary()
+    assert summary["steps"] == 10 and summary["flagged"] == {"b": ["update_ratio"]}
+    assert "update_ratio" in monitor.report()
+    monitor.to_csv(tmp_path / "history.csv")
+    monitor.to_jsonl(tmp_path / "findings.jsonl")
+    rows = (tmp_path / "history.csv").read_text().splitlines()
+    assert rows[0].startswith("step,layer,norm") and len(rows) == 1 + 10 * 2
+    assert json.loads((tmp_path / "findings.jsonl").read_text().splitlines()[0])["layer"] == "b"
+
+
+def reference_autoclip(norms, percentile, history=None):
+    seen, thresholds = [], []
+    for norm in norms:
+        seen.append(norm)
+        if history:
+            seen = seen[-history:]
+        thresholds.append(float(np.percentile(seen, percentile)))
+    return thresholds
+
+
+def reference_zclip(norms, alpha, z_thresh, max_grad_norm, eps, warmup):
+    buffer, mean, var, thresholds = [], None, None, []
+    for g in norms:
+        if mean is None:
+            buffer.append(g)
+            if len(buffer) >= warmup:
+                mean = sum(buffer) / len(buffer)
+                var = sum((x - mean) ** 2 for x in buffer) / len(buffer)
+            thresholds.append(max_grad_norm)
+            continue
+        std = var ** 0.5
+        z = (g - mean) / (std + eps)
+        clip = mean + (z_thresh * std) / (z / z_thresh) if z > z_thresh else None
+        thresholds.append(min(clip if clip is not None else g, max_grad_norm))
+        x = clip if clip is not None else g
+        mean = alpha * mean + (1 - alpha) * x
+        var = alpha * var + (1 - alpha) * (x - mean) ** 2
+    return thresholds
+
+
+def norm_sequence(seed, steps=300):
+    rng = np.random.default_rng(seed)
+    norms = np.exp(rng.standard_normal(steps) * 0.2)
+    norms[[60, 150, 151, 250]] *= [50, 20, 30, 100]  # spikes
+    return norms
+
+
+@pytest.mark.parametrize("history", [None, 50])
+def test_autoclip_matches_the_paper_rule(history):
+    rng = np.random.default_rng(9)
+    arrays = [layer_with_norm(rng, n).astype(np.float64) for n in norm_sequence(8)]
+    norms = [float(np.linalg.norm(a)) for a in arrays]  # the norms the arrays really have
+    clipper = gg.AutoClip(percentile=10, history=history)
+    expected = reference_autoclip(norms, 10, history)
+    for array, norm, wanted in zip(arrays, norms, expected):
+        grads = [array]
+        seen, threshold = clipper(grads)
+        assert seen == pytest.approx(norm, rel=1e-6) and threshold == pytest.approx(wanted, rel=1e-6)
+        assert np.linalg.norm(grads[0]) == pytest.approx(min(norm, wanted), rel=1e-5)
+    restored = gg.AutoClip()
+    restored.load_state_dict(clipper.state_dict())
+    probe = layer_with_norm(rng, 3.0).astype(np.float64)
+    assert restored([probe.copy()]) == clipper([probe.copy()])
+
+
+def test_zclip_matches_the_paper_rule():
+    rng = np.random.default_rng(11)
+    arrays = [layer_with_norm(rng, n).astype(np.float64) for n in norm_sequence(10) * 0.5]
+    norms = [float(np.linalg.norm(a)) for a in arrays]
+    clipper = gg.ZClip(alpha=0.97, z_thresh=2.5, max_grad_norm=5.0, warmup_steps=25)
+    expected = reference_zclip(norms, 0.97, 2.5, 5.0, 1e-6, 25)
+    for array, wanted in zip(arrays, expected):
+        grads = [array]
+        seen, threshold = clipper(grads)
+        assert threshold == pytest.approx(wanted, rel=1e-9)
+        assert np.linalg.norm(grads[0]) == pytest.approx(min(seen, wanted), rel=1e-5)
+    assert clipper.mean is not None and math.isfinite(clipper.var)
