@@ -358,6 +358,33 @@ PYBIND11_MODULE(_core, m) {
     optimizer_step(tensors, step);
   });
 
+  // AGC helpers: one tensor at a time; units along axis 0 (units_first) or the last axis.
+  m.def("unit_norms", [](const py::array& array, int64_t units, bool units_first) {
+    py::list wrapped;
+    wrapped.append(array);
+    TensorList list = to_tensors(wrapped, py::none(), "array", Access::read);
+    if (units < 1 || list.tensors[0].count % units != 0) throw py::value_error("units must divide the array size");
+    py::array_t<double> norms(static_cast<py::ssize_t>(units));
+    double* out = norms.mutable_data();
+    {
+      py::gil_scoped_release released;
+      unit_norms(list.tensors[0], units, units_first, out);
+    }
+    return norms;
+  });
+
+  m.def("scale_units", [](const py::array& array, const py::array_t<double, py::array::c_style>& factors,
+                          bool units_first) {
+    py::list wrapped;
+    wrapped.append(array);
+    TensorList list = to_tensors(wrapped, py::none(), "grads", Access::write);
+    const int64_t units = static_cast<int64_t>(factors.size());
+    if (units < 1 || list.tensors[0].count % units != 0) throw py::value_error("factors must divide the array size");
+    const double* data = factors.data();
+    py::gil_scoped_release released;
+    scale_units(list.tensors[0], units, units_first, data);
+  });
+
   m.def("read_probe", [](const py::array& array) {
     if (!py::isinstance<py::array_t<float>>(array) || !(array.flags() & kCContiguous))
       throw py::type_error("read_probe needs a C-contiguous float32 array");

@@ -116,6 +116,14 @@ using OptimizerFn = void (*)(const OptimizerStep& step, void* param, const void*
 // data *= factor, returning whether any input value was NaN or inf.
 using ScaleCheckFn = bool (*)(void* data, int64_t count, double factor);
 
+// Columns [first_column, end_column) of a (rows, columns) buffer: add the
+// float64 sums of squares down each column into sums[column] / multiply each
+// column by factors[column]. (AGC's unit-wise norms for output-last layouts.)
+using ColumnSquaresFn = void (*)(const void* data, int64_t rows, int64_t columns, int64_t first_column,
+                                 int64_t end_column, double* sums);
+using ScaleColumnsFn = void (*)(void* data, int64_t rows, int64_t columns, int64_t first_column, int64_t end_column,
+                                const double* factors);
+
 using NormFn = NormPartial (*)(const void* data, int64_t count, NormKind kind, double p, double scale);
 using StatsFn = StatsPartial (*)(const void* data, int64_t count);
 using ScaleFn = void (*)(void* data, int64_t count, double factor);
@@ -136,6 +144,8 @@ struct KernelTable {
   // [parameter dtype: float32, float64][gradient dtype]; null where the pair makes no sense.
   OptimizerFn optimizer[2][kNumDTypes];
   ScaleCheckFn scale_check[kNumDTypes];
+  ColumnSquaresFn column_squares[kNumDTypes];
+  ScaleColumnsFn scale_columns[kNumDTypes];
 };
 
 namespace baseline { const KernelTable& kernel_table(); }

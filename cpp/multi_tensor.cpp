@@ -373,6 +373,53 @@ bool scale_and_check(const std::vector<TensorRef>& tensors, double factor) {
   return false;
 }
 
+namespace {
+
+// The rows of a (units, rest) tensor as separate tensors.
+std::vector<TensorRef> rows_of(const TensorRef& tensor, int64_t units) {
+  const int64_t rest = units > 0 ? tensor.count / units : 0;
+  std::vector<TensorRef> rows(static_cast<size_t>(units));
+  for (int64_t unit = 0; unit < units; ++unit)
+    rows[unit] = {static_cast<char*>(tensor.data) + unit * rest * element_size(tensor.dtype), rest, tensor.dtype};
+  return rows;
+}
+
+// Column ranges of about a piece of elements each (fixed by the shape only).
+int64_t column_step(int64_t rows, int64_t columns) {
+  return std::max<int64_t>(16, std::min<int64_t>(columns, kPieceElements / std::max<int64_t>(1, rows)));
+}
+
+}  // namespace
+
+void unit_norms(const TensorRef& tensor, int64_t units, bool units_first, double* norms) {
+  if (units_first) {
+    const GlobalNorm norm = global_norm(rows_of(tensor, units), NormOrder::from(2.0));
+    for (int64_t unit = 0; unit < units; ++unit) norms[unit] = norm.per_tensor[unit].norm;
+    return;
+  }
+  const int64_t rows = units > 0 ? tensor.count / units : 0;
+  const ColumnSquaresFn kernel = active_kernels().column_squares[static_cast<int>(tensor.dtype)];
+  const int64_t step = column_step(rows, units);
+  for (int64_t unit = 0; unit < units; ++unit) norms[unit] = 0.0;
+  parallel_for((units + step - 1) / step, [&](int64_t task) {
+    kernel(tensor.data, rows, units, task * step, std::min(units, (task + 1) * step), norms);
+  });
+  for (int64_t unit = 0; unit < units; ++unit) norms[unit] = std::sqrt(norms[unit]);
+}
+
+void scale_units(const TensorRef& tensor, int64_t units, bool units_first, const double* factors) {
+  if (units_first) {
+    scale_tensors(rows_of(tensor, units), std::vector<double>(factors, factors + units));
+    return;
+  }
+  const int64_t rows = units > 0 ? tensor.count / units : 0;
+  const ScaleColumnsFn kernel = active_kernels().scale_columns[static_cast<int>(tensor.dtype)];
+  const int64_t step = column_step(rows, units);
+  parallel_for((units + step - 1) / step, [&](int64_t task) {
+    kernel(tensor.data, rows, units, task * step, std::min(units, (task + 1) * step), factors);
+  });
+}
+
 double read_probe(const float* data, int64_t count) {
   const KernelTable& kernels = active_kernels();
   const std::vector<TensorRef> tensors = {{const_cast<float*>(data), count, DType::float32}};

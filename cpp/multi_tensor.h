@@ -93,6 +93,13 @@ void optimizer_step(const std::vector<OptimizerTensor>& tensors, const Optimizer
 // tensor[i] *= factor; returns whether any value was NaN or inf (before scaling).
 bool scale_and_check(const std::vector<TensorRef>& tensors, double factor);
 
+// Unit-wise L2 norms of one tensor for AGC. units_first: units are the rows
+// of a (units, rest) buffer; otherwise the columns of a (rest, units) buffer.
+void unit_norms(const TensorRef& tensor, int64_t units, bool units_first, double* norms);
+
+// Multiplies unit u of the tensor by factors[u] (same layouts as unit_norms).
+void scale_units(const TensorRef& tensor, int64_t units, bool units_first, const double* factors);
+
 // Sum of a float32 buffer by the plainest threaded read loop (bandwidth yardstick).
 double read_probe(const float* data, int64_t count);
 

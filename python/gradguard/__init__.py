@@ -11,6 +11,7 @@ from . import _core
 from .clip import ClipReport, clip_by_global_norm, clip_by_norm, clip_by_value, global_norm
 from . import optim
 from .adaptive import AutoClip, ZClip
+from .agc import agc
 from .amp import LossScaler, unscale_
 from .monitor import Finding, GradientMonitor
 from .norm import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
@@ -27,6 +28,6 @@ __all__ = [
     "grad_stats", "GradStats",
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
     "optim", "unscale_", "LossScaler",
-    "GradientMonitor", "Finding", "AutoClip", "ZClip",
+    "GradientMonitor", "Finding", "AutoClip", "ZClip", "agc",
     "set_num_threads", "get_num_threads", "simd_target", "config", "show_config",
 ]
