@@ -69,3 +69,14 @@ def test_bandwidth(benchmark, kind, probe):
     benchmark.pedantic(probes[probe], rounds=5, iterations=1, warmup_rounds=1)
     if benchmark.stats:  # None under --benchmark-disable
         benchmark.extra_info["GB/s"] = buffer.nbytes * (1 if kind == "read" else 2) / benchmark.stats.stats.median / 1e9
+
+
+def test_monitor_update_costs_one_read(benchmark, cases_of):
+    """GradientMonitor.update on gpt2-small: one grad_stats pass plus bookkeeping."""
+    import gradguard as gg
+    from gradguard.workloads import make_gradients
+
+    gradients = make_gradients("gpt2-small")
+    monitor = gg.GradientMonitor()
+    benchmark.group = "gpt2-small grad_stats"
+    benchmark.pedantic(lambda: monitor.update(gradients), rounds=10, iterations=1, warmup_rounds=1)

@@ -213,6 +213,10 @@ def make_cases(workload, gradients, operations=("global_norm", "clip_by_global_n
     if "grad_stats" in operations:
         case = Case(workload, "grad_stats", nbytes, ("read",))
         case.implementations["gradguard"] = lambda: grad_stats(arrays)
+        from .monitor import GradientMonitor
+
+        monitor = GradientMonitor(names=list(gradients))
+        case.implementations["gg monitor"] = lambda: monitor.update(arrays)
         case.implementations["numpy"] = lambda: numpy_stats(arrays)
         if torch is not None:
             case.implementations["torch"] = lambda: torch_stats(tensors)

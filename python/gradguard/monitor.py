@@ -32,19 +32,6 @@ class Finding:
     message: str = ""
 
 
-@dataclass
-class _LayerState:
-    vanishing_streak: int = 0
-    vanishing_since: int = -1
-    dead_streak: int = 0
-    dead_since: int = -1
-    ratio_streak: int = 0
-    ratio_since: int = -1
-    growth_streak: int = 0
-    exploding: bool = False
-    reported: set = field(default_factory=set)
-
-
 class GradientMonitor:
     """Tracks per-layer gradient statistics and flags layers in trouble.
 
@@ -60,12 +47,15 @@ class GradientMonitor:
       growth_factor=2.0, growth_steps=5   exploding: norm at least doubling 5 steps in a row
       dead_fraction=0.9 dead: at least this fraction of exact zeros (dead ReLUs)
       update_ratio_high=0.1, update_ratio_low=1e-7   ||g|| / ||w|| bounds, when params are given
-    Non-finite gradients are reported as exploding at once.
+      baseline_refresh=16   steps between recomputations of each layer's history median and MAD
+    Non-finite gradients are reported as exploding at once. The detectors run on
+    NumPy arrays over all layers; only layers with something to report cost Python time.
     """
 
     def __init__(self, names=None, window=256, *, patience=5, vanishing_floor=1e-10, vanishing_ratio=1e-4,
                  decay_ratio=1e-3, spike_z=8.0, min_history=20, growth_factor=2.0, growth_steps=5,
-                 dead_fraction=0.9, update_ratio_high=0.1, update_ratio_low=1e-7, max_findings=10000):
+                 dead_fraction=0.9, update_ratio_high=0.1, update_ratio_low=1e-7, baseline_refresh=16,
+                 max_findings=10000):
         if window < 2 or patience < 1 or min_history < 2 or min_history > window:
             raise ValueError("need window >= 2, patience >= 1 and 2 <= min_history <= window")
         self.names = None if names is None else [str(n) for n in names]
@@ -75,7 +65,10 @@ class GradientMonitor:
                              growth_factor=growth_factor, growth_steps=growth_steps, dead_fraction=dead_fraction,
                              update_ratio_high=update_ratio_high, update_ratio_low=update_ratio_low)
         self.max_findings = max_findings
+        self.baseline_refresh = int(baseline_refresh)
         self.findings = []
+        self._baseline = None
+        self._baseline_age = 0
         self._steps = np.full(self.window, -1, dtype=np.int64)
         self._series = None
         self._states = None
@@ -91,7 +84,11 @@ class GradientMonitor:
             if len(self.names) != len(array_list):
                 raise ValueError(f"{len(array_list)} gradients for {len(self.names)} layer names")
             self._series = {name: np.full((self.window, len(self.names)), np.nan) for name in _SERIES}
-            self._states = [_LayerState() for _ in self.names]
+            layers = len(self.names)
+            self._states = {name: np.zeros(layers, dtype=np.int64) for name in (
+                "vanishing_streak", "vanishing_since", "dead_streak", "dead_since", "ratio_streak", "ratio_since",
+                "growth_streak")}
+            self._states["exploding"] = np.zeros(layers, dtype=bool)
         elif len(array_list) != len(self.names):
             raise ValueError(f"{len(array_list)} gradients; this monitor tracks {len(self.names)} layers")
         step = self._last_step + 1 if step is None else int(step)
@@ -105,7 +102,7 @@ class GradientMonitor:
             ratio = np.divide(norm, weights, out=np.full_like(norm, np.nan), where=weights > 0)
         row = self._count % self.window
         previous = self._series["norm"][(self._count - 1) % self.window].copy() if self._count else None
-        history = self._finite_history()
+        baseline = self._current_baseline()
         values = {"norm": norm, "abs_mean": stats.abs_mean, "std": stats.std,
                   "zero_fraction": stats.n_zero / numel, "update_ratio": ratio}
         for name in _SERIES:
@@ -113,104 +110,115 @@ class GradientMonitor:
         self._steps[row] = step
         self._count += 1
         self._last_step = step
-        new = self._detect(step, norm, values["zero_fraction"], ratio, stats, previous, history)
+        new = self._detect(step, norm, values["zero_fraction"], ratio, stats, previous, baseline)
         room = self.max_findings - len(self.findings)
         self.findings.extend(new[:max(room, 0)])
         return new
 
-    def _finite_history(self):
-        """The kept norms before this step (steps x layers), oldest first."""
+    def _current_baseline(self):
+        """Per layer, over the kept norms before this step: (count of positive finite
+        norms, median of log norm, robust spread = max(1.4826 MAD, 0.05)).
+        Recomputed every baseline_refresh steps."""
+        if self._baseline is not None and self._baseline_age < self.baseline_refresh:
+            self._baseline_age += 1
+            return self._baseline
         kept = min(self._count, self.window)
         order = [(self._count - kept + i) % self.window for i in range(kept)]
-        return self._series["norm"][order] if self._series is not None else np.empty((0, 0))
+        norms = self._series["norm"][order]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.where(np.isfinite(norms) & (norms > 0), np.log(norms), np.nan)
+        count = np.sum(np.isfinite(logs), axis=0)
+        if kept and count.any():
+            import warnings
 
-    def _detect(self, step, norm, zero_fraction, ratio, stats, previous, history):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: layers with no history yet
+                center = np.nanmedian(logs, axis=0)
+                spread = np.maximum(1.4826 * np.nanmedian(np.abs(logs - center), axis=0), 0.05)
+        else:
+            center = np.full(len(self.names), np.nan)
+            spread = np.full(len(self.names), 0.05)
+        self._baseline = (count, center, spread)
+        self._baseline_age = 1
+        return self._baseline
+
+    def _detect(self, step, norm, zero_fraction, ratio, stats, previous, baseline):
         s = self.settings
+        state = self._states
+        count, center, spread = baseline
         findings = []
-        finite_norms = norm[np.isfinite(norm)]
-        median_layer = float(np.median(finite_norms)) if finite_norms.size else math.nan
-        for index, layer in enumerate(self.names):
-            state = self._states[index]
-            value = norm[index]
 
-            def report(kind, evidence, message, since):
-                findings.append(Finding(step, layer, kind, evidence, message.format(layer=layer, since=since)))
+        def report(mask, kind, evidence_of, message_of):
+            for index in np.flatnonzero(mask):
+                layer = self.names[index]
+                findings.append(Finding(step, layer, kind, evidence_of(index), message_of(index).replace("{layer}", layer)))
 
-            # exploding: non-finite, spike, geometric growth
-            if not math.isfinite(value):
-                if not state.exploding:
-                    report("exploding", {"n_nan": int(stats.n_nan[index]), "n_inf": int(stats.n_inf[index])},
-                           "{layer}: gradient holds NaN/inf since step {since}", step)
-                state.exploding = True
-                state.growth_streak = 0
-                continue
-            own = history[:, index] if history.size else np.empty(0)
-            own = own[np.isfinite(own) & (own > 0)]
-            spike = False
-            if own.size >= s["min_history"] and value > 0:
-                logs = np.log(own)
-                center = float(np.median(logs))
-                spread = max(1.4826 * float(np.median(np.abs(logs - center))), 0.05)
-                z = (math.log(value) - center) / spread
-                spike = z > s["spike_z"]
-                if spike and not state.exploding:
-                    report("exploding", {"norm": value, "z": z, "median_norm": math.exp(center)},
-                           f"{{layer}}: norm {value:.3g} is a spike, z = {z:.1f} against its median {math.exp(center):.3g}",
-                           step)
-            grew = previous is not None and math.isfinite(previous[index]) and previous[index] > 0 and \
-                value >= s["growth_factor"] * previous[index]
-            state.growth_streak = state.growth_streak + 1 if grew else 0
-            growing = state.growth_streak >= s["growth_steps"]
-            if growing and not state.exploding and not spike:
-                report("exploding", {"norm": value, "growth_steps": state.growth_streak},
-                       f"{{layer}}: norm grew x{s['growth_factor']:g} or more for {state.growth_streak} steps, now {value:.3g}",
-                       step - state.growth_streak + 1)
-            state.exploding = spike or growing
+        finite = np.isfinite(norm)
+        positive = finite & (norm > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.where(positive, np.log(np.where(positive, norm, 1.0)), np.nan)
+        has_history = count >= s["min_history"]
 
-            # vanishing: absolute floor, far below the median layer, or far below its own history
-            reasons = []
-            if value < s["vanishing_floor"]:
-                reasons.append("floor")
-            if math.isfinite(median_layer) and median_layer > 0 and value < s["vanishing_ratio"] * median_layer:
-                reasons.append("below median layer")
-            if own.size >= s["min_history"] and value < s["decay_ratio"] * float(np.median(own)):
-                reasons.append("decayed from its history")
-            if reasons:
-                if state.vanishing_streak == 0:
-                    state.vanishing_since = step
-                state.vanishing_streak += 1
-                if state.vanishing_streak == s["patience"]:
-                    report("vanishing", {"norm": value, "median_layer_norm": median_layer, "reasons": reasons},
-                           f"{{layer}} is vanishing since step {{since}}: norm {value:.3g} ({', '.join(reasons)})",
-                           state.vanishing_since)
-            else:
-                state.vanishing_streak = 0
+        # exploding: non-finite, a spike (robust z-score), or geometric growth
+        exploding = state["exploding"]
+        report(~finite & ~exploding, "exploding",
+               lambda i: {"n_nan": int(stats.n_nan[i]), "n_inf": int(stats.n_inf[i])},
+               lambda i: f"{{layer}}: gradient holds NaN/inf since step {step}")
+        with np.errstate(invalid="ignore"):
+            z = (logs - center) / spread
+            spike = has_history & positive & (z > s["spike_z"])
+            grew = positive & (previous > 0) & (norm >= s["growth_factor"] * previous) if previous is not None \
+                else np.zeros(len(norm), dtype=bool)
+        state["growth_streak"] = np.where(grew, state["growth_streak"] + 1, 0)
+        growing = state["growth_streak"] >= s["growth_steps"]
+        report(spike & ~exploding, "exploding",
+               lambda i: {"norm": float(norm[i]), "z": float(z[i]), "median_norm": float(np.exp(center[i]))},
+               lambda i: f"{{layer}}: norm {norm[i]:.3g} is a spike, z = {z[i]:.1f} against its median {np.exp(center[i]):.3g}")
+        report(growing & ~spike & ~exploding, "exploding",
+               lambda i: {"norm": float(norm[i]), "growth_steps": int(state["growth_streak"][i])},
+               lambda i: f"{{layer}}: norm grew x{s['growth_factor']:g} or more for {state['growth_streak'][i]} steps, "
+                         f"now {norm[i]:.3g}")
+        state["exploding"] = ~finite | spike | growing
 
-            # dead units
-            if zero_fraction[index] >= s["dead_fraction"]:
-                if state.dead_streak == 0:
-                    state.dead_since = step
-                state.dead_streak += 1
-                if state.dead_streak == s["patience"]:
-                    report("dead", {"zero_fraction": float(zero_fraction[index])},
-                           f"{{layer}}: {zero_fraction[index]:.0%} of its gradient is exactly 0 since step {{since}} (dead units)",
-                           state.dead_since)
-            else:
-                state.dead_streak = 0
+        # vanishing: below an absolute floor, far below the median layer, or far below its own history
+        median_layer = float(np.median(norm[finite])) if finite.any() else np.nan
+        below_floor = finite & (norm < s["vanishing_floor"])
+        below_median = finite & (median_layer > 0) & (norm < s["vanishing_ratio"] * median_layer)
+        with np.errstate(invalid="ignore"):
+            decayed = finite & has_history & (norm < s["decay_ratio"] * np.exp(center))
+        vanishing = below_floor | below_median | decayed
+        self._streak(vanishing, "vanishing", step)
 
-            # update ratio ||g|| / ||w||
-            r = ratio[index]
-            if math.isfinite(r) and (r > s["update_ratio_high"] or r < s["update_ratio_low"]):
-                if state.ratio_streak == 0:
-                    state.ratio_since = step
-                state.ratio_streak += 1
-                if state.ratio_streak == s["patience"]:
-                    side = "large" if r > s["update_ratio_high"] else "small"
-                    report("update_ratio", {"ratio": r},
-                           f"{{layer}}: |g|/|w| = {r:.3g} too {side} since step {{since}}", state.ratio_since)
-            else:
-                state.ratio_streak = 0
+        def vanishing_reasons(i):
+            return [name for name, flags in (("floor", below_floor), ("below median layer", below_median),
+                                             ("decayed from its history", decayed)) if flags[i]]
+
+        report(state["vanishing_streak"] == s["patience"], "vanishing",
+               lambda i: {"norm": float(norm[i]), "median_layer_norm": median_layer, "reasons": vanishing_reasons(i)},
+               lambda i: f"{{layer}} is vanishing since step {state['vanishing_since'][i]}: norm {norm[i]:.3g} "
+                         f"({', '.join(vanishing_reasons(i))})")
+
+        # dead units
+        self._streak(finite & (zero_fraction >= s["dead_fraction"]), "dead", step)
+        report(state["dead_streak"] == s["patience"], "dead",
+               lambda i: {"zero_fraction": float(zero_fraction[i])},
+               lambda i: f"{{layer}}: {zero_fraction[i]:.0%} of its gradient is exactly 0 since step "
+                         f"{state['dead_since'][i]} (dead units)")
+
+        # update ratio ||g|| / ||w||
+        with np.errstate(invalid="ignore"):
+            off = np.isfinite(ratio) & ((ratio > s["update_ratio_high"]) | (ratio < s["update_ratio_low"]))
+        self._streak(off & finite, "ratio", step)
+        report(state["ratio_streak"] == s["patience"], "update_ratio",
+               lambda i: {"ratio": float(ratio[i])},
+               lambda i: f"{{layer}}: |g|/|w| = {ratio[i]:.3g} too {'large' if ratio[i] > s['update_ratio_high'] else 'small'} "
+                         f"since step {state['ratio_since'][i]}")
         return findings
+
+    def _streak(self, condition, name, step):
+        streak, since = self._states[f"{name}_streak"], self._states[f"{name}_since"]
+        self._states[f"{name}_since"] = np.where(condition & (streak == 0), step, since)
+        self._states[f"{name}_streak"] = np.where(condition, streak + 1, 0)
 
     # -- reading -------------------------------------------------------------------------
     def history(self):
@@ -230,12 +238,13 @@ class GradientMonitor:
             kinds[finding.kind] = kinds.get(finding.kind, 0) + 1
         flagged = {}
         if self._states:
-            for layer, state in zip(self.names, self._states):
+            patience = self.settings["patience"]
+            for index, layer in enumerate(self.names):
                 current = [kind for kind, active in (
-                    ("vanishing", state.vanishing_streak >= self.settings["patience"]),
-                    ("exploding", state.exploding),
-                    ("dead", state.dead_streak >= self.settings["patience"]),
-                    ("update_ratio", state.ratio_streak >= self.settings["patience"])) if active]
+                    ("vanishing", self._states["vanishing_streak"][index] >= patience),
+                    ("exploding", bool(self._states["exploding"][index])),
+                    ("dead", self._states["dead_streak"][index] >= patience),
+                    ("update_ratio", self._states["ratio_streak"][index] >= patience)) if active]
                 if current:
                     flagged[layer] = current
         return {"steps": self._count, "last_step": self._last_step, "layers": len(self.names or []),
