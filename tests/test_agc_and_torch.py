@@ -72,3 +72,22 @@ def test_torch_adapter_matches_torch():
         weights.grad = torch.full((8,), 3.0, dtype=torch.bfloat16)
         assert float(clip_grad_norm_([weights], 1.0)) == pytest.approx(3.0 * 8 ** 0.5, rel=1e-6)
         assert float(weights.grad.float().norm()) == pytest.approx(1.0, rel=1e-2)
+
+
+def test_torch_module_explains_a_missing_torch(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.delitem(sys.modules, "gradguard.torch", raising=False)
+    with pytest.raises(ImportError, match="gradguard.torch needs PyTorch"):
+        importlib.import_module("gradguard.torch")
+    monkeypatch.delitem(sys.modules, "gradguard.torch", raising=False)
+
+
+def test_gradguard_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, gradguard; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

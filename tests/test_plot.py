@@ -40,3 +40,11 @@ def test_norm_lines_and_histogram(monitor, tmp_path):
     grads = [np.random.default_rng(1).standard_normal(1000), np.zeros(10), np.array([np.inf])]
     histogram = plot.gradient_histogram(grads, tmp_path / "hist.png")
     assert histogram.stat().st_size > 5000 and png_size(histogram) == (800, 500)
+
+
+def test_clear_error_without_matplotlib(monkeypatch, tmp_path):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib.figure", None)  # makes the import fail
+    with pytest.raises(ImportError, match="pip install matplotlib"):
+        plot.gradient_histogram([np.ones(3)], tmp_path / "x.png")
