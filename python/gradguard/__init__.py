@@ -9,7 +9,7 @@ import os as _os
 
 from . import _core
 from .clip import ClipReport, clip_by_global_norm, clip_by_norm, clip_by_value, global_norm
-from . import optim
+from . import init, optim
 from .adaptive import AutoClip, ZClip
 from .agc import agc
 from .amp import LossScaler, unscale_
@@ -27,7 +27,7 @@ __all__ = [
     "global_norm", "clip_by_global_norm", "clip_by_norm", "clip_by_value", "ClipReport",
     "grad_stats", "GradStats",
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
-    "optim", "unscale_", "LossScaler",
+    "init", "optim", "unscale_", "LossScaler",
     "GradientMonitor", "Finding", "AutoClip", "ZClip", "agc",
     "set_num_threads", "get_num_threads", "simd_target", "config", "show_config",
 ]
