@@ -103,15 +103,6 @@ class Bandwidth:
     read_write_by: str
 
 
-def measure_bandwidth(nbytes=512 * 2**20, repeat=5):
-    """Best read and read+write bandwidth over a buffer too large for any cache."""
-    buffer = np.ones(nbytes // 4, dtype=np.float32)
-    read = {name: nbytes / best_time(probe, repeat) for name, probe in read_probes(buffer).items()}
-    write = {name: 2 * nbytes / best_time(probe, repeat) for name, probe in write_probes(buffer).items()}
-    read_by, write_by = max(read, key=read.get), max(write, key=write.get)
-    return Bandwidth(read[read_by], write[write_by], read_by, write_by)
-
-
 # ---- the cases -------------------------------------------------------------------
 
 @dataclass
