@@ -8,9 +8,12 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <stdexcept>
 #include <string>
+#include <system_error>
 #include <vector>
 
 #include "dispatch.h"
@@ -31,11 +34,24 @@ constexpr int kNpyFloat = 11, kNpyDouble = 12, kNpyHalf = 23, kNpyUserDefined = 
 
 enum class Access { read, write };
 
-// Arrays validated and turned into raw views. `keep_alive` holds the
-// contiguous copies made for strided inputs of read-only operations.
+// The bytes one array occupies, for the overlap check of in-place calls.
+struct MemorySpan {
+  uintptr_t start;
+  uintptr_t end;
+  const char* argument;
+  size_t index;
+  py::handle names;
+  bool written;
+};
+
+// Arrays validated and turned into raw views. `owners` holds a reference to
+// every array (or to the copy read in its place) for the whole call: while
+// the GIL is released another Python thread may drop the caller's list or
+// its arrays, and the kernels must never read or write freed memory.
 struct TensorList {
   std::vector<TensorRef> tensors;
-  std::vector<py::object> keep_alive;
+  std::vector<py::object> owners;
+  std::vector<MemorySpan> spans;  // arrays used in place (not copies), non-empty ones
 };
 
 std::string describe(const char* argument, size_t index, const py::handle& names) {
@@ -43,6 +59,8 @@ std::string describe(const char* argument, size_t index, const py::handle& names
   if (!names.is_none()) text += " ('" + py::str(py::reinterpret_borrow<py::list>(names)[index]).cast<std::string>() + "')";
   return text;
 }
+
+std::string describe(const MemorySpan& span) { return describe(span.argument, span.index, span.names); }
 
 // ml_dtypes registers bfloat16 as a user-defined NumPy type; its number is
 // assigned at run time, so it is recognised by name once and then by number.
@@ -80,11 +98,21 @@ DType element_type(const py::array& array, const char* argument, size_t index, c
                        "; gradguard supports float32, float64, float16 and bfloat16 (ml_dtypes), in native byte order");
 }
 
-TensorList to_tensors(const py::list& arrays, const py::handle& names, const char* argument, Access access) {
-  TensorList list;
-  list.tensors.reserve(arrays.size());
-  PyObject* const* items = PySequence_Fast_ITEMS(arrays.ptr());
+MemorySpan span_of(const py::array& array, const char* argument, size_t index, const py::handle& names, bool written) {
+  const auto start = reinterpret_cast<uintptr_t>(array.data());
+  return {start, start + static_cast<uintptr_t>(array.nbytes()), argument, index, names, written};
+}
+
+// Validates every array of `arrays` (with the GIL held) and appends its view
+// to `list`. Reading: an array that is strided or misaligned is read through
+// an aligned, contiguous copy. Writing: it must be writable, dense and
+// aligned, since the result has to land in the caller's memory.
+void add_tensors(TensorList& list, const py::list& arrays, const py::handle& names, const char* argument,
+                 Access access) {
   const size_t count = arrays.size();
+  list.tensors.reserve(list.tensors.size() + count);
+  list.owners.reserve(list.owners.size() + count);
+  PyObject* const* items = PySequence_Fast_ITEMS(arrays.ptr());
   for (size_t index = 0; index < count; ++index) {
     // Thousands of small arrays: their objects and shape blocks are scattered
     // and often not in cache; fetch a few ahead (the array object 8 ahead, its
@@ -96,26 +124,72 @@ TensorList to_tensors(const py::list& arrays, const py::handle& names, const cha
     if (!py::isinstance<py::array>(item))
       throw py::type_error(describe(argument, index, names) + " must be a NumPy array, got " +
                            py::str(py::type::handle_of(item).attr("__name__")).cast<std::string>());
-    py::array array = py::reinterpret_borrow<py::array>(item);
+    py::array array = py::reinterpret_borrow<py::array>(item);  // a new reference, kept below
     const DType dtype = element_type(array, argument, index, names);
     const int flags = array.flags();
     // Element-wise work does not care about order: any array whose elements
     // fill one dense block (C or Fortran order) is read as a flat buffer.
-    const bool dense = (flags & (kCContiguous | kFContiguous)) && (flags & kAligned);
+    const bool dense = flags & (kCContiguous | kFContiguous);
+    const bool aligned = flags & kAligned;
     if (access == Access::write) {
       if (!(flags & kWriteable))
         throw py::value_error(describe(argument, index, names) + " is read-only; this operation writes in place");
       if (!dense)
         throw py::value_error(describe(argument, index, names) +
-                              " is not contiguous; in-place operations need a C- or Fortran-contiguous, aligned array "
+                              " is not contiguous; in-place operations need a C- or Fortran-contiguous array "
                               "(clip a contiguous copy and assign it back)");
-    } else if (!dense) {
-      array = py::module_::import("numpy").attr("ascontiguousarray")(array);
-      list.keep_alive.push_back(array);
+      if (!aligned)
+        throw py::value_error(describe(argument, index, names) + " is not aligned: its data address is not a multiple "
+                              "of its itemsize (" + std::to_string(element_size(dtype)) + " bytes), which in-place "
+                              "operations need (np.frombuffer with an offset makes such arrays); work on an aligned copy");
+    } else if (!dense || !aligned) {
+      // np.ascontiguousarray keeps a misaligned contiguous array as it is; a copy is aligned.
+      array = py::module_::import("numpy").attr("array")(array, py::arg("copy") = true);
     }
+    if (array.size() > 0 && (dense && aligned))
+      list.spans.push_back(span_of(array, argument, index, names, access == Access::write));
     list.tensors.push_back({const_cast<void*>(array.data()), static_cast<int64_t>(array.size()), dtype});
+    list.owners.push_back(std::move(array));
   }
+}
+
+TensorList to_tensors(const py::list& arrays, const py::handle& names, const char* argument, Access access) {
+  TensorList list;
+  add_tensors(list, arrays, names, argument, access);
   return list;
+}
+
+// Refuses a call in which an array that is written shares memory with any
+// other array of the call: the result would depend on the order (and the
+// threads) in which pieces are processed. Address ranges are sorted once
+// (O(n log n); lists that come in address order, as a model's parameters
+// usually do, skip the sort) and swept.
+void refuse_overlaps(std::vector<MemorySpan> spans) {
+  auto by_start = [](const MemorySpan& a, const MemorySpan& b) { return a.start < b.start; };
+  if (!std::is_sorted(spans.begin(), spans.end(), by_start)) {
+    std::reverse(spans.begin(), spans.end());
+    if (!std::is_sorted(spans.begin(), spans.end(), by_start)) std::stable_sort(spans.begin(), spans.end(), by_start);
+  }
+  const MemorySpan* widest = nullptr;          // the span reaching furthest so far
+  const MemorySpan* widest_written = nullptr;  // the same among written spans
+  for (const MemorySpan& span : spans) {
+    const MemorySpan* clash = nullptr;
+    if (widest_written != nullptr && span.start < widest_written->end) clash = widest_written;
+    else if (span.written && widest != nullptr && span.start < widest->end) clash = widest;
+    if (clash != nullptr) {
+      const bool clash_first = std::string(clash->argument) < std::string(span.argument) ||
+                               (std::string(clash->argument) == span.argument && clash->index < span.index);
+      const MemorySpan& first = clash_first ? *clash : span;
+      const MemorySpan& second = clash_first ? span : *clash;
+      const bool same = first.start == second.start && first.end == second.end;
+      throw py::value_error(describe(first) + " and " + describe(second) +
+                            (same ? " are the same memory" : " overlap in memory") +
+                            "; an in-place operation needs every array it writes to be separate from all others "
+                            "(pass each array once, and no two views of one buffer)");
+    }
+    if (widest == nullptr || span.end > widest->end) widest = &span;
+    if (span.written && (widest_written == nullptr || span.end > widest_written->end)) widest_written = &span;
+  }
 }
 
 py::list nonfinite_indices(const GlobalNorm& norm) {
@@ -123,14 +197,6 @@ py::list nonfinite_indices(const GlobalNorm& norm) {
   for (size_t index = 0; index < norm.per_tensor.size(); ++index)
     if (norm.per_tensor[index].has_nan || norm.per_tensor[index].has_inf) indices.append(index);
   return indices;
-}
-
-// torch's rule: coef = max_norm / (total + eps), clamped to at most 1. A NaN
-// total gives a NaN coefficient, which is applied (every gradient turns NaN).
-double clip_coefficient(double max_norm, double total, double eps) {
-  if (total == 0.0) return 1.0;  // nothing to clip; avoids 0/0 when max_norm = eps = 0
-  const double coefficient = max_norm / (total + eps);
-  return coefficient < 1.0 || std::isnan(coefficient) ? coefficient : 1.0;
 }
 
 // One array argument of the normalisation functions: None, or a C-contiguous
@@ -156,25 +222,76 @@ void* buffer_of(const py::object& object, const char* argument, DType dtype, int
 
 DType compute_dtype(DType dtype) { return dtype == DType::float64 ? DType::float64 : DType::float32; }
 
+bool same_shape(const py::handle& left, const py::handle& right) {
+  const py::array a = py::reinterpret_borrow<py::array>(left), b = py::reinterpret_borrow<py::array>(right);
+  if (a.ndim() != b.ndim()) return false;
+  for (py::ssize_t axis = 0; axis < a.ndim(); ++axis)
+    if (a.shape(axis) != b.shape(axis)) return false;
+  return true;
+}
+
+std::string shape_text(const py::handle& array) { return py::str(array.attr("shape")).cast<std::string>(); }
+
+// Pairs of lists that must match element by element (optimiser parameters and
+// their gradients, AGC weights and gradients): same length, same shapes.
+void check_pairs(const TensorList& first, const char* first_argument, const TensorList& second,
+                 const char* second_argument, const py::handle& names) {
+  if (first.tensors.size() != second.tensors.size())
+    throw py::value_error(std::string(second_argument) + " has " + std::to_string(second.tensors.size()) +
+                          " arrays for " + std::to_string(first.tensors.size()) + " " + first_argument);
+  for (size_t index = 0; index < first.tensors.size(); ++index)
+    if (!same_shape(first.owners[index], second.owners[index]))
+      throw py::value_error(describe(second_argument, index, names) + " has shape " + shape_text(second.owners[index]) +
+                            ", " + describe(first_argument, index, names) + " has " + shape_text(first.owners[index]));
+}
+
+// Optimiser buffers pair with parameters element by element in memory order:
+// parameters and state must be C-contiguous, and gradients are read in C order.
+void require_c_order(TensorList& list, const char* argument, const py::handle& names, bool copy) {
+  for (size_t index = 0; index < list.tensors.size(); ++index) {
+    py::array array = py::reinterpret_borrow<py::array>(list.owners[index]);
+    if (array.flags() & kCContiguous) continue;
+    if (!copy)
+      throw py::value_error(describe(argument, index, names) + " is not C-contiguous; optimiser parameters and state "
+                            "pair with their gradients element by element in C order");
+    array = py::module_::import("numpy").attr("ascontiguousarray")(array);
+    list.tensors[index].data = const_cast<void*>(array.data());
+    list.owners[index] = std::move(array);
+  }
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   active_kernels();  // a bad GRADGUARD_SIMD fails the import, not a later call
-  m.doc() = "gradguard's C++ core. Use the `gradguard` package; these functions assume validated arguments.";
+  m.doc() = "gradguard's C++ core. Use the `gradguard` package; these functions assume validated scalars.";
 
-  m.def("global_norm", [](const py::list& arrays, double ord, const py::object& names) {
-    TensorList list = to_tensors(arrays, names, "arrays", Access::read);
+  // for_writing: the arrays are checked as for an in-place call (writable,
+  // dense, aligned, separate), so that a caller which changes its own state
+  // between this norm and a later clip refuses before changing anything.
+  m.def("global_norm", [](const py::list& arrays, double ord, const py::object& names, bool for_writing) {
+    TensorList list = to_tensors(arrays, names, "arrays", for_writing ? Access::write : Access::read);
+    if (for_writing) refuse_overlaps(list.spans);
     GlobalNorm norm;
     {
       py::gil_scoped_release released;
       norm = global_norm(list.tensors, NormOrder::from(ord));
     }
     return py::make_tuple(norm.total, nonfinite_indices(norm));
+  }, py::arg("arrays"), py::arg("ord"), py::arg("names"), py::arg("for_writing") = false);
+
+  m.def("clip_coefficient", &clip_coefficient);
+
+  // The checks of an in-place call alone (for objects that keep arrays to write later).
+  m.def("check_writable", [](const py::list& arrays, const py::object& names, const char* argument) {
+    TensorList list = to_tensors(arrays, names, argument, Access::write);
+    refuse_overlaps(list.spans);
   });
 
   m.def("clip_by_global_norm", [](const py::list& arrays, double max_norm, double ord, double eps,
                                   bool error_if_nonfinite, const py::object& names) {
     TensorList list = to_tensors(arrays, names, "arrays", Access::write);
+    refuse_overlaps(list.spans);
     GlobalNorm norm;
     double coefficient = 1.0;
     bool clipped = false;
@@ -189,8 +306,22 @@ PYBIND11_MODULE(_core, m) {
     return py::make_tuple(norm.total, coefficient, clipped, nonfinite_indices(norm));
   });
 
+  m.def("clip_with_norm", [](const py::list& arrays, double max_norm, double total_norm, double eps,
+                             const py::object& names) {
+    TensorList list = to_tensors(arrays, names, "arrays", Access::write);
+    refuse_overlaps(list.spans);
+    const double coefficient = clip_coefficient(max_norm, total_norm, eps);
+    const bool clipped = coefficient != 1.0;
+    if (clipped) {
+      py::gil_scoped_release released;
+      scale_tensors(list.tensors, coefficient);
+    }
+    return py::make_tuple(coefficient, clipped);
+  });
+
   m.def("clip_by_norm", [](const py::list& arrays, double max_norm, double ord, double eps, const py::object& names) {
     TensorList list = to_tensors(arrays, names, "arrays", Access::write);
+    refuse_overlaps(list.spans);
     py::array_t<double> norms(static_cast<py::ssize_t>(list.tensors.size()));
     double* norm_data = norms.mutable_data();
     {
@@ -208,18 +339,20 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("clip_by_value", [](const py::list& arrays, double low, double high, const py::object& names) {
     TensorList list = to_tensors(arrays, names, "arrays", Access::write);
+    refuse_overlaps(list.spans);
     py::gil_scoped_release released;
     clamp_tensors(list.tensors, low, high);
   });
 
   m.def("scale", [](const py::list& arrays, double factor, const py::object& names) {
     TensorList list = to_tensors(arrays, names, "arrays", Access::write);
+    refuse_overlaps(list.spans);
     py::gil_scoped_release released;
     scale_tensors(list.tensors, factor);
   });
 
-  m.def("grad_stats", [](const py::list& arrays, const py::object& names) {
-    TensorList list = to_tensors(arrays, names, "arrays", Access::read);
+  m.def("grad_stats", [](const py::list& arrays, const py::object& names, const char* argument) {
+    TensorList list = to_tensors(arrays, names, argument, Access::read);
     const auto size = static_cast<py::ssize_t>(list.tensors.size());
     py::array_t<int64_t> numel(size), nan(size), inf(size), zero(size);
     py::array_t<double> mean(size), std_dev(size), abs_mean(size), l2(size), minimum(size), maximum(size);
@@ -242,7 +375,7 @@ PYBIND11_MODULE(_core, m) {
     result["n_inf"] = inf;
     result["n_zero"] = zero;
     return result;
-  });
+  }, py::arg("arrays"), py::arg("names"), py::arg("argument") = "arrays");
 
   // x is (rows, features) in its dtype; weight, bias, mean, rstd in the compute dtype.
   m.def("normalization_forward", [](const py::array& x, const py::object& residual, const py::object& sum,
@@ -299,23 +432,75 @@ PYBIND11_MODULE(_core, m) {
 
   m.def("unscale", [](const py::list& arrays, double inverse_scale, const py::object& names) {
     TensorList list = to_tensors(arrays, names, "grads", Access::write);
+    refuse_overlaps(list.spans);
     py::gil_scoped_release released;
     return scale_and_check(list.tensors, inverse_scale);
   });
 
-  // params, grads: validated lists; states: list of 3 lists (or None entries) of arrays like params.
+  py::enum_<OptimizerKind>(m, "OptimizerKind")
+      .value("sgd", OptimizerKind::sgd)
+      .value("adam", OptimizerKind::adam)
+      .value("rmsprop", OptimizerKind::rmsprop);
+
+  // The per-step hyperparameters as the kernels read them (a typed struct:
+  // the Python layer sets fields by name; unset ones are zero / false).
+  py::class_<OptimizerStep>(m, "OptimizerStep")
+      .def(py::init([] { return OptimizerStep{}; }))
+      .def_readwrite("kind", &OptimizerStep::kind)
+      .def_readwrite("lr", &OptimizerStep::lr)
+      .def_readwrite("weight_decay", &OptimizerStep::weight_decay)
+      .def_readwrite("decoupled_weight_decay", &OptimizerStep::decoupled_weight_decay)
+      .def_readwrite("momentum", &OptimizerStep::momentum)
+      .def_readwrite("dampening", &OptimizerStep::dampening)
+      .def_readwrite("nesterov", &OptimizerStep::nesterov)
+      .def_readwrite("first_step", &OptimizerStep::first_step)
+      .def_readwrite("beta1", &OptimizerStep::beta1)
+      .def_readwrite("beta2", &OptimizerStep::beta2)
+      .def_readwrite("eps", &OptimizerStep::eps)
+      .def_readwrite("amsgrad", &OptimizerStep::amsgrad)
+      .def_readwrite("step_size", &OptimizerStep::step_size)
+      .def_readwrite("bias_correction2_sqrt", &OptimizerStep::bias_correction2_sqrt)
+      .def_readwrite("alpha", &OptimizerStep::alpha)
+      .def_readwrite("centered", &OptimizerStep::centered);
+
+  // One optimiser step in one call: every array validated (parameters and
+  // state written, gradients read, nothing overlapping a written array), then
+  // the gradients' global norm when clipping or loss scaling asks for it, then
+  // the update with grad_scale = clip coefficient x inverse_scale folded in.
+  // states: three entries, each None or a list of buffers like params, named
+  // by state_names. max_norm NaN: no clipping. With skip_nonfinite, a
+  // non-finite norm skips the update. Returns (norm of the unscaled gradients
+  // or None, coefficient, skipped, indices of non-finite gradients).
   m.def("optimizer_step", [](const py::list& params, const py::list& grads, const py::list& states,
-                             const py::dict& hyper, const py::object& names) {
+                             const py::list& state_names, OptimizerStep step, double max_norm, double clip_eps,
+                             double inverse_scale, bool want_norm, bool skip_nonfinite, const py::object& names) {
     TensorList param_list = to_tensors(params, names, "params", Access::write);
+    require_c_order(param_list, "params", names, false);
     TensorList grad_list = to_tensors(grads, names, "grads", Access::read);
-    if (param_list.tensors.size() != grad_list.tensors.size())
-      throw py::value_error("params and grads have different lengths");
+    require_c_order(grad_list, "grads", names, true);
+    check_pairs(param_list, "params", grad_list, "grads", names);
+    std::vector<TensorList> state_lists(3);
+    std::vector<std::string> state_labels(3);
+    std::vector<MemorySpan> spans = param_list.spans;
+    spans.insert(spans.end(), grad_list.spans.begin(), grad_list.spans.end());
+    for (int slot = 0; slot < 3; ++slot) {
+      if (states[slot].is_none()) continue;
+      state_labels[slot] = py::str(state_names[slot]).cast<std::string>();
+      const char* label = state_labels[slot].c_str();
+      add_tensors(state_lists[slot], states[slot].cast<py::list>(), names, label, Access::write);
+      require_c_order(state_lists[slot], label, names, false);
+      check_pairs(param_list, "params", state_lists[slot], label, names);
+      for (size_t index = 0; index < param_list.tensors.size(); ++index)
+        if (state_lists[slot].tensors[index].dtype != param_list.tensors[index].dtype)
+          throw py::type_error(describe(label, index, names) + " is " +
+                               dtype_name(state_lists[slot].tensors[index].dtype) + ", its parameter " +
+                               dtype_name(param_list.tensors[index].dtype));
+      spans.insert(spans.end(), state_lists[slot].spans.begin(), state_lists[slot].spans.end());
+    }
     std::vector<OptimizerTensor> tensors(param_list.tensors.size());
     for (size_t index = 0; index < tensors.size(); ++index) {
       const TensorRef& param = param_list.tensors[index];
       const TensorRef& grad = grad_list.tensors[index];
-      if (param.count != grad.count)
-        throw py::value_error(describe("grads", index, names) + " has a different size from its parameter");
       const bool pair_ok = param.dtype == grad.dtype ||
                            (param.dtype == DType::float32 && (grad.dtype == DType::float16 || grad.dtype == DType::bfloat16));
       if (!pair_ok || (param.dtype != DType::float32 && param.dtype != DType::float64))
@@ -328,73 +513,99 @@ PYBIND11_MODULE(_core, m) {
       tensor.param_dtype = param.dtype;
       tensor.grad_dtype = grad.dtype;
       tensor.count = param.count;
-      for (int slot = 0; slot < 3; ++slot) {
-        py::object state_list = states[slot];
-        tensor.state[slot] = nullptr;
-        if (state_list.is_none()) continue;
-        py::object state = py::reinterpret_borrow<py::list>(state_list)[index];
-        tensor.state[slot] = buffer_of(state, "optimizer state", param.dtype, param.count, true);
-      }
+      for (int slot = 0; slot < 3; ++slot)
+        tensor.state[slot] = state_lists[slot].tensors.empty() ? nullptr : state_lists[slot].tensors[index].data;
     }
-    OptimizerStep step{};
-    step.kind = static_cast<OptimizerKind>(hyper["kind"].cast<int>());
-    step.grad_scale = hyper["grad_scale"].cast<double>();
-    step.lr = hyper["lr"].cast<double>();
-    step.weight_decay = hyper["weight_decay"].cast<double>();
-    step.decoupled_weight_decay = hyper["decoupled_weight_decay"].cast<bool>();
-    step.momentum = hyper["momentum"].cast<double>();
-    step.dampening = hyper["dampening"].cast<double>();
-    step.nesterov = hyper["nesterov"].cast<bool>();
-    step.first_step = hyper["first_step"].cast<bool>();
-    step.beta1 = hyper["beta1"].cast<double>();
-    step.beta2 = hyper["beta2"].cast<double>();
-    step.eps = hyper["eps"].cast<double>();
-    step.amsgrad = hyper["amsgrad"].cast<bool>();
-    step.step_size = hyper["step_size"].cast<double>();
-    step.bias_correction2_sqrt = hyper["bias_correction2_sqrt"].cast<double>();
-    step.alpha = hyper["alpha"].cast<double>();
-    step.centered = hyper["centered"].cast<bool>();
-    py::gil_scoped_release released;
-    optimizer_step(tensors, step);
-  });
-
-  // AGC helpers: one tensor at a time; units along axis 0 (units_first) or the last axis.
-  m.def("unit_norms", [](const py::array& array, int64_t units, bool units_first) {
-    py::list wrapped;
-    wrapped.append(array);
-    TensorList list = to_tensors(wrapped, py::none(), "array", Access::read);
-    if (units < 1 || list.tensors[0].count % units != 0) throw py::value_error("units must divide the array size");
-    py::array_t<double> norms(static_cast<py::ssize_t>(units));
-    double* out = norms.mutable_data();
+    refuse_overlaps(std::move(spans));
+    GlobalNorm norm;
+    double coefficient = 1.0;
+    bool skipped = false;
     {
       py::gil_scoped_release released;
-      unit_norms(list.tensors[0], units, units_first, out);
+      if (want_norm) {
+        norm = global_norm(grad_list.tensors, NormOrder::from(2.0));
+        const double unscaled = norm.total * inverse_scale;
+        if (skip_nonfinite && !std::isfinite(norm.total)) {
+          skipped = true;
+          coefficient = 0.0;
+        } else if (!std::isnan(max_norm)) {
+          coefficient = std::isfinite(unscaled) ? clip_coefficient(max_norm, unscaled, clip_eps)
+                                                : std::numeric_limits<double>::quiet_NaN();
+        }
+      }
+      if (!skipped) {
+        step.grad_scale = coefficient * inverse_scale;
+        optimizer_step(tensors, step);
+      }
     }
-    return norms;
+    py::object reported = want_norm ? py::object(py::float_(norm.total * inverse_scale)) : py::object(py::none());
+    return py::make_tuple(reported, coefficient, skipped, want_norm ? nonfinite_indices(norm) : py::list());
   });
 
-  m.def("scale_units", [](const py::array& array, const py::array_t<double, py::array::c_style>& factors,
-                          bool units_first) {
-    py::list wrapped;
-    wrapped.append(array);
-    TensorList list = to_tensors(wrapped, py::none(), "grads", Access::write);
-    const int64_t units = static_cast<int64_t>(factors.size());
-    if (units < 1 || list.tensors[0].count % units != 0) throw py::value_error("factors must divide the array size");
-    const double* data = factors.data();
-    py::gil_scoped_release released;
-    scale_units(list.tensors[0], units, units_first, data);
+  // Unit-wise adaptive clipping (NFNets), the whole list in one call: every
+  // unit norm of weights and gradients is computed before any gradient is
+  // written. units[i] units per tensor, along its rows (units_first) or its
+  // columns. Returns the fraction of units clipped per tensor.
+  m.def("agc", [](const py::list& params, const py::list& grads, const std::vector<int64_t>& units,
+                  const std::vector<bool>& units_first, double clipping, double eps, const py::object& names) {
+    TensorList param_list = to_tensors(params, names, "params", Access::read);
+    require_c_order(param_list, "params", names, true);
+    TensorList grad_list = to_tensors(grads, names, "grads", Access::write);
+    require_c_order(grad_list, "grads", names, false);
+    check_pairs(param_list, "params", grad_list, "grads", names);
+    if (units.size() != grad_list.tensors.size() || units_first.size() != grad_list.tensors.size())
+      throw py::value_error("agc: one unit count and layout per tensor");
+    for (size_t index = 0; index < units.size(); ++index) {
+      const int64_t count = grad_list.tensors[index].count;
+      if (count > 0 && (units[index] < 1 || count % units[index] != 0))
+        throw py::value_error(describe("grads", index, names) + ": " + std::to_string(units[index]) +
+                              " units do not divide its " + std::to_string(count) + " elements");
+    }
+    std::vector<MemorySpan> spans = param_list.spans;
+    spans.insert(spans.end(), grad_list.spans.begin(), grad_list.spans.end());
+    refuse_overlaps(std::move(spans));
+    py::array_t<double> fractions(static_cast<py::ssize_t>(units.size()));
+    double* fraction = fractions.mutable_data();
+    {
+      py::gil_scoped_release released;
+      std::vector<std::vector<double>> factors(units.size());
+      for (size_t index = 0; index < units.size(); ++index) {
+        fraction[index] = 0.0;
+        if (grad_list.tensors[index].count == 0) continue;
+        const int64_t count = units[index];
+        std::vector<double> weight_norms(count), grad_norms(count);
+        unit_norms(param_list.tensors[index], count, units_first[index], weight_norms.data());
+        unit_norms(grad_list.tensors[index], count, units_first[index], grad_norms.data());
+        factors[index] = agc_factors(weight_norms, grad_norms, clipping, eps);
+      }
+      for (size_t index = 0; index < units.size(); ++index) {
+        if (factors[index].empty()) continue;
+        int64_t clipped = 0;
+        for (double factor : factors[index]) clipped += factor != 1.0;
+        if (clipped > 0) scale_units(grad_list.tensors[index], units[index], units_first[index], factors[index].data());
+        fraction[index] = static_cast<double>(clipped) / static_cast<double>(factors[index].size());
+      }
+    }
+    return fractions;
   });
 
   m.def("read_probe", [](const py::array& array) {
-    if (!py::isinstance<py::array_t<float>>(array) || !(array.flags() & kCContiguous))
-      throw py::type_error("read_probe needs a C-contiguous float32 array");
-    const float* data = static_cast<const float*>(array.data());
-    const int64_t count = static_cast<int64_t>(array.size());
+    if (!py::isinstance<py::array_t<float>>(array) || !(array.flags() & kCContiguous) || !(array.flags() & kAligned))
+      throw py::type_error("read_probe needs a C-contiguous, aligned float32 array");
+    py::array owner = array;
+    const float* data = static_cast<const float*>(owner.data());
+    const int64_t count = static_cast<int64_t>(owner.size());
     py::gil_scoped_release released;
     return read_probe(data, count);
   });
 
-  m.def("set_num_threads", [](int count) { set_num_threads(count); });
+  m.def("set_num_threads", [](int count) {
+    try {
+      set_num_threads(count);
+    } catch (const std::system_error& error) {
+      throw std::runtime_error(std::string("set_num_threads(") + std::to_string(count) + "): " + error.what());
+    }
+  });
   m.def("get_num_threads", [] { return num_threads(); });
   m.def("usable_cores", [] { return usable_cores(); });
   m.def("simd_target", [] { return std::string(active_kernels().target); });
@@ -408,5 +619,5 @@ PYBIND11_MODULE(_core, m) {
     }
   });
   m.attr("compiler") = GRADGUARD_COMPILER;
-  m.attr("piece_elements") = kPieceElements;
+  m.attr("__version__") = GRADGUARD_VERSION;
 }

@@ -29,16 +29,18 @@ struct NormPartial {
   bool max_tracked = false;
 };
 
-// Partial statistics of one piece, over its finite entries. Sums are taken
-// around `shift` (the piece's first finite-or-zero value) so the variance does
-// not cancel catastrophically when |mean| >> std.
+// Partial statistics of one piece, over its finite entries (see
+// stats_kernel for what is accumulated in which precision). The squared
+// deviations are taken around `shift` (the piece's first finite value) so the
+// variance does not cancel catastrophically when |mean| >> std.
 struct StatsPartial {
   int64_t count = 0;        // elements in the piece
   int64_t finite = 0;       // finite elements
   int64_t nan = 0;
   int64_t zero = 0;
   double shift = 0.0;
-  double shifted_sum = 0.0;     // sum (x - shift)
+  double sum = 0.0;             // sum x
+  double sum_of_squares = 0.0;  // sum x^2
   double shifted_sumsq = 0.0;   // sum (x - shift)^2
   double abs_sum = 0.0;         // sum |x|
   double min = 0.0;             // +inf when no finite entry
@@ -126,6 +128,7 @@ using ScaleColumnsFn = void (*)(void* data, int64_t rows, int64_t columns, int64
 
 using NormFn = NormPartial (*)(const void* data, int64_t count, NormKind kind, double p, double scale);
 using StatsFn = StatsPartial (*)(const void* data, int64_t count);
+using ScaledStatsFn = StatsPartial (*)(const void* data, int64_t count, double scale);
 using ScaleFn = void (*)(void* data, int64_t count, double factor);
 using ClampFn = void (*)(void* data, int64_t count, double low, double high);
 using ReadProbeFn = double (*)(const void* data, int64_t count);
@@ -134,6 +137,7 @@ struct KernelTable {
   const char* target;  // "baseline", "avx2", "avx512"
   NormFn norm[kNumDTypes];
   StatsFn stats[kNumDTypes];
+  ScaledStatsFn scaled_stats[kNumDTypes];
   ScaleFn scale[kNumDTypes];
   ClampFn clamp[kNumDTypes];
   // The simplest possible read loop (float32 sum): the bandwidth yardstick

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <tuple>
 
 #include "dispatch.h"
 #include "parallel.h"
@@ -53,6 +54,30 @@ const Plan& make_plan(const std::vector<TensorRef>& tensors, Plan& plan) {
   return plan;
 }
 
+// Scratch kept between calls is bounded: a call over more pieces than this
+// (a million tiny arrays) releases its buffers when it ends, instead of
+// leaving hundreds of MiB resident in every thread that made such a call.
+constexpr size_t kKeptPieces = size_t(1) << 16;
+
+void release_if_large(Plan& plan) {
+  if (plan.pieces.capacity() > kKeptPieces || plan.tensor_first_piece.capacity() > kKeptPieces) plan = Plan();
+}
+
+template <class T> void release_if_large(std::vector<T>& buffer) {
+  if (buffer.capacity() > kKeptPieces) std::vector<T>().swap(buffer);
+}
+
+// Releases the given thread_local buffers (if large) when the call returns or throws.
+template <class... Buffers>
+class ReleaseIfLarge {
+ public:
+  explicit ReleaseIfLarge(Buffers&... buffers) : buffers_(buffers...) {}
+  ~ReleaseIfLarge() { std::apply([](auto&... buffer) { (release_if_large(buffer), ...); }, buffers_); }
+
+ private:
+  std::tuple<Buffers&...> buffers_;
+};
+
 inline const char* piece_address(const TensorRef& tensor, int64_t offset) {
   return static_cast<const char*>(tensor.data) + offset * element_size(tensor.dtype);
 }
@@ -92,6 +117,7 @@ std::vector<NormPartial> norm_pass(const std::vector<TensorRef>& tensors, const 
   // mean each worker's own buffer.
   static thread_local std::vector<NormPartial> reusable_partials;
   std::vector<NormPartial>& partials = reusable_partials;
+  const ReleaseIfLarge release(partials);
   partials.resize(plan.pieces.size());
   for_each_piece(tensors, plan, false, [&](int64_t index) {
     const Piece& piece = plan.pieces[index];
@@ -160,6 +186,7 @@ NormOrder NormOrder::from(double ord) {
 
 GlobalNorm global_norm(const std::vector<TensorRef>& tensors, NormOrder order) {
   static thread_local Plan reusable_plan;
+  const ReleaseIfLarge release(reusable_plan);
   const Plan& plan = make_plan(tensors, reusable_plan);
   const std::vector<NormPartial> fast = norm_pass(tensors, plan, order, std::vector<double>(tensors.size(), 1.0));
   const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
@@ -195,33 +222,60 @@ GlobalNorm global_norm(const std::vector<TensorRef>& tensors, NormOrder order) {
     return result;
   }
   // Rare path (float64 values beyond ~1e154 or below ~1e-154, or a large p):
-  // each tensor is rescaled by a power of two s_t = 2^e_t close to 1/m_t,
-  // its largest |x| (exact, and clamped so that s_t itself stays finite for
-  // denormal maxima), the way LAPACK's nrm2 avoids overflow:
-  // S_t = sum (|x| s_t)^p, norm_t = S_t^(1/p) / s_t, and with s_c the scale of
-  // the tensor holding the overall maximum, total = (sum_t (s_c/s_t)^p S_t)^(1/p) / s_c.
+  // each tensor t is rescaled by s_t close to 1/m_t, m_t its largest |x|, the
+  // way LAPACK's nrm2 avoids overflow: S_t = sum (|x| s_t)^p,
+  // norm_t = S_t^(1/p) / s_t, and with s_c the scale of the tensor holding the
+  // overall maximum, total = (sum_t (s_c/s_t)^p S_t)^(1/p) / s_c.
+  // For p = 1 and 2, s_t is a power of two (exact); for other p it is 1/m_t
+  // itself, so that the largest term is 1 and (|x| s_t)^p can neither
+  // overflow nor underflow to nothing however large p is.
   // One pass finds the maxima first.
   const std::vector<NormPartial> maxima =
       norm_pass(tensors, plan, {NormKind::linf, inf}, std::vector<double>(tensors.size(), 1.0));
-  auto exponent_for = [](double max_abs) { return max_abs > 0.0 ? std::clamp(-std::ilogb(max_abs), -1000, 1000) : 0; };
+  auto scale_for = [&](double max_abs) {
+    if (!(max_abs > 0.0)) return 1.0;
+    const double power_of_two = std::ldexp(1.0, std::clamp(-std::ilogb(max_abs), -1000, 1000));
+    if (order.kind == NormKind::general && std::isfinite(1.0 / max_abs)) return 1.0 / max_abs;
+    return power_of_two;
+  };
   double largest = 0.0;
   std::vector<double> scales(tensors.size());
   for (size_t index = 0; index < tensors.size(); ++index) {
     largest = std::max(largest, maxima[index].max_abs);
-    scales[index] = std::ldexp(1.0, exponent_for(maxima[index].max_abs));
+    scales[index] = scale_for(maxima[index].max_abs);
   }
-  const int common_exponent = exponent_for(largest);
+  const double common_scale = scale_for(largest);
   const std::vector<NormPartial> rescaled = norm_pass(tensors, plan, order, scales);
   double weighted = 0.0;
   for (size_t index = 0; index < tensors.size(); ++index) {
     if (maxima[index].max_abs == 0.0) continue;
-    const int exponent = exponent_for(maxima[index].max_abs);
     if (needs_rescaling(fast[index], order))
-      result.per_tensor[index].norm = root_of(rescaled[index].power_sum, order, std::ldexp(1.0, -exponent));
-    weighted += power_of(std::ldexp(1.0, common_exponent - exponent), order) * rescaled[index].power_sum;
+      result.per_tensor[index].norm = root_of(rescaled[index].power_sum, order, 1.0 / scales[index]);
+    weighted += power_of(common_scale / scales[index], order) * rescaled[index].power_sum;
   }
-  result.total = root_of(weighted, order, std::ldexp(1.0, -common_exponent));
+  result.total = root_of(weighted, order, 1.0 / common_scale);
   return result;
+}
+
+double clip_coefficient(double max_norm, double total, double eps) {
+  if (total == 0.0) return 1.0;  // nothing to clip; avoids 0/0 when max_norm = eps = 0
+  const double coefficient = max_norm / (total + eps);
+  return coefficient < 1.0 || std::isnan(coefficient) ? coefficient : 1.0;
+}
+
+std::vector<double> agc_factors(const std::vector<double>& weight_norms, const std::vector<double>& grad_norms,
+                                double clipping, double eps) {
+  // The floor under ||G_u||: timm's and Optax's 1e-6, which only matters for
+  // clipping = 0 (a limit of 0 clips every unit to 0).
+  constexpr double kGradNormFloor = 1e-6;
+  std::vector<double> factors(grad_norms.size());
+  for (size_t unit = 0; unit < grad_norms.size(); ++unit) {
+    const double limit = clipping * std::max(weight_norms[unit], eps);
+    const double grad_norm = grad_norms[unit];
+    // NaN norms fall through to the division and give NaN, as in both references.
+    factors[unit] = grad_norm < limit ? 1.0 : limit / (grad_norm < kGradNormFloor ? kGradNormFloor : grad_norm);
+  }
+  return factors;
 }
 
 void scale_tensors(const std::vector<TensorRef>& tensors, double factor) {
@@ -231,6 +285,7 @@ void scale_tensors(const std::vector<TensorRef>& tensors, double factor) {
 void scale_tensors(const std::vector<TensorRef>& tensors, const std::vector<double>& factors) {
   const KernelTable& kernels = active_kernels();
   static thread_local Plan reusable_plan;
+  const ReleaseIfLarge release(reusable_plan);
   const Plan& plan = make_plan(tensors, reusable_plan);
   for_each_piece(tensors, plan, true, [&](int64_t index) {
     const Piece& piece = plan.pieces[index];
@@ -245,6 +300,7 @@ void scale_tensors(const std::vector<TensorRef>& tensors, const std::vector<doub
 void clamp_tensors(const std::vector<TensorRef>& tensors, double low, double high) {
   const KernelTable& kernels = active_kernels();
   static thread_local Plan reusable_plan;
+  const ReleaseIfLarge release(reusable_plan);
   const Plan& plan = make_plan(tensors, reusable_plan);
   for_each_piece(tensors, plan, false, [&](int64_t index) {
     const Piece& piece = plan.pieces[index];
@@ -258,9 +314,12 @@ namespace {
 
 // Folds a tensor's piece partials in piece order (Chan et al.'s pairwise
 // merge of count, mean and sum of squared deviations) and writes the result.
-void finish_tensor_stats(const StatsPartial* pieces, int64_t piece_count, int64_t tensor, const StatsColumns& out) {
+// The partials may be of values multiplied by `scale` (the rescue pass); the
+// moments are then divided by it, and only they are written.
+void finish_tensor_stats(const StatsPartial* pieces, int64_t piece_count, int64_t tensor, const StatsColumns& out,
+                         double scale = 1.0, bool moments_only = false) {
   int64_t count = 0, finite = 0, nan = 0, zero = 0;
-  double mean = 0.0, deviations = 0.0, abs_sum = 0.0, sum_of_squares = 0.0;
+  double sum = 0.0, mean = 0.0, deviations = 0.0, abs_sum = 0.0, sum_of_squares = 0.0;
   double minimum = std::numeric_limits<double>::infinity(), maximum = -minimum;
   for (int64_t index = 0; index < piece_count; ++index) {
     const StatsPartial& piece = pieces[index];
@@ -268,16 +327,17 @@ void finish_tensor_stats(const StatsPartial* pieces, int64_t piece_count, int64_
     nan += piece.nan;
     zero += piece.zero;
     abs_sum += piece.abs_sum;
+    sum += piece.sum;
+    sum_of_squares += piece.sum_of_squares;
     minimum = std::min(minimum, piece.min);
     maximum = std::max(maximum, piece.max);
     if (piece.finite == 0) continue;
-    // The piece's moments from its sums around `shift`.
+    // The piece's mean from its exact float64 sum; its squared deviations
+    // from the sums around `shift`: sum (x - m)^2 = sum (x - s)^2 - n (m - s)^2.
     const double piece_count_wide = static_cast<double>(piece.finite);
-    const double piece_mean = piece.shift + piece.shifted_sum / piece_count_wide;
-    const double piece_deviations =
-        std::max(0.0, piece.shifted_sumsq - piece.shifted_sum * piece.shifted_sum / piece_count_wide);
-    sum_of_squares += piece.shifted_sumsq + 2.0 * piece.shift * piece.shifted_sum +
-                      piece_count_wide * piece.shift * piece.shift;
+    const double piece_mean = piece.sum / piece_count_wide;
+    const double offset = piece_mean - piece.shift;
+    const double piece_deviations = std::max(0.0, piece.shifted_sumsq - piece_count_wide * offset * offset);
     const double merged = static_cast<double>(finite) + piece_count_wide;
     const double delta = piece_mean - mean;
     mean += delta * piece_count_wide / merged;
@@ -286,16 +346,52 @@ void finish_tensor_stats(const StatsPartial* pieces, int64_t piece_count, int64_
   }
   const double nan_value = std::numeric_limits<double>::quiet_NaN();
   const double finite_wide = static_cast<double>(finite);
+  out.l2[tensor] = std::sqrt(sum_of_squares) / scale;
+  out.mean[tensor] = finite > 0 ? sum / finite_wide / scale : nan_value;
+  out.std[tensor] = finite > 0 ? std::sqrt(deviations / finite_wide) / scale : nan_value;
+  out.abs_mean[tensor] = finite > 0 ? abs_sum / finite_wide / scale : nan_value;
+  if (moments_only) return;
   out.numel[tensor] = count;
   out.nan[tensor] = nan;
   out.inf[tensor] = count - finite - nan;
   out.zero[tensor] = zero;
-  out.l2[tensor] = std::sqrt(std::max(0.0, sum_of_squares));
-  out.mean[tensor] = finite > 0 ? mean : nan_value;
-  out.std[tensor] = finite > 0 ? std::sqrt(deviations / finite_wide) : nan_value;
-  out.abs_mean[tensor] = finite > 0 ? abs_sum / finite_wide : nan_value;
   out.min[tensor] = finite > 0 ? minimum : nan_value;
   out.max[tensor] = finite > 0 ? maximum : nan_value;
+}
+
+// Whether the fast statistics of a tensor whose largest finite |x| is
+// `max_abs` may have overflowed or lost digits (see stats_kernel).
+bool stats_need_rescue(DType dtype, double max_abs) {
+  if (!(max_abs > 0.0)) return false;  // all zero, or nothing finite
+  const int exponent = std::ilogb(max_abs);
+  return dtype == DType::float64 ? (exponent >= 480 || exponent < -480) : (exponent >= 60 || exponent < -40);
+}
+
+// Recomputes the moments of the listed tensors in float64 on values scaled by
+// a power of two close to 1 / max|x|.
+void rescue_stats(const std::vector<TensorRef>& tensors, const std::vector<size_t>& chosen, const StatsColumns& out) {
+  const KernelTable& kernels = active_kernels();
+  std::vector<TensorRef> subset;
+  std::vector<double> scales;
+  for (size_t tensor : chosen) {
+    subset.push_back(tensors[tensor]);
+    const double max_abs = std::max(std::fabs(out.min[tensor]), std::fabs(out.max[tensor]));
+    scales.push_back(std::ldexp(1.0, std::clamp(-std::ilogb(max_abs), -1000, 1000)));
+  }
+  Plan plan;
+  make_plan(subset, plan);
+  std::vector<StatsPartial> partials(plan.pieces.size());
+  for_each_piece(subset, plan, false, [&](int64_t index) {
+    const Piece& piece = plan.pieces[index];
+    const TensorRef& tensor = subset[piece.tensor];
+    partials[index] = kernels.scaled_stats[static_cast<int>(tensor.dtype)](piece_address(tensor, piece.offset),
+                                                                           piece.count, scales[piece.tensor]);
+  });
+  for (size_t index = 0; index < chosen.size(); ++index) {
+    const int64_t first = plan.tensor_first_piece[index], end = plan.tensor_first_piece[index + 1];
+    finish_tensor_stats(partials.data() + first, end - first, static_cast<int64_t>(chosen[index]), out, scales[index],
+                        true);
+  }
 }
 
 }  // namespace
@@ -303,9 +399,10 @@ void finish_tensor_stats(const StatsPartial* pieces, int64_t piece_count, int64_
 void tensor_stats(const std::vector<TensorRef>& tensors, const StatsColumns& columns) {
   const KernelTable& kernels = active_kernels();
   static thread_local Plan reusable_plan;
-  const Plan& plan = make_plan(tensors, reusable_plan);
   static thread_local std::vector<StatsPartial> reusable_partials;
   std::vector<StatsPartial>& partials = reusable_partials;  // the caller's buffer, also in the workers
+  const ReleaseIfLarge release(reusable_plan, partials);
+  const Plan& plan = make_plan(tensors, reusable_plan);
   partials.resize(plan.pieces.size());
   // A tensor whose pieces all lie in one task is finished by that task (in
   // parallel: thousands of small tensors); the others are finished afterwards.
@@ -324,6 +421,7 @@ void tensor_stats(const std::vector<TensorRef>& tensors, const StatsColumns& col
         finish_tensor_stats(&partials[tensor_first], tensor_end - tensor_first, piece.tensor, columns);
     }
   });
+  std::vector<size_t> rescue;
   for (size_t tensor = 0; tensor < tensors.size(); ++tensor) {
     const int64_t tensor_first = plan.tensor_first_piece[tensor];
     const int64_t tensor_end = plan.tensor_first_piece[tensor + 1];
@@ -331,7 +429,10 @@ void tensor_stats(const std::vector<TensorRef>& tensors, const StatsColumns& col
     const bool finished_in_task = tensor_end > tensor_first && tensor_end <= *task_of_first;
     if (!finished_in_task)
       finish_tensor_stats(partials.data() + tensor_first, tensor_end - tensor_first, static_cast<int64_t>(tensor), columns);
+    if (stats_need_rescue(tensors[tensor].dtype, std::max(std::fabs(columns.min[tensor]), std::fabs(columns.max[tensor]))))
+      rescue.push_back(tensor);
   }
+  if (!rescue.empty()) rescue_stats(tensors, rescue, columns);
 }
 
 void optimizer_step(const std::vector<OptimizerTensor>& tensors, const OptimizerStep& step) {
@@ -340,6 +441,7 @@ void optimizer_step(const std::vector<OptimizerTensor>& tensors, const Optimizer
   refs.reserve(tensors.size());
   for (const auto& tensor : tensors) refs.push_back({tensor.param, tensor.count, tensor.param_dtype});
   static thread_local Plan reusable_plan;
+  const ReleaseIfLarge release(reusable_plan);
   const Plan& plan = make_plan(refs, reusable_plan);
   for_each_piece(refs, plan, false, [&](int64_t index) {
     const Piece& piece = plan.pieces[index];
@@ -361,6 +463,7 @@ bool scale_and_check(const std::vector<TensorRef>& tensors, double factor) {
   const Plan& plan = make_plan(tensors, reusable_plan);
   static thread_local std::vector<char> reusable_flags;
   std::vector<char>& flags = reusable_flags;  // one per piece: no shared write
+  const ReleaseIfLarge release(reusable_plan, flags);
   flags.assign(plan.pieces.size(), 0);
   for_each_piece(tensors, plan, false, [&](int64_t index) {
     const Piece& piece = plan.pieces[index];

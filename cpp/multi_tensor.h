@@ -47,6 +47,17 @@ struct GlobalNorm {
 // NaN anywhere gives NaN; otherwise inf anywhere gives inf.
 GlobalNorm global_norm(const std::vector<TensorRef>& tensors, NormOrder order);
 
+// torch's clip rule, the one used by every clipping entry point:
+// coef = max_norm / (total + eps), clamped to at most 1; 1 when total is 0
+// (nothing to clip); NaN when total is NaN (applied: every value turns NaN).
+double clip_coefficient(double max_norm, double total, double eps);
+
+// AGC's per-unit factors (Brock et al. 2021, as timm and Optax compute them):
+// limit = clipping * max(weight_norm, eps); factor = 1 where grad_norm < limit,
+// else limit / max(grad_norm, 1e-6).
+std::vector<double> agc_factors(const std::vector<double>& weight_norms, const std::vector<double>& grad_norms,
+                                double clipping, double eps);
+
 // tensor[i] *= factor (factor rounded to float32 for 16/32-bit tensors).
 void scale_tensors(const std::vector<TensorRef>& tensors, double factor);
 
@@ -60,7 +71,10 @@ void clamp_tensors(const std::vector<TensorRef>& tensors, double low, double hig
 // tensor). Moments are over each tensor's finite entries:
 //   mean = sum x / n, std = sqrt(sum (x - mean)^2 / n), abs_mean = sum |x| / n,
 //   min, max (NaN when n = 0), l2 = sqrt(sum x^2) (0 when n = 0);
-// numel, nan, inf and zero count entries.
+// numel, nan, inf and zero count entries. l2 sums float64 squares of the
+// values (as global_norm does); the moments are accurate to about 1e-7 of
+// max|x| for 32/16-bit data, and tensors whose magnitudes would overflow or
+// underflow the fast path are recomputed in float64 on rescaled values.
 struct StatsColumns {
   int64_t* numel;
   double* mean;

@@ -16,6 +16,8 @@ namespace {
 // memcpy switches at a similar size).
 constexpr int64_t kStreamingBytes = int64_t(16) << 20;
 
+constexpr size_t kKeptScratchBytes = size_t(16) << 20;
+
 bool stream(int64_t rows, int64_t features, DType dtype) {
   return rows * features * element_size(dtype) >= kStreamingBytes;
 }
@@ -56,6 +58,14 @@ void normalization_backward(const NormalizationBackward& given, int64_t rows, DT
   static thread_local std::vector<char> reusable_scratch;
   std::vector<char>& scratch = reusable_scratch;  // the caller's buffer, also in the workers
   scratch.assign(2 * static_cast<size_t>(chunks) * chunk_bytes, 0);
+  // Kept for the next call only while small: a backward pass over very wide
+  // rows must not leave its scratch resident in this thread.
+  struct ReleaseLarge {
+    std::vector<char>& buffer;
+    ~ReleaseLarge() {
+      if (buffer.capacity() > kKeptScratchBytes) std::vector<char>().swap(buffer);
+    }
+  } release{scratch};
   char* weight_partials = scratch.data();
   char* bias_partials = scratch.data() + static_cast<size_t>(chunks) * chunk_bytes;
   parallel_for(chunks, [&](int64_t chunk) {

@@ -47,10 +47,20 @@ class ThreadPool {
 
   int threads() const { return thread_count_; }
 
+  // All or nothing: when the system refuses a thread part-way, the workers
+  // already started are stopped, the previous count is restored, and the
+  // error goes to the caller (so threads() always tells the truth).
   void resize(int threads) {
     std::lock_guard<std::mutex> running(run_mutex_);
+    const int previous = thread_count_;
     stop_workers();
-    start(threads);
+    try {
+      start(threads);
+    } catch (...) {
+      stop_workers();
+      start(previous);
+      throw;
+    }
   }
 
   // After fork() only the forking thread exists in the child: forget the

@@ -5,14 +5,21 @@ from conftest import BFLOAT16
 
 import gradguard as gg
 
-SHAPES = [(16, 8, 3, 3), (40, 30), (7,), (5, 4, 3), (1,), (300, 2)]
+SHAPES = [(16, 8, 3, 3), (40, 30), (7,), (5, 4, 3), (1,), (300, 2), (1, 7), (1, 1, 1, 6), (3, 3, 4, 8)]
 
 
 def reference_agc(params, grads, clipping, eps, unit_axis):
     out = []
     for param, grad in zip(params, grads):
         p, g = param.astype(np.float64), grad.astype(np.float64)
-        axes = None if p.ndim <= 1 else (tuple(range(1, p.ndim)) if unit_axis == "first" else tuple(range(p.ndim - 1)))
+        if unit_axis == "first":  # timm's unitwise_norm
+            axes = None if p.ndim <= 1 else tuple(range(1, p.ndim))
+        elif np.squeeze(p).ndim <= 1:  # Optax's unitwise_norm: scalars and vectors
+            axes = None
+        elif p.ndim in (2, 3):  # IO and multi-head linear
+            axes = (0,)
+        else:  # HWIO convolutions
+            axes = tuple(range(p.ndim - 1))
         param_norm = np.sqrt((p ** 2).sum(axis=axes, keepdims=True))
         grad_norm = np.sqrt((g ** 2).sum(axis=axes, keepdims=True))
         limit = clipping * np.maximum(param_norm, eps)

@@ -180,7 +180,7 @@ def test_step_with_loss_scaler_skips_on_overflow_and_unscales_otherwise(simd_tar
 def test_bad_input_changes_nothing():
     params = [np.ones(4, np.float32), np.ones(3, np.float32)]
     optimizer = gg.optim.Adam(params)
-    with pytest.raises(ValueError, match="2 parameters"):
+    with pytest.raises(ValueError, match="1 arrays for 2 params"):
         optimizer.step([np.ones(4, np.float32)])
     with pytest.raises(ValueError, match=r"grads\[1\] has shape"):
         optimizer.step([np.ones(4, np.float32), np.ones(4, np.float32)])

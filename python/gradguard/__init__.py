@@ -8,7 +8,8 @@ use it through NumPy views (a CPU torch tensor's ``.numpy()`` shares memory).
 import os as _os
 
 from . import _core
-from .clip import ClipReport, clip_by_global_norm, clip_by_norm, clip_by_value, global_norm
+from .clip import (ClipReport, NonFiniteNormError, clip_by_global_norm, clip_by_norm, clip_by_value,
+                   clip_with_norm_, global_norm)
 from . import init, optim
 from .adaptive import AutoClip, ZClip
 from .agc import agc
@@ -18,13 +19,14 @@ from .norm import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 from .config import config, get_num_threads, set_num_threads, show_config, simd_target
 from .stats import GradStats, grad_stats
 
-__version__ = "0.1.0"
+__version__ = _core.__version__
 
 if _os.environ.get("GRADGUARD_NUM_THREADS"):
     set_num_threads(int(_os.environ["GRADGUARD_NUM_THREADS"]))
 
 __all__ = [
-    "global_norm", "clip_by_global_norm", "clip_by_norm", "clip_by_value", "ClipReport",
+    "global_norm", "clip_by_global_norm", "clip_with_norm_", "clip_by_norm", "clip_by_value", "ClipReport",
+    "NonFiniteNormError",
     "grad_stats", "GradStats",
     "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
     "init", "optim", "unscale_", "LossScaler",

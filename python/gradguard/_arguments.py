@@ -1,28 +1,56 @@
 """Turning what users pass into what the core takes, and checking scalars.
 
-The per-array checks (type, dtype, contiguity, writability) happen in the C++
-boundary, which names the offending array; this module only flattens the
-containers and validates scalar arguments.
+The per-array checks (type, dtype, contiguity, alignment, writability,
+overlap) happen in the C++ boundary, which names the offending array; this
+module flattens the containers, matches dicts by name and validates scalar
+arguments, once for the whole package.
 """
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping
 
 import numpy as np
 
 
 def as_array_list(arrays, argument="arrays"):
-    """(list of arrays, list of names or None) from a list, tuple, dict, iterable or one array."""
+    """(list of arrays, list of names or None) from a list, tuple, dict, iterable or one array.
+
+    The list is always a new one: the caller's container may change while the
+    call runs (or, for an optimiser, between steps) without affecting it.
+    """
     if isinstance(arrays, np.ndarray):
         return [arrays], None
     if isinstance(arrays, Mapping):
         return list(arrays.values()), [str(name) for name in arrays.keys()]
-    if isinstance(arrays, list):
-        return arrays, None
     if isinstance(arrays, (str, bytes)) or not hasattr(arrays, "__iter__"):
         raise TypeError(f"{argument} must be a list, tuple or dict of NumPy arrays, got {type(arrays).__name__}")
     return list(arrays), None
+
+
+def in_order_of(expected, array_list, names, argument="grads"):
+    """array_list reordered to follow the names in `expected`, when both sides are named.
+
+    When `expected` or `names` is None the lists pair by position. With names
+    on both sides, the key sets must be equal: a ValueError lists the missing
+    and the unexpected names.
+    """
+    if expected is None or names is None:
+        return array_list
+    if names == expected:
+        return array_list
+    position = {name: index for index, name in enumerate(names)}
+    missing = [name for name in expected if name not in position]
+    unexpected = [name for name in names if name not in set(expected)]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected}")
+        raise ValueError(f"{argument} are matched by name and do not match the names expected: {'; '.join(parts)}")
+    return [array_list[position[name]] for name in expected]
 
 
 def name_of(index, names, argument="arrays"):
@@ -32,6 +60,54 @@ def name_of(index, names, argument="arrays"):
     return f"{argument}[{index}] ({names[index]!r})"
 
 
+def real(value, argument, *, low=None, high=None, low_open=False, high_open=False, allow_inf=True,
+         allow_none=False):
+    """value as a float after checking it is a real number in the given interval.
+
+    bool and str are refused with TypeError (``True`` is not a norm bound, and
+    ``'1'`` is a mistake, not a number). An integer too large for a float is
+    +-inf. NaN is always refused; inf only with allow_inf.
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray)):
+        kind = "a real number or None" if allow_none else "a real number"
+        raise TypeError(f"{argument} must be {kind}, got {type(value).__name__}")
+    if isinstance(value, np.ndarray):
+        if value.ndim != 0 or value.dtype.kind not in "iuf":
+            raise TypeError(f"{argument} must be a real number, got an array of shape {value.shape} and dtype {value.dtype}")
+        value = value.item()
+    try:
+        number = float(value)
+    except OverflowError:
+        number = math.inf if value > 0 else -math.inf
+    if math.isnan(number):
+        raise ValueError(f"{argument} must not be NaN")
+    below = low is not None and (number <= low if low_open else number < low)
+    above = high is not None and (number >= high if high_open else number > high)
+    if below or above or (math.isinf(number) and not allow_inf):
+        lower = "-inf" if low is None else f"{low:g}"
+        upper = "inf" if high is None else f"{high:g}"
+        interval = f"{'(' if low_open or low is None else '['}{lower}, {upper}{')' if high_open or high is None else ']'}"
+        finite = "a finite number" if not allow_inf else "a number"
+        raise ValueError(f"{argument} must be {finite} in {interval}, got {value!r}")
+    return number
+
+
+def non_negative(value, argument, allow_inf=True):
+    """float(value) after checking it is a number >= 0 (and not NaN)."""
+    return real(value, argument, low=0.0, allow_inf=allow_inf)
+
+
+def positive_int(value, argument, minimum=1):
+    """value as an int >= minimum; bool and floats refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{argument} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{argument} must be an int >= {minimum}, got {value!r}")
+    return int(value)
+
+
 def norm_order(ord):
     """ord as a float: 2, 1, inf or any p > 0 ('inf' and 'fro' accepted as in torch/NumPy)."""
     if isinstance(ord, str):
@@ -39,34 +115,9 @@ def norm_order(ord):
         if ord not in aliases:
             raise ValueError(f"ord must be a number p > 0, 'inf' or 'fro', got {ord!r}")
         return aliases[ord]
-    try:
-        value = float(ord)
-    except (TypeError, ValueError):
-        raise TypeError(f"ord must be a number p > 0 or inf, got {type(ord).__name__}") from None
-    if not value > 0:
-        raise ValueError(f"ord must be > 0 (2, 1, inf or any p > 0), got {ord!r}")
-    return value
-
-
-def non_negative(value, argument, allow_inf=True):
-    """float(value) after checking it is a number >= 0 (and not NaN)."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{argument} must be a real number, got {type(value).__name__}") from None
-    if math.isnan(number) or number < 0 or (not allow_inf and math.isinf(number)):
-        raise ValueError(f"{argument} must be a {'finite ' if not allow_inf else ''}number >= 0, got {value!r}")
-    return number
+    return real(ord, "ord", low=0.0, low_open=True)
 
 
 def finite_or_none(value, argument):
     """float(value), or None; NaN refused."""
-    if value is None:
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{argument} must be a real number or None, got {type(value).__name__}") from None
-    if math.isnan(number):
-        raise ValueError(f"{argument} must not be NaN")
-    return number
+    return real(value, argument, allow_none=True)

@@ -12,16 +12,17 @@ from collections import deque
 import numpy as np
 
 from . import _core
-from ._arguments import as_array_list
+from ._arguments import as_array_list, positive_int, real
 
 __all__ = ["AutoClip", "ZClip"]
 
 
-def _clip_to(array_list, names, norm, threshold):
-    """Scale by threshold / (norm + 1e-6) when norm > threshold (the ZClip authors'
-    rule; unlike torch's, a norm at the threshold costs no write pass)."""
-    if norm > threshold:
-        _core.scale(array_list, threshold / (norm + 1e-6), names)
+def _norm_for_clipping(arrays):
+    """(array list, names, global L2 norm): the arrays are checked as for an
+    in-place call first, so a clipper refuses bad input before it changes its state."""
+    array_list, names = as_array_list(arrays)
+    norm, _ = _core.global_norm(array_list, 2.0, names, True)
+    return array_list, names, norm
 
 
 class AutoClip:
@@ -35,32 +36,36 @@ class AutoClip:
     """
 
     def __init__(self, percentile=10.0, history=None):
-        if not 0.0 <= float(percentile) <= 100.0:
-            raise ValueError(f"percentile must be in [0, 100], got {percentile!r}")
-        if history is not None and (not isinstance(history, int) or history < 1):
-            raise ValueError(f"history must be None or an int >= 1, got {history!r}")
-        self.percentile = float(percentile)
-        self.history = history
-        self._norms = deque(maxlen=history)
+        self.percentile, self.history = self._checked(percentile, history)
+        self._norms = deque(maxlen=self.history)
+
+    @staticmethod
+    def _checked(percentile, history):
+        return (real(percentile, "percentile", low=0.0, high=100.0),
+                None if history is None else positive_int(history, "history"))
 
     def __call__(self, arrays):
-        array_list, names = as_array_list(arrays)
-        norm, _ = _core.global_norm(array_list, 2.0, names)
+        array_list, names, norm = _norm_for_clipping(arrays)
         if math.isfinite(norm):
             self._norms.append(norm)
         if not self._norms:
             return norm, math.inf
         threshold = float(np.percentile(np.fromiter(self._norms, float), self.percentile))
-        _clip_to(array_list, names, norm, threshold)
+        # clip_by_global_norm(g, threshold)'s rule: coef = threshold / (norm + 1e-6), applied when below 1.
+        _core.clip_with_norm(array_list, threshold, norm, 1e-6, names)
         return norm, threshold
 
     def state_dict(self):
         return {"percentile": self.percentile, "history": self.history, "norms": np.fromiter(self._norms, float)}
 
     def load_state_dict(self, state):
-        self.percentile = float(state["percentile"])
-        self.history = state["history"]
-        self._norms = deque((float(x) for x in state["norms"]), maxlen=self.history)
+        """Restore a state_dict(); validated first, nothing changes unless all of it is valid."""
+        percentile, history = self._checked(state["percentile"], state["history"])
+        norms = np.asarray(state["norms"], dtype=np.float64)
+        if norms.ndim != 1 or not np.all(np.isfinite(norms)) or np.any(norms < 0):
+            raise ValueError("norms must be a 1-D sequence of finite norms >= 0")
+        self.percentile, self.history = percentile, history
+        self._norms = deque((float(x) for x in norms), maxlen=history)
 
 
 class ZClip:
@@ -79,42 +84,48 @@ class ZClip:
     """
 
     def __init__(self, alpha=0.97, z_thresh=2.5, max_grad_norm=1.0, eps=1e-6, warmup_steps=25):
-        if not 0.0 < alpha < 1.0:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-        if not z_thresh > 0:
-            raise ValueError(f"z_thresh must be > 0, got {z_thresh!r}")
-        if max_grad_norm is not None and not max_grad_norm >= 0:
-            raise ValueError(f"max_grad_norm must be >= 0 or None, got {max_grad_norm!r}")
-        if not (isinstance(warmup_steps, int) and warmup_steps >= 1):
-            raise ValueError(f"warmup_steps must be an int >= 1, got {warmup_steps!r}")
-        self.alpha, self.z_thresh, self.max_grad_norm, self.eps = float(alpha), float(z_thresh), max_grad_norm, float(eps)
-        self.warmup_steps = warmup_steps
+        (self.alpha, self.z_thresh, self.max_grad_norm, self.eps,
+         self.warmup_steps) = self._checked(alpha, z_thresh, max_grad_norm, eps, warmup_steps)
         self._warmup = []
         self.mean = None
         self.var = None
 
+    @staticmethod
+    def _checked(alpha, z_thresh, max_grad_norm, eps, warmup_steps):
+        return (real(alpha, "alpha", low=0.0, high=1.0, low_open=True, high_open=True),
+                real(z_thresh, "z_thresh", low=0.0, low_open=True, allow_inf=False),
+                real(max_grad_norm, "max_grad_norm", low=0.0, allow_none=True),
+                real(eps, "eps", low=0.0, allow_inf=False),
+                positive_int(warmup_steps, "warmup_steps"))
+
     def __call__(self, arrays):
-        array_list, names = as_array_list(arrays)
-        norm, _ = _core.global_norm(array_list, 2.0, names)
-        cap = math.inf if self.max_grad_norm is None else float(self.max_grad_norm)
+        array_list, names, norm = _norm_for_clipping(arrays)
+        cap = math.inf if self.max_grad_norm is None else self.max_grad_norm
         if self.mean is None:
             self._warmup.append(norm)
             if len(self._warmup) >= self.warmup_steps:
                 values = np.asarray(self._warmup, dtype=np.float64)
                 self.mean, self.var = float(values.mean()), float(values.var())
                 self._warmup = []
-            _clip_to(array_list, names, norm, cap)
+            self._clip(array_list, names, norm, cap)
             return norm, cap
         std = math.sqrt(self.var)
         z = (norm - self.mean) / (std + self.eps)
         spike = z > self.z_thresh
         adaptive = self.mean + self.z_thresh * std / (z / self.z_thresh) if spike else norm
         threshold = min(adaptive, cap)
-        _clip_to(array_list, names, norm, threshold)
+        self._clip(array_list, names, norm, threshold)
         observed = adaptive if spike else norm
         self.mean = self.alpha * self.mean + (1 - self.alpha) * observed
         self.var = self.alpha * self.var + (1 - self.alpha) * (observed - self.mean) ** 2
         return norm, threshold
+
+    @staticmethod
+    def _clip(array_list, names, norm, threshold):
+        """Scale by threshold / (norm + 1e-6) when norm > threshold (the ZClip authors'
+        rule: a norm at the threshold costs no write pass)."""
+        if norm > threshold:
+            _core.clip_with_norm(array_list, threshold, norm, 1e-6, names)
 
     def state_dict(self):
         return {"alpha": self.alpha, "z_thresh": self.z_thresh, "max_grad_norm": self.max_grad_norm, "eps": self.eps,
@@ -122,7 +133,13 @@ class ZClip:
                 "mean": self.mean, "var": self.var}
 
     def load_state_dict(self, state):
-        self.alpha, self.z_thresh, self.max_grad_norm = state["alpha"], state["z_thresh"], state["max_grad_norm"]
-        self.eps, self.warmup_steps = state["eps"], state["warmup_steps"]
-        self._warmup = [float(x) for x in state["warmup"]]
-        self.mean, self.var = state["mean"], state["var"]
+        """Restore a state_dict(); validated first, nothing changes unless all of it is valid."""
+        settings = self._checked(state["alpha"], state["z_thresh"], state["max_grad_norm"], state["eps"],
+                                 state["warmup_steps"])
+        warmup = [float(x) for x in np.asarray(state["warmup"], dtype=np.float64).reshape(-1)]
+        mean = real(state["mean"], "mean", allow_none=True)
+        var = real(state["var"], "var", low=0.0, allow_none=True)
+        if (mean is None) != (var is None):
+            raise ValueError("mean and var are both None (still warming up) or both numbers")
+        (self.alpha, self.z_thresh, self.max_grad_norm, self.eps, self.warmup_steps) = settings
+        self._warmup, self.mean, self.var = warmup, mean, var

@@ -1,19 +1,33 @@
 """Adaptive gradient clipping, unit-wise (Brock et al., 2021, NFNets)."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import _core
-from ._arguments import as_array_list, non_negative
+from ._arguments import as_array_list, in_order_of, non_negative
 
 __all__ = ["agc"]
 
 
 def _units(shape, unit_axis):
-    """(units, units_first) for one tensor: vectors and scalars are one unit."""
-    if len(shape) <= 1:
+    """(units, units_first) of one tensor, as the reference implementations cut it.
+
+    "first" (timm): a tensor of at most one axis is one unit; otherwise each
+    index of axis 0 is a unit. "last" (Optax's unitwise_norm): a tensor whose
+    squeezed shape has at most one axis is one unit; 2- and 3-axis tensors
+    (IO linear, multi-head linear) have a unit per position of the axes after
+    the first; 4-axis ones (HWIO convolutions) a unit per index of the last
+    axis (and so do tensors of more axes, which Optax refuses).
+    """
+    if unit_axis == "first":
+        return (1, True) if len(shape) <= 1 else (shape[0], True)
+    if sum(1 for length in shape if length != 1) <= 1:
         return 1, True
-    return (shape[0], True) if unit_axis == "first" else (shape[-1], False)
+    if len(shape) in (2, 3):
+        return math.prod(shape[1:]), False
+    return shape[-1], False
 
 
 def agc(params, grads, clipping=0.01, eps=1e-3, unit_axis="first"):
@@ -24,9 +38,12 @@ def agc(params, grads, clipping=0.01, eps=1e-3, unit_axis="first"):
 
     with ||.||_u the L2 norm of unit u: along axis 0 of each tensor for
     unit_axis="first" (PyTorch's (out, in, kh, kw) layout; timm's
-    adaptive_clip_grad), or along the last axis for unit_axis="last" (JAX/Optax
-    IO and HWIO layouts; optax.adaptive_grad_clip for 2-D and 4-D tensors). A
-    vector or scalar is one unit. The unit norms are computed by the C++ core.
+    adaptive_clip_grad), or as Optax's adaptive_grad_clip cuts units for
+    unit_axis="last" (JAX IO and HWIO layouts: reduced over axis 0 for 2- and
+    3-axis tensors, over all but the last axis for 4-axis ones). A tensor of
+    one axis (or, for "last", of one non-unit axis) is one unit. params and
+    grads are lists matched by position, or dicts matched by name. Every unit
+    norm is computed, and every array validated, before any gradient is written.
 
     Returns a float64 array: the fraction of units clipped in each tensor.
     """
@@ -35,35 +52,9 @@ def agc(params, grads, clipping=0.01, eps=1e-3, unit_axis="first"):
     clipping = non_negative(clipping, "clipping", allow_inf=False)
     eps = non_negative(eps, "eps", allow_inf=False)
     param_list, names = as_array_list(params, "params")
-    grad_list, _ = as_array_list(grads, "grads")
-    if len(param_list) != len(grad_list):
-        raise ValueError(f"{len(param_list)} params but {len(grad_list)} grads")
-    for index, (param, grad) in enumerate(zip(param_list, grad_list)):
-        if not isinstance(grad, np.ndarray) or not isinstance(param, np.ndarray):
-            raise TypeError(f"params[{index}] and grads[{index}] must be NumPy arrays")
-        if param.shape != grad.shape:
-            raise ValueError(f"grads[{index}] has shape {grad.shape}, params[{index}] {param.shape}")
-        if not grad.flags.c_contiguous:
-            raise ValueError(f"grads[{index}] must be C-contiguous (it is scaled unit by unit in place)")
-        if not grad.flags.writeable:
-            raise ValueError(f"grads[{index}] is read-only")
-    clipped = np.zeros(len(grad_list))
-    plans = []
-    for param, grad in zip(param_list, grad_list):  # every norm first: nothing is written before all are checked
-        if grad.size == 0:
-            plans.append(None)
-            continue
-        units, first = _units(grad.shape, unit_axis)
-        weight_norms = _core.unit_norms(np.ascontiguousarray(param), units, first)
-        grad_norms = _core.unit_norms(grad, units, first)
-        limit = clipping * np.maximum(weight_norms, eps)
-        factors = np.where(grad_norms < limit, 1.0, limit / np.maximum(grad_norms, 1e-6))
-        plans.append((units, first, factors))
-    for index, (grad, plan) in enumerate(zip(grad_list, plans)):
-        if plan is None:
-            continue
-        units, first, factors = plan
-        if (factors != 1.0).any():
-            _core.scale_units(grad, np.ascontiguousarray(factors), first)
-        clipped[index] = float(np.mean(factors != 1.0))
-    return clipped
+    grad_list, grad_names = as_array_list(grads, "grads")
+    grad_list = in_order_of(names, grad_list, grad_names)
+    names = names if names is not None else grad_names
+    layouts = [_units(np.shape(grad), unit_axis) if isinstance(grad, np.ndarray) else (1, True) for grad in grad_list]
+    return _core.agc(param_list, grad_list, [units for units, _ in layouts], [first for _, first in layouts],
+                     clipping, eps, names)

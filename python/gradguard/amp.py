@@ -2,10 +2,12 @@
 loss scaler with torch.amp.GradScaler's update rule."""
 from __future__ import annotations
 
-import math
+from collections.abc import Mapping
+
+import numpy as np
 
 from . import _core
-from ._arguments import as_array_list
+from ._arguments import as_array_list, positive_int, real
 
 __all__ = ["unscale_", "LossScaler"]
 
@@ -15,13 +17,17 @@ def unscale_(grads, inv_scale):
 
     One pass over the gradients (torch's _amp_foreach_non_finite_check_and_unscale_):
     grads[i] *= inv_scale for every i (16-bit gradients in float32, rounded
-    once), and found_inf = any(not isfinite(g)) over the values seen.
+    once), and found_inf = any(not isfinite(g)) over the values seen. Every
+    gradient is validated (writable, contiguous, aligned, not overlapping
+    another) before any is written.
     """
     array_list, names = as_array_list(grads, "grads")
-    factor = float(inv_scale)
-    if not math.isfinite(factor):
-        raise ValueError(f"inv_scale must be finite, got {inv_scale!r}")
+    factor = real(inv_scale, "inv_scale", allow_inf=False)
     return bool(_core.unscale(array_list, factor, names))
+
+
+# torch keeps the scale in a float32 tensor: it never grows past this.
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 class LossScaler:
@@ -29,23 +35,23 @@ class LossScaler:
 
     scale(loss) = loss * scale. After each step, update(found_inf):
     an overflow multiplies the scale by backoff_factor and restarts the count;
-    growth_interval steps in a row without one multiply it by growth_factor.
+    growth_interval steps in a row without one multiply it by growth_factor,
+    unless the grown scale would leave the float32 range (then it stays, as
+    in torch, and the count restarts).
     """
 
     def __init__(self, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000):
-        if not (init_scale > 0 and math.isfinite(init_scale)):
-            raise ValueError(f"init_scale must be a finite number > 0, got {init_scale!r}")
-        if not growth_factor > 1.0:
-            raise ValueError(f"growth_factor must be > 1, got {growth_factor!r}")
-        if not 0.0 < backoff_factor < 1.0:
-            raise ValueError(f"backoff_factor must be in (0, 1), got {backoff_factor!r}")
-        if not (isinstance(growth_interval, int) and growth_interval > 0):
-            raise ValueError(f"growth_interval must be an int > 0, got {growth_interval!r}")
-        self._scale = float(init_scale)
-        self.growth_factor = float(growth_factor)
-        self.backoff_factor = float(backoff_factor)
-        self.growth_interval = growth_interval
-        self._growth_tracker = 0
+        settings = self._checked(init_scale, growth_factor, backoff_factor, growth_interval, 0)
+        self._scale, self.growth_factor, self.backoff_factor, self.growth_interval, self._growth_tracker = settings
+
+    @staticmethod
+    def _checked(scale, growth_factor, backoff_factor, growth_interval, growth_tracker):
+        """The settings validated by one set of rules, for the constructor and load_state_dict alike."""
+        return (real(scale, "init_scale", low=0.0, low_open=True, high=_FLOAT32_MAX),
+                real(growth_factor, "growth_factor", low=1.0, low_open=True, allow_inf=False),
+                real(backoff_factor, "backoff_factor", low=0.0, high=1.0, low_open=True, high_open=True),
+                positive_int(growth_interval, "growth_interval"),
+                positive_int(growth_tracker, "_growth_tracker", minimum=0))
 
     def get_scale(self):
         return self._scale
@@ -61,7 +67,9 @@ class LossScaler:
         else:
             self._growth_tracker += 1
             if self._growth_tracker == self.growth_interval:
-                self._scale *= self.growth_factor
+                grown = self._scale * self.growth_factor
+                if grown <= _FLOAT32_MAX:
+                    self._scale = grown
                 self._growth_tracker = 0
 
     def state_dict(self):
@@ -69,8 +77,15 @@ class LossScaler:
                 "growth_interval": self.growth_interval, "_growth_tracker": self._growth_tracker}
 
     def load_state_dict(self, state):
-        self._scale = float(state["scale"])
-        self.growth_factor = float(state["growth_factor"])
-        self.backoff_factor = float(state["backoff_factor"])
-        self.growth_interval = int(state["growth_interval"])
-        self._growth_tracker = int(state["_growth_tracker"])
+        """Restore a state_dict(); it is validated with the constructor's rules, and
+        nothing changes unless all of it is valid."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"state must be a dict from state_dict(), got {type(state).__name__}")
+        keys = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
+        missing = [key for key in keys if key not in state]
+        if missing:
+            raise KeyError(f"LossScaler state is missing {missing}")
+        settings = self._checked(*(state[key] for key in keys))
+        if settings[4] >= settings[3]:
+            raise ValueError(f"_growth_tracker ({settings[4]}) must be below growth_interval ({settings[3]})")
+        self._scale, self.growth_factor, self.backoff_factor, self.growth_interval, self._growth_tracker = settings

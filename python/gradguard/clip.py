@@ -9,10 +9,21 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from . import _core
-from ._arguments import as_array_list, finite_or_none, name_of, non_negative, norm_order
+import numpy as np
 
-__all__ = ["global_norm", "clip_by_global_norm", "clip_by_norm", "clip_by_value", "ClipReport"]
+from . import _core
+from ._arguments import as_array_list, finite_or_none, name_of, non_negative, norm_order, real
+
+__all__ = ["global_norm", "clip_by_global_norm", "clip_with_norm_", "clip_by_norm", "clip_by_value", "ClipReport",
+           "NonFiniteNormError"]
+
+
+class NonFiniteNormError(FloatingPointError, RuntimeError):
+    """The total norm was NaN or inf and error_if_nonfinite=True: nothing was clipped.
+
+    A FloatingPointError and a RuntimeError at once, so code written for
+    torch.nn.utils.clip_grad_norm_ (which raises RuntimeError) catches it too.
+    """
 
 
 @dataclass(frozen=True)
@@ -71,8 +82,8 @@ def clip_by_global_norm(arrays, max_norm, *, ord=2.0, eps=1e-6, error_if_nonfini
     when clipping happens (the multiply is done in float32 for 16-bit arrays,
     float64 for float64 ones, and rounded once).
 
-    Non-finite totals: with ``error_if_nonfinite=True`` a FloatingPointError
-    names the arrays holding NaN/inf and nothing is modified. Without it,
+    Non-finite totals: with ``error_if_nonfinite=True`` a NonFiniteNormError
+    (both a FloatingPointError and a RuntimeError, as torch raises) names the arrays holding NaN/inf and nothing is modified. Without it,
     behaviour is torch's: a NaN total gives a NaN coefficient and every array
     becomes NaN; an inf total gives coefficient 0, so finite entries become 0
     and infinite ones NaN.
@@ -97,13 +108,41 @@ def clip_by_global_norm(arrays, max_norm, *, ord=2.0, eps=1e-6, error_if_nonfini
         array_list, bound, norm_order(ord), epsilon, bool(error_if_nonfinite), names)
     if error_if_nonfinite and not math.isfinite(total):
         culprits = ", ".join(name_of(index, names) for index in nonfinite)
-        raise FloatingPointError(
+        raise NonFiniteNormError(
             f"the total norm of order {ord} of the arrays is {total}, so they were not clipped "
             f"(non-finite values in: {culprits}). Set error_if_nonfinite=False to clip anyway, as torch does.")
     if not return_report:
         return total
     labels = tuple(names[index] for index in nonfinite) if names is not None else tuple(nonfinite)
     return ClipReport(total_norm=total, clip_coef=coefficient, clipped=clipped, max_norm=bound, nonfinite=labels)
+
+
+def clip_with_norm_(arrays, max_norm, total_norm, *, eps=1e-6):
+    """Scale all arrays in place by the clip coefficient of an already known norm
+    (``torch.nn.utils.clip_grads_with_norm_``):
+
+        clip_coef = min(1, max_norm / (total_norm + eps))      (1 when total_norm = 0)
+        arrays[i] *= clip_coef   for every i, when clip_coef != 1
+
+    This is the second half of clip_by_global_norm, for callers that compute
+    or adjust the norm themselves (adaptive clipping, a norm reduced across
+    processes). A NaN total_norm gives a NaN coefficient, applied as torch does.
+    Every array is validated (writable, contiguous, aligned, not overlapping
+    another) before any is written.
+
+    Returns:
+        The coefficient used, as a Python float.
+    """
+    array_list, names = as_array_list(arrays)
+    bound = non_negative(max_norm, "max_norm")
+    total = real(total_norm, "total_norm", low=0.0) if not _is_nan(total_norm) else math.nan
+    epsilon = non_negative(eps, "eps", allow_inf=False)
+    coefficient, _ = _core.clip_with_norm(array_list, bound, total, epsilon, names)
+    return coefficient
+
+
+def _is_nan(value):
+    return isinstance(value, (float, np.floating)) and math.isnan(value)
 
 
 def clip_by_norm(arrays, max_norm, *, ord=2.0, eps=1e-6):

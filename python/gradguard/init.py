@@ -7,6 +7,8 @@ int seed or a numpy.random.Generator, so results are reproducible.
 from __future__ import annotations
 
 import math
+import numbers
+import warnings
 
 import numpy as np
 
@@ -25,7 +27,8 @@ def _generator(rng):
 def calculate_gain(nonlinearity, param=None):
     """The recommended gain for a nonlinearity (torch.nn.init.calculate_gain):
     linear, conv and sigmoid 1; tanh 5/3; relu sqrt(2); leaky_relu sqrt(2 / (1 + a^2))
-    with a = param (default 0.01); selu 3/4."""
+    with a = param (default 0.01; an int or float, not a bool); selu 3/4.
+    Unknown names and invalid slopes raise ValueError, as in torch."""
     name = str(nonlinearity).lower()
     if name in _LINEAR:
         return 1.0
@@ -34,7 +37,12 @@ def calculate_gain(nonlinearity, param=None):
     if name == "relu":
         return math.sqrt(2.0)
     if name == "leaky_relu":
-        slope = 0.01 if param is None else float(param)
+        if param is None:
+            slope = 0.01
+        elif isinstance(param, (bool, np.bool_)) or not isinstance(param, numbers.Real):
+            raise ValueError(f"negative_slope {param!r} is not a valid number")
+        else:
+            slope = float(param)
         return math.sqrt(2.0 / (1.0 + slope * slope))
     if name == "selu":
         return 3.0 / 4.0
@@ -50,13 +58,27 @@ def fans(shape):
     return shape[1] * receptive, shape[0] * receptive
 
 
+def _is_float_array(array):
+    if not isinstance(array, np.ndarray):
+        return False
+    return array.dtype.kind == "f" or array.dtype.name == "bfloat16"  # ml_dtypes' bfloat16 is kind "V"
+
+
 def _fill(array, values):
-    if not isinstance(array, np.ndarray) or array.dtype.kind != "f":
-        raise TypeError("initialisers fill floating-point NumPy arrays")
+    if not _is_float_array(array):
+        raise TypeError("initialisers fill floating-point NumPy arrays (float16/32/64, bfloat16)")
     if not array.flags.writeable:
         raise ValueError("the array to initialise is read-only")
     array[...] = values.astype(array.dtype, copy=False)
     return array
+
+
+def _empty_is_no_op(array, initialiser):
+    """torch's rule for kaiming_*: a zero-element array is left as it is, with a warning."""
+    if isinstance(array, np.ndarray) and array.size == 0:
+        warnings.warn(f"{initialiser}: initializing zero-element arrays is a no-op", UserWarning, stacklevel=3)
+        return True
+    return False
 
 
 def uniform_(array, a=0.0, b=1.0, rng=None):
@@ -96,12 +118,16 @@ def _kaiming_std(shape, a, mode, nonlinearity):
 
 def kaiming_uniform_(array, a=0.0, mode="fan_in", nonlinearity="leaky_relu", rng=None):
     """U(-b, b), b = sqrt(3) * gain(nonlinearity, a) / sqrt(fan) (He et al. 2015)."""
+    if _empty_is_no_op(array, "kaiming_uniform_"):
+        return array
     bound = math.sqrt(3.0) * _kaiming_std(array.shape, a, mode, nonlinearity)
     return uniform_(array, -bound, bound, rng)
 
 
 def kaiming_normal_(array, a=0.0, mode="fan_in", nonlinearity="leaky_relu", rng=None):
     """N(0, std^2), std = gain(nonlinearity, a) / sqrt(fan)."""
+    if _empty_is_no_op(array, "kaiming_normal_"):
+        return array
     return normal_(array, 0.0, _kaiming_std(array.shape, a, mode, nonlinearity), rng)
 
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._arguments import as_array_list
-from .stats import grad_stats
+from ._arguments import as_array_list, in_order_of
+from .stats import stats_of
 
 __all__ = ["GradientMonitor", "Finding"]
 
@@ -59,6 +59,7 @@ class GradientMonitor:
         if window < 2 or patience < 1 or min_history < 2 or min_history > window:
             raise ValueError("need window >= 2, patience >= 1 and 2 <= min_history <= window")
         self.names = None if names is None else [str(n) for n in names]
+        self._named = names is not None  # whether layers have real names, so that dicts match by them
         self.window = int(window)
         self.settings = dict(patience=patience, vanishing_floor=vanishing_floor, vanishing_ratio=vanishing_ratio,
                              decay_ratio=decay_ratio, spike_z=spike_z, min_history=min_history,
@@ -77,28 +78,43 @@ class GradientMonitor:
 
     # -- updating -------------------------------------------------------------------------
     def update(self, grads, params=None, step=None):
-        """Record one step's gradients (dict name -> array, or list) and return its findings."""
+        """Record one step's gradients and return its findings.
+
+        grads: a dict name -> array, or a list. Once the monitor knows its
+        layers' names (from `names=` or a first dict), a dict is matched by
+        name (different key sets raise a ValueError naming the missing and
+        unexpected layers); a list pairs by position. params, when given, is
+        matched the same way. A refused update changes nothing.
+        """
         array_list, names = as_array_list(grads, "grads")
+        known = self.names if self._series is not None or self.names is not None else None
+        labels = known if known is not None else names
+        if labels is not None and len(labels) != len(array_list) and names is None:
+            raise ValueError(f"{len(array_list)} gradients; this monitor tracks {len(labels)} layers")
+        array_list = in_order_of(known if self._named else None, array_list, names, "grads")
+        step = self._last_step + 1 if step is None else int(step)
+        stats = stats_of(array_list, labels, "grads")
+        ratio = None
+        if params is not None:
+            param_list, param_names = as_array_list(params, "params")
+            param_list = in_order_of(labels if (self._named or names is not None) else None, param_list, param_names,
+                                     "params")
+            if len(param_list) != len(array_list):
+                raise ValueError(f"{len(param_list)} params for {len(array_list)} gradients")
+            weights = stats_of(param_list, labels, "params").l2
         if self._series is None:
-            self.names = self.names or names or [str(i) for i in range(len(array_list))]
-            if len(self.names) != len(array_list):
-                raise ValueError(f"{len(array_list)} gradients for {len(self.names)} layer names")
+            self.names = labels if labels is not None else [str(i) for i in range(len(array_list))]
+            self._named = self._named or names is not None
             self._series = {name: np.full((self.window, len(self.names)), np.nan) for name in _SERIES}
             layers = len(self.names)
             self._states = {name: np.zeros(layers, dtype=np.int64) for name in (
                 "vanishing_streak", "vanishing_since", "dead_streak", "dead_since", "ratio_streak", "ratio_since",
                 "growth_streak")}
             self._states["exploding"] = np.zeros(layers, dtype=bool)
-        elif len(array_list) != len(self.names):
-            raise ValueError(f"{len(array_list)} gradients; this monitor tracks {len(self.names)} layers")
-        step = self._last_step + 1 if step is None else int(step)
-        stats = grad_stats(array_list)
         numel = np.maximum(stats.numel, 1)
         norm = np.where((stats.n_nan + stats.n_inf) > 0, np.nan, stats.l2)
         ratio = np.full(len(self.names), np.nan)
         if params is not None:
-            param_list, _ = as_array_list(params, "params")
-            weights = grad_stats(param_list).l2
             ratio = np.divide(norm, weights, out=np.full_like(norm, np.nan), where=weights > 0)
         row = self._count % self.window
         previous = self._series["norm"][(self._count - 1) % self.window].copy() if self._count else None

@@ -40,13 +40,23 @@ def _compute_dtype(dtype):
     return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
 
 
+def _readable(array, dtype=None):
+    """A C-contiguous, aligned array with the values of `array` (itself when it already is one).
+
+    np.ascontiguousarray keeps a misaligned contiguous array as it is; the
+    kernels need aligned elements, so such an array is copied.
+    """
+    result = np.ascontiguousarray(array, dtype=dtype)
+    return result if result.flags.aligned else result.copy()
+
+
 def _input(x):
     x = _check_float_array(x, "x")
     if x.ndim == 0:
         raise ValueError("x must have at least one axis (the one normalised)")
     if x.shape[-1] == 0:
         raise ValueError("x's last axis is empty: there is nothing to normalise")
-    return np.ascontiguousarray(x)  # strided inputs are read through a contiguous copy
+    return _readable(x)  # strided or misaligned inputs are read through a contiguous copy
 
 
 def _eps(eps):
@@ -66,7 +76,7 @@ def _affine(value, argument, features, compute):
     _check_float_array(value, argument)
     if value.shape != (features,):
         raise ValueError(f"{argument} must have shape ({features},) to match x's last axis, got {value.shape}")
-    return np.ascontiguousarray(value, dtype=compute)
+    return _readable(value, compute)
 
 
 def _same_as_x(value, argument, x):
@@ -75,11 +85,16 @@ def _same_as_x(value, argument, x):
         raise ValueError(f"{argument} has shape {value.shape}, x has {x.shape}: they must match")
     if value.dtype != x.dtype:
         raise TypeError(f"{argument} has dtype {value.dtype}, x has {x.dtype}: they must match")
-    return np.ascontiguousarray(value)
+    return _readable(value)
 
 
-def _output(out, x, inputs):
-    """The caller's `out`, checked, or a new array like x."""
+def _output(out, x, inputs, exact_aliases_allowed):
+    """The caller's `out`, checked, or a new array like x.
+
+    out may be exactly one of the arrays named in exact_aliases_allowed
+    (rows are read before they are written); any other sharing of memory
+    with an input is refused, since rows would be overwritten before being read.
+    """
     if out is None:
         return np.empty_like(x)
     if not isinstance(out, np.ndarray):
@@ -90,11 +105,17 @@ def _output(out, x, inputs):
         raise ValueError("out is read-only")
     if not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous")
+    if not out.flags.aligned:
+        raise ValueError(f"out is not aligned: its data address is not a multiple of its itemsize "
+                         f"({out.dtype.itemsize} bytes); write into an aligned array")
     for name, array in inputs.items():
-        # Writing y over its own input row by row is safe; a shifted overlap is not.
-        if array is not None and np.may_share_memory(out, array) and not (
-                out.__array_interface__["data"][0] == array.__array_interface__["data"][0]):
-            raise ValueError(f"out partly overlaps {name}: it may alias it exactly, or not at all")
+        if array is None or not np.may_share_memory(out, array):
+            continue
+        same = (name in exact_aliases_allowed and array.shape == out.shape and array.dtype == out.dtype
+                and array.__array_interface__["data"][0] == out.__array_interface__["data"][0])
+        if not same:
+            allowed = " or ".join(exact_aliases_allowed)
+            raise ValueError(f"out overlaps {name}: out may be exactly {allowed}, or share no memory with the inputs")
     return out
 
 
@@ -104,7 +125,7 @@ def _statistic(value, argument, x):
     rows_shape = x.shape[:-1]
     if value.shape not in (rows_shape, rows_shape + (1,)):
         raise ValueError(f"{argument} must have shape {rows_shape} (one value per row of x), got {value.shape}")
-    return np.ascontiguousarray(value, dtype=_compute_dtype(x.dtype))
+    return _readable(value, _compute_dtype(x.dtype))
 
 
 def _forward(x, weight, bias, eps, residual, out, return_stats, rms):
@@ -116,7 +137,8 @@ def _forward(x, weight, bias, eps, residual, out, return_stats, rms):
     weight = _affine(weight, "weight", features, compute)
     bias = None if rms else _affine(bias, "bias", features, compute)
     residual = None if residual is None else _same_as_x(residual, "residual", x)
-    y = _output(out, x, {"x": x, "residual": residual})
+    y = _output(out, x, {"x": x, "residual": residual, "weight": weight, "bias": bias},
+                ("x", "residual") if residual is not None else ("x",))
     total = np.empty_like(x) if residual is not None else None
     mean = None if rms else np.empty(x.shape[:-1], dtype=compute)
     rstd = np.empty(x.shape[:-1], dtype=compute)
@@ -138,7 +160,7 @@ def _backward(dy, x, mean, rstd, weight, out, rms):
     rstd = _statistic(rstd, "rstd", x)
     weight_dtype = None if weight is None else weight.dtype if isinstance(weight, np.ndarray) else None
     weight = _affine(weight, "weight", features, compute)
-    dx = _output(out, x, {"x": x, "dy": dy})
+    dx = _output(out, x, {"x": x, "dy": dy, "mean": mean, "rstd": rstd, "weight": weight}, ("x", "dy"))
     dweight = np.zeros(features, dtype=np.float64) if weight is not None else None
     dbias = np.zeros(features, dtype=np.float64) if (weight is not None and not rms) else None
     if rows:

@@ -110,9 +110,13 @@ def grad_stats(arrays):
         fields["n_zero"].append(int((values == 0).sum()))
         fields["l2"].append(_norm(finite, 2.0))
         if finite.size:
-            fields["mean"].append(finite.mean())
-            fields["std"].append(finite.std())
-            fields["abs_mean"].append(np.abs(finite).mean())
+            # Moments of finite / 2^k with 2^k near max|x| (exact scaling), so
+            # that no sum or square overflows or underflows at the array's scale.
+            exponent = math.frexp(float(np.abs(finite).max()))[1]
+            scaled = np.ldexp(finite, -exponent)
+            fields["mean"].append(math.ldexp(scaled.mean(), exponent))
+            fields["std"].append(math.ldexp(scaled.std(), exponent))
+            fields["abs_mean"].append(math.ldexp(np.abs(scaled).mean(), exponent))
             fields["min"].append(finite.min())
             fields["max"].append(finite.max())
         else:

@@ -66,19 +66,37 @@ def grad_stats(arrays):
 
     Args:
         arrays: list/tuple or dict name -> array (float32, float64, float16,
-            bfloat16; mixed dtypes allowed). Strided arrays are read through a
-            contiguous copy.
+            bfloat16; mixed dtypes allowed). Strided or misaligned arrays are
+            read through a contiguous copy; the inputs are never modified.
 
     Returns:
-        GradStats. Accumulation is float64 in a fixed order, so results do not
-        depend on the number of threads.
+        GradStats. Sums are float64 in a fixed order, so results do not depend
+        on the number of threads: l2 from float64 squares of the values (it
+        equals global_norm of the same array to ~1e-15), mean from their
+        float64 sum; std and abs_mean from deviations and magnitudes formed in
+        float32 (float64 for float64 arrays), good to ~1e-7 of max|x|. Arrays
+        whose magnitudes lie beyond 2^60 or below 2^-40 (2^+-480 for float64)
+        are recomputed entirely in float64 on rescaled values.
     """
     array_list, names = as_array_list(arrays)
-    fields = _core.grad_stats(array_list, names)
+    return stats_of(array_list, names)
+
+
+def _hypot(norms):
+    """sqrt(sum norms^2) without overflow or underflow of the squares."""
+    largest = float(np.max(norms)) if len(norms) else 0.0
+    if largest == 0.0 or not math.isfinite(largest):
+        return largest
+    return largest * math.sqrt(float(np.sum(np.square(norms / largest))))
+
+
+def stats_of(array_list, names, argument="arrays"):
+    """grad_stats of an already flattened list; errors name `argument`[i] and the name."""
+    fields = _core.grad_stats(array_list, names, argument)
     if fields["n_nan"].any():
         total = math.nan
     elif fields["n_inf"].any():
         total = math.inf
     else:
-        total = math.sqrt(float(np.sum(np.square(fields["l2"]))))
+        total = _hypot(fields["l2"])
     return GradStats(names=tuple(names) if names is not None else None, global_norm=total, **fields)
