@@ -39,8 +39,9 @@ struct StatsPartial {
   int64_t nan = 0;
   int64_t zero = 0;
   double shift = 0.0;
-  double sum = 0.0;             // sum x
   double sum_of_squares = 0.0;  // sum x^2
+  double square_terms = 0.0;    // the magnitude of the terms sum_of_squares was formed from
+  double shifted_sum = 0.0;     // sum (x - shift)
   double shifted_sumsq = 0.0;   // sum (x - shift)^2
   double abs_sum = 0.0;         // sum |x|
   double min = 0.0;             // +inf when no finite entry

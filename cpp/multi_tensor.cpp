@@ -319,7 +319,7 @@ namespace {
 void finish_tensor_stats(const StatsPartial* pieces, int64_t piece_count, int64_t tensor, const StatsColumns& out,
                          double scale = 1.0, bool moments_only = false) {
   int64_t count = 0, finite = 0, nan = 0, zero = 0;
-  double sum = 0.0, mean = 0.0, deviations = 0.0, abs_sum = 0.0, sum_of_squares = 0.0;
+  double mean = 0.0, deviations = 0.0, abs_sum = 0.0, sum_of_squares = 0.0;
   double minimum = std::numeric_limits<double>::infinity(), maximum = -minimum;
   for (int64_t index = 0; index < piece_count; ++index) {
     const StatsPartial& piece = pieces[index];
@@ -327,17 +327,16 @@ void finish_tensor_stats(const StatsPartial* pieces, int64_t piece_count, int64_
     nan += piece.nan;
     zero += piece.zero;
     abs_sum += piece.abs_sum;
-    sum += piece.sum;
     sum_of_squares += piece.sum_of_squares;
     minimum = std::min(minimum, piece.min);
     maximum = std::max(maximum, piece.max);
     if (piece.finite == 0) continue;
-    // The piece's mean from its exact float64 sum; its squared deviations
-    // from the sums around `shift`: sum (x - m)^2 = sum (x - s)^2 - n (m - s)^2.
+    // The piece's moments from its sums around `shift`:
+    // sum (x - m)^2 = sum (x - s)^2 - (sum (x - s))^2 / n.
     const double piece_count_wide = static_cast<double>(piece.finite);
-    const double piece_mean = piece.sum / piece_count_wide;
-    const double offset = piece_mean - piece.shift;
-    const double piece_deviations = std::max(0.0, piece.shifted_sumsq - piece_count_wide * offset * offset);
+    const double piece_mean = piece.shift + piece.shifted_sum / piece_count_wide;
+    const double piece_deviations =
+        std::max(0.0, piece.shifted_sumsq - piece.shifted_sum * piece.shifted_sum / piece_count_wide);
     const double merged = static_cast<double>(finite) + piece_count_wide;
     const double delta = piece_mean - mean;
     mean += delta * piece_count_wide / merged;
@@ -346,8 +345,8 @@ void finish_tensor_stats(const StatsPartial* pieces, int64_t piece_count, int64_
   }
   const double nan_value = std::numeric_limits<double>::quiet_NaN();
   const double finite_wide = static_cast<double>(finite);
-  out.l2[tensor] = std::sqrt(sum_of_squares) / scale;
-  out.mean[tensor] = finite > 0 ? sum / finite_wide / scale : nan_value;
+  out.l2[tensor] = std::sqrt(std::max(0.0, sum_of_squares)) / scale;
+  out.mean[tensor] = finite > 0 ? mean / scale : nan_value;
   out.std[tensor] = finite > 0 ? std::sqrt(deviations / finite_wide) / scale : nan_value;
   out.abs_mean[tensor] = finite > 0 ? abs_sum / finite_wide / scale : nan_value;
   if (moments_only) return;
@@ -364,7 +363,23 @@ void finish_tensor_stats(const StatsPartial* pieces, int64_t piece_count, int64_
 bool stats_need_rescue(DType dtype, double max_abs) {
   if (!(max_abs > 0.0)) return false;  // all zero, or nothing finite
   const int exponent = std::ilogb(max_abs);
-  return dtype == DType::float64 ? (exponent >= 480 || exponent < -480) : (exponent >= 60 || exponent < -40);
+  // float64: squared deviations; float32 (and bfloat16): the compute-type
+  // sum of up to 16 magnitudes per lane, which overflows from 2^124.
+  if (dtype == DType::float64) return exponent >= 480 || exponent < -480;
+  return exponent >= 120;
+}
+
+// Whether a tensor's sum x^2, formed per piece from its shifted sums, lost
+// digits to cancellation: its terms exceed the result by more than
+// kCancellationLimit (the rounding error, under 2^-40 of the terms, could
+// then reach 1e-10 of the result). Rare: the piece's first finite value must
+// be ~11 times its root mean square or more.
+bool squares_cancelled(const StatsPartial* pieces, int64_t piece_count) {
+  constexpr double kCancellationLimit = 256.0;
+  for (int64_t index = 0; index < piece_count; ++index)
+    if (pieces[index].finite > 0 && pieces[index].square_terms > kCancellationLimit * pieces[index].sum_of_squares)
+      return true;
+  return false;
 }
 
 // Recomputes the moments of the listed tensors in float64 on values scaled by
@@ -429,7 +444,9 @@ void tensor_stats(const std::vector<TensorRef>& tensors, const StatsColumns& col
     const bool finished_in_task = tensor_end > tensor_first && tensor_end <= *task_of_first;
     if (!finished_in_task)
       finish_tensor_stats(partials.data() + tensor_first, tensor_end - tensor_first, static_cast<int64_t>(tensor), columns);
-    if (stats_need_rescue(tensors[tensor].dtype, std::max(std::fabs(columns.min[tensor]), std::fabs(columns.max[tensor]))))
+    const double max_abs = std::max(std::fabs(columns.min[tensor]), std::fabs(columns.max[tensor]));
+    if (stats_need_rescue(tensors[tensor].dtype, max_abs) ||
+        squares_cancelled(partials.data() + tensor_first, tensor_end - tensor_first))
       rescue.push_back(tensor);
   }
   if (!rescue.empty()) rescue_stats(tensors, rescue, columns);

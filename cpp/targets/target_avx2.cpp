@@ -4,6 +4,7 @@
 // AVX-512 copy of a helper must never be picked for the baseline path). The
 // standard headers come before the target pragma for the same reason.
 #include <cstdint>
+#include <type_traits>
 #if defined(__x86_64__) || defined(_M_X64)
 #include <immintrin.h>
 #endif
