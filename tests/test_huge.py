@@ -8,6 +8,7 @@ import pytest
 import gradguard as gg
 
 HUGE = 2**31 + 33
+pytestmark = pytest.mark.slow  # 4 GiB: not in the sanitizer pass
 
 
 @pytest.fixture(scope="module")
