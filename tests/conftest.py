@@ -2,7 +2,6 @@
 import numpy as np
 import pytest
 
-import gradguard as gg
 from gradguard import _core
 
 try:

@@ -5,7 +5,6 @@ nothing, reading functions never write, overlap refused everywhere) are in
 test_refusals.py.
 """
 import math
-import os
 import subprocess
 import sys
 import textwrap

@@ -3,7 +3,6 @@ import multiprocessing
 import os
 import subprocess
 import sys
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import BFLOAT16, DTYPES, random_array
+from conftest import random_array
 
 import gradguard as gg
 from gradguard import reference

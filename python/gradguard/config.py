@@ -4,17 +4,25 @@ from __future__ import annotations
 import numpy as np
 
 from . import _core
+from ._arguments import positive_int
 
 __all__ = ["set_num_threads", "get_num_threads", "simd_target", "config", "show_config"]
 
 
+# Beyond any machine's cores; keeps the count an int for the core.
+_MAX_THREADS = 1 << 16
+
+
 def set_num_threads(count):
-    """Use `count` >= 1 threads in the core (default: the cores this process may run on)."""
-    if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
-        raise TypeError(f"count must be an int, got {type(count).__name__}")
-    if count < 1:
-        raise ValueError(f"count must be >= 1, got {count}")
-    _core.set_num_threads(int(count))
+    """Use `count` >= 1 threads in the core (default: the cores this process may run on).
+
+    If the system refuses to start that many threads, the previous count is kept
+    and a RuntimeError says so.
+    """
+    count = positive_int(count, "count")
+    if count > _MAX_THREADS:
+        raise ValueError(f"count must be at most {_MAX_THREADS}, got {count}")
+    _core.set_num_threads(count)
 
 
 def get_num_threads():

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._arguments import as_array_list, in_order_of
+from ._arguments import as_array_list, in_order_of, positive_int, real
 from .stats import stats_of
 
 __all__ = ["GradientMonitor", "Finding"]
@@ -56,8 +55,17 @@ class GradientMonitor:
                  decay_ratio=1e-3, spike_z=8.0, min_history=20, growth_factor=2.0, growth_steps=5,
                  dead_fraction=0.9, update_ratio_high=0.1, update_ratio_low=1e-7, baseline_refresh=16,
                  max_findings=10000):
-        if window < 2 or patience < 1 or min_history < 2 or min_history > window:
-            raise ValueError("need window >= 2, patience >= 1 and 2 <= min_history <= window")
+        window, patience = positive_int(window, "window", 2), positive_int(patience, "patience")
+        min_history, growth_steps = positive_int(min_history, "min_history", 2), positive_int(growth_steps, "growth_steps")
+        baseline_refresh, max_findings = positive_int(baseline_refresh, "baseline_refresh"), positive_int(
+            max_findings, "max_findings", 0)
+        if min_history > window:
+            raise ValueError(f"min_history ({min_history}) must not exceed window ({window})")
+        vanishing_floor, vanishing_ratio, decay_ratio, spike_z, growth_factor, dead_fraction, update_ratio_high, \
+            update_ratio_low = (real(value, name, low=0.0, allow_inf=name == "spike_z") for name, value in (
+                ("vanishing_floor", vanishing_floor), ("vanishing_ratio", vanishing_ratio), ("decay_ratio", decay_ratio),
+                ("spike_z", spike_z), ("growth_factor", growth_factor), ("dead_fraction", dead_fraction),
+                ("update_ratio_high", update_ratio_high), ("update_ratio_low", update_ratio_low)))
         self.names = None if names is None else [str(n) for n in names]
         self._named = names is not None  # whether layers have real names, so that dicts match by them
         self.window = int(window)

@@ -4,11 +4,11 @@ does the work, rows in parallel with the GIL released; this module checks
 arguments, allocates outputs and converts weights to the compute type."""
 from __future__ import annotations
 
-import math
 
 import numpy as np
 
 from . import _core
+from ._arguments import real
 
 __all__ = ["layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward"]
 
@@ -60,13 +60,7 @@ def _input(x):
 
 
 def _eps(eps):
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__}") from None
-    if not (value > 0 and math.isfinite(value)):
-        raise ValueError(f"eps must be a finite number > 0, got {eps!r}")
-    return value
+    return real(eps, "eps", low=0.0, low_open=True, allow_inf=False)
 
 
 def _affine(value, argument, features, compute):

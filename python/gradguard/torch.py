@@ -13,7 +13,6 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without torch
     raise ImportError("gradguard.torch needs PyTorch: pip install torch") from error
 
-import numpy as np
 
 from .clip import clip_by_global_norm
 
