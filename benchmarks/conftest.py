@@ -1,5 +1,6 @@
 """Shared setup of the benchmarks: both libraries on 2 threads (the figures
 the issues ask for), and what they ran with in pytest-benchmark's machine info."""
+
 import numpy as np
 import pytest
 

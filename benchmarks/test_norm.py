@@ -1,5 +1,6 @@
 """pytest-benchmark: layer norm forward and backward (float32) on the issue's
 shapes, gradguard against NumPy and torch, one group per shape and direction."""
+
 import pytest
 
 from gradguard.bench import NORM_SHAPES, make_norm_cases

@@ -1,6 +1,7 @@
 """pytest-benchmark: one optimiser step with clipping on gpt2-small (float32,
 2 threads): gradguard fused and unfused, torch clip_grad_norm_ + AdamW(fused)
 and (foreach); one group per optimiser."""
+
 import pytest
 
 from gradguard.bench import make_optimizer_cases

@@ -1,11 +1,12 @@
 """pytest-benchmark: gradguard (on each SIMD target the CPU has), NumPy and torch
 on the standard workloads, one group per workload and operation, so ratios read
 directly. Run: pytest benchmarks --benchmark-only  (add --benchmark-group-by=group)."""
+
 import numpy as np
 import pytest
 
 from gradguard import _core
-from gradguard.bench import make_cases, read_probes, torch, write_probes
+from gradguard.bench import make_cases, read_probes, write_probes
 from gradguard.workloads import make_gradients, workload_names
 
 OPERATIONS = ["global_norm", "clip_by_global_norm", "grad_stats"]
@@ -56,8 +57,9 @@ def test_workload(benchmark, cases_of, workload, operation, implementation):
         benchmark.extra_info["GB/s"] = case.bytes_moved() / benchmark.stats.stats.median / 1e9
 
 
-_PROBE_NAMES = [("read", name) for name in read_probes(np.zeros(16, np.float32))] + \
-               [("read_write", name) for name in write_probes(np.zeros(16, np.float32))]
+_PROBE_NAMES = [("read", name) for name in read_probes(np.zeros(16, np.float32))] + [
+    ("read_write", name) for name in write_probes(np.zeros(16, np.float32))
+]
 
 
 @pytest.mark.parametrize("kind, probe", _PROBE_NAMES, ids=[f"{k}-{n}" for k, n in _PROBE_NAMES])

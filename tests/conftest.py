@@ -1,4 +1,5 @@
 """Fixtures shared by the tests: SIMD targets, dtypes, sizes and tolerances."""
+
 import numpy as np
 import pytest
 
@@ -27,8 +28,12 @@ STATS_RTOL = {"float32": 2e-6, "float64": 1e-10, "float16": 2e-6, "bfloat16": 2e
 
 def _target_params():
     supported = set(_core.supported_targets())
-    return [pytest.param(name, marks=() if name in supported else pytest.mark.skip(
-        reason=f"this CPU cannot run the {name} target")) for name in _core.compiled_targets()]
+    return [
+        pytest.param(
+            name, marks=() if name in supported else pytest.mark.skip(reason=f"this CPU cannot run the {name} target")
+        )
+        for name in _core.compiled_targets()
+    ]
 
 
 @pytest.fixture(params=_target_params())

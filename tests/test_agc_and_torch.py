@@ -1,9 +1,10 @@
 """AGC against NumPy transcriptions of timm's and Optax's rules; the torch adapter."""
+
 import numpy as np
 import pytest
-from conftest import BFLOAT16
 
 import gradguard as gg
+from conftest import BFLOAT16
 
 SHAPES = [(16, 8, 3, 3), (40, 30), (7,), (5, 4, 3), (1,), (300, 2), (1, 7), (1, 1, 1, 6), (3, 3, 4, 8)]
 
@@ -20,8 +21,8 @@ def reference_agc(params, grads, clipping, eps, unit_axis):
             axes = (0,)
         else:  # HWIO convolutions
             axes = tuple(range(p.ndim - 1))
-        param_norm = np.sqrt((p ** 2).sum(axis=axes, keepdims=True))
-        grad_norm = np.sqrt((g ** 2).sum(axis=axes, keepdims=True))
+        param_norm = np.sqrt((p**2).sum(axis=axes, keepdims=True))
+        grad_norm = np.sqrt((g**2).sum(axis=axes, keepdims=True))
         limit = clipping * np.maximum(param_norm, eps)
         out.append(np.where(grad_norm < limit, g, g * (limit / np.maximum(grad_norm, 1e-6))))
     return out
@@ -77,7 +78,7 @@ def test_torch_adapter_matches_torch():
     if BFLOAT16 is not None:
         weights = torch.nn.Parameter(torch.ones(8, dtype=torch.bfloat16))
         weights.grad = torch.full((8,), 3.0, dtype=torch.bfloat16)
-        assert float(clip_grad_norm_([weights], 1.0)) == pytest.approx(3.0 * 8 ** 0.5, rel=1e-6)
+        assert float(clip_grad_norm_([weights], 1.0)) == pytest.approx(3.0 * 8**0.5, rel=1e-6)
         assert float(weights.grad.float().norm()) == pytest.approx(1.0, rel=1e-2)
 
 

@@ -4,6 +4,7 @@ The general guards against each class of defect (refused calls change
 nothing, reading functions never write, overlap refused everywhere) are in
 test_refusals.py.
 """
+
 import math
 import subprocess
 import sys
@@ -11,15 +12,16 @@ import textwrap
 
 import numpy as np
 import pytest
-from conftest import BFLOAT16
 
 import gradguard as gg
+from conftest import BFLOAT16
 from gradguard import reference
 
 
 def run_python(code, timeout=120):
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def misaligned(values, dtype=np.float32):
@@ -33,6 +35,7 @@ def misaligned(values, dtype=np.float32):
 
 
 # -- 1. use-after-free: every call owns its arrays ------------------------------------------------
+
 
 def test_list_cleared_by_another_thread_during_the_call():
     result = run_python("""
@@ -78,6 +81,7 @@ def test_optimiser_snapshots_its_parameters():
 
 # -- 2. aliasing ------------------------------------------------------------------------------------
 
+
 def test_the_same_array_twice_is_refused_and_untouched():
     a = np.ones(2**20, np.float32)
     with pytest.raises(ValueError, match=r"arrays\[0\] and arrays\[1\] are the same memory"):
@@ -87,13 +91,16 @@ def test_the_same_array_twice_is_refused_and_untouched():
     assert gg.global_norm([a, a]) == pytest.approx(math.sqrt(2 * 2**20))
 
 
-@pytest.mark.parametrize("call", [
-    lambda arrays: gg.clip_by_global_norm(arrays, 1.0),
-    lambda arrays: gg.clip_by_norm(arrays, 1.0),
-    lambda arrays: gg.clip_by_value(arrays, 0.5),
-    lambda arrays: gg.clip_with_norm_(arrays, 1.0, 100.0),
-    lambda arrays: gg.unscale_(arrays, 0.5),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda arrays: gg.clip_by_global_norm(arrays, 1.0),
+        lambda arrays: gg.clip_by_norm(arrays, 1.0),
+        lambda arrays: gg.clip_by_value(arrays, 0.5),
+        lambda arrays: gg.clip_with_norm_(arrays, 1.0, 100.0),
+        lambda arrays: gg.unscale_(arrays, 0.5),
+    ],
+)
 def test_overlapping_views_are_refused(call):
     base = np.ones(1000, np.float32)
     with pytest.raises(ValueError, match=r"\[0\] \('w'\) and .*\[1\] \('b'\) overlap in memory"):
@@ -125,9 +132,9 @@ def test_layer_norm_out_partly_overlapping_an_input(overlapped):
     out_buffer = np.zeros(40, np.float32)
     source = {"x": x, "residual": residual, "weight": weight}[overlapped]
     shared = np.zeros(source.size + 40, np.float32)
-    shared[:source.size] = source.ravel()
+    shared[: source.size] = source.ravel()
     arguments = {"x": x, "residual": residual, "weight": weight}
-    arguments[overlapped] = shared[:source.size].reshape(source.shape)
+    arguments[overlapped] = shared[: source.size].reshape(source.shape)
     out = shared[4:36].reshape(4, 8)
     before = shared.copy()
     with pytest.raises(ValueError, match=f"out overlaps {overlapped}"):
@@ -162,15 +169,18 @@ def test_grad_stats_extreme_values(simd_target, values):
 
 def test_monitor_does_not_misread_extreme_layers():
     monitor = gg.GradientMonitor()
-    grads = {"huge": np.array([3e38, -3e38, 1, 2], np.float32),
-             "outlier": np.concatenate([np.ones(99, np.float32), np.array([2e19], np.float32)]),
-             "normal": np.ones(10, np.float32)}
+    grads = {
+        "huge": np.array([3e38, -3e38, 1, 2], np.float32),
+        "outlier": np.concatenate([np.ones(99, np.float32), np.array([2e19], np.float32)]),
+        "normal": np.ones(10, np.float32),
+    }
     for _ in range(6):
         findings = monitor.update(grads)
         assert not [f for f in findings if f.layer in ("huge", "outlier")], findings
 
 
 # -- 4. refused calls change nothing ---------------------------------------------------------------
+
 
 def test_agc_refuses_before_scaling_any_gradient():
     params = [np.ones((4, 4), np.float32), np.ones((4, 4), np.float32)]
@@ -217,17 +227,21 @@ def test_half_valid_state_dict_changes_nothing():
 
 # -- 5. state loaded with the constructor's rules --------------------------------------------------
 
-@pytest.mark.parametrize("change, error", [
-    (lambda s: s["hyper"].update(lr=math.nan), ValueError),
-    (lambda s: s["hyper"].update(lr=-1.0), ValueError),
-    (lambda s: s.update(max_grad_norm=-1.0), ValueError),
-    (lambda s: s["hyper"].update(betas=(0.9, 1.0)), ValueError),
-    (lambda s: s["hyper"].pop("eps"), ValueError),
-    (lambda s: s.pop("step"), KeyError),
-    (lambda s: s["state"].update(exp_avg=[np.zeros(3, np.complex64)]), TypeError),
-    (lambda s: s["state"].update(momentum_buffer=[np.zeros(3, np.float32)]), ValueError),
-    (lambda s: s.update(kind="SGD"), ValueError),
-])
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        (lambda s: s["hyper"].update(lr=math.nan), ValueError),
+        (lambda s: s["hyper"].update(lr=-1.0), ValueError),
+        (lambda s: s.update(max_grad_norm=-1.0), ValueError),
+        (lambda s: s["hyper"].update(betas=(0.9, 1.0)), ValueError),
+        (lambda s: s["hyper"].pop("eps"), ValueError),
+        (lambda s: s.pop("step"), KeyError),
+        (lambda s: s["state"].update(exp_avg=[np.zeros(3, np.complex64)]), TypeError),
+        (lambda s: s["state"].update(momentum_buffer=[np.zeros(3, np.float32)]), ValueError),
+        (lambda s: s.update(kind="SGD"), ValueError),
+    ],
+)
 def test_invalid_optimizer_state_refused(change, error):
     optimizer = _adam()
     state = optimizer.state_dict()
@@ -258,6 +272,7 @@ def test_loss_scaler_state_refused(scale):
 
 # -- 6. misaligned arrays ----------------------------------------------------------------------------
 
+
 def test_misaligned_reads_are_correct(simd_target):
     values = np.random.default_rng(1).standard_normal(1000)
     array = misaligned(values)
@@ -276,8 +291,11 @@ def test_misaligned_reads_are_correct(simd_target):
 
 def test_misaligned_in_place_refused_with_the_reason():
     array = misaligned(np.ones(100))
-    for call in (lambda: gg.clip_by_global_norm([array], 1.0), lambda: gg.clip_by_value([array], 0.5),
-                 lambda: gg.unscale_([array], 0.5)):
+    for call in (
+        lambda: gg.clip_by_global_norm([array], 1.0),
+        lambda: gg.clip_by_value([array], 0.5),
+        lambda: gg.unscale_([array], 0.5),
+    ):
         with pytest.raises(ValueError, match="not aligned"):
             call()
     with pytest.raises(ValueError, match="not aligned"):
@@ -286,6 +304,7 @@ def test_misaligned_in_place_refused_with_the_reason():
 
 
 # -- 7. the loss scale stays in float32 range ------------------------------------------------------
+
 
 def test_loss_scaler_never_grows_past_float32():
     scaler = gg.LossScaler(init_scale=1e38, growth_factor=16, growth_interval=1)
@@ -297,6 +316,7 @@ def test_loss_scaler_never_grows_past_float32():
 
 
 # -- 8. dicts are matched by name ---------------------------------------------------------------------
+
 
 def test_optimizer_matches_gradient_dicts_by_name():
     params = {"a": np.ones(3, np.float32), "b": np.ones(3, np.float32)}
@@ -320,6 +340,7 @@ def test_monitor_matches_dicts_by_name():
 
 
 # -- 9. smaller ones ------------------------------------------------------------------------------------
+
 
 def test_autoclip_clips_at_the_percentile_itself():
     grads = [np.full(4, 3.0, np.float32)]
@@ -371,13 +392,16 @@ def test_kaiming_on_zero_elements_is_a_no_op_and_bfloat16_is_filled():
         assert np.abs(weight.astype(np.float32)).max() > 0
 
 
-@pytest.mark.parametrize("call", [
-    lambda: gg.clip_by_global_norm([np.ones(3, np.float32)], "1"),
-    lambda: gg.clip_by_global_norm([np.ones(3, np.float32)], True),
-    lambda: gg.global_norm([np.ones(3, np.float32)], ord=True),
-    lambda: gg.LossScaler(growth_interval=True),
-    lambda: gg.optim.SGD([np.ones(3, np.float32)], lr=True),
-])
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: gg.clip_by_global_norm([np.ones(3, np.float32)], "1"),
+        lambda: gg.clip_by_global_norm([np.ones(3, np.float32)], True),
+        lambda: gg.global_norm([np.ones(3, np.float32)], ord=True),
+        lambda: gg.LossScaler(growth_interval=True),
+        lambda: gg.optim.SGD([np.ones(3, np.float32)], lr=True),
+    ],
+)
 def test_bool_and_str_scalars_refused(call):
     with pytest.raises(TypeError):
         call()

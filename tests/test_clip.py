@@ -1,11 +1,12 @@
 """Clipping against the NumPy reference and torch.nn.utils, on every SIMD target."""
+
 import math
 
 import numpy as np
 import pytest
-from conftest import BFLOAT16, SIZES, random_array
 
 import gradguard as gg
+from conftest import BFLOAT16, SIZES, random_array
 from gradguard import reference
 
 
@@ -47,8 +48,11 @@ def test_report(simd_target, rng):
 
 
 def test_report_names_nonfinite_arrays(simd_target):
-    arrays = {"ok": np.ones(10, np.float32), "has_nan": np.array([1, np.nan], np.float32),
-              "has_inf": np.array([np.inf, 1], np.float16)}
+    arrays = {
+        "ok": np.ones(10, np.float32),
+        "has_nan": np.array([1, np.nan], np.float32),
+        "has_inf": np.array([np.inf, 1], np.float16),
+    }
     listed_copies = [a.copy() for a in arrays.values()]
     report = gg.clip_by_global_norm(arrays, 1.0, return_report=True)
     assert math.isnan(report.total_norm) and report.nonfinite == ("has_nan", "has_inf")

@@ -1,4 +1,5 @@
 """SIMD selection, threads, concurrent callers, fork."""
+
 import multiprocessing
 import os
 import subprocess
@@ -13,8 +14,9 @@ from gradguard import _core
 
 
 def run_python(code, **env):
-    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          env={**os.environ, **env}, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=120
+    )
 
 
 def test_show_config_prints_target_threads_compiler(capsys):
@@ -36,7 +38,7 @@ def test_environment_variable_caps_the_level(cap):
     assert result.returncode == 0, result.stderr
     supported = _core.supported_targets()
     order = _core.compiled_targets()
-    expected = next(t for t in order[order.index(cap):] if t in supported)
+    expected = next(t for t in order[order.index(cap) :] if t in supported)
     assert result.stdout.strip() == expected
 
 

@@ -1,4 +1,5 @@
 """The demo's network (backward against finite differences) and a short demo run."""
+
 import numpy as np
 import pytest
 
@@ -6,8 +7,10 @@ from gradguard import demo
 from gradguard.mlp import MLP, two_spirals
 
 
-@pytest.mark.parametrize("activation, residual, layer_norm", [
-    ("tanh", False, False), ("relu", True, False), ("sigmoid", False, True), ("tanh", True, True)])
+@pytest.mark.parametrize(
+    "activation, residual, layer_norm",
+    [("tanh", False, False), ("relu", True, False), ("sigmoid", False, True), ("tanh", True, True)],
+)
 def test_backward_matches_finite_differences(activation, residual, layer_norm):
     rng = np.random.default_rng(0)
     net = MLP([2, 6, 6, 6, 2], activation, residual, layer_norm, dtype=np.float64)
@@ -35,7 +38,10 @@ def test_two_spirals_are_balanced_and_reproducible():
 
 def test_short_demo_run_writes_table_and_pictures(tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    assert demo.main(["--depths", "3", "12", "--steps", "25", "--configs", "0", "2", "8", "9", "--out", str(tmp_path)]) == 0
+    assert (
+        demo.main(["--depths", "3", "12", "--steps", "25", "--configs", "0", "2", "8", "9", "--out", str(tmp_path)])
+        == 0
+    )
     out = capsys.readouterr().out
     assert "sigmoid + N(0, 0.01)" in out and "8 runs" in out
     rows = [line for line in out.splitlines() if line.startswith("sigmoid")]

@@ -1,11 +1,12 @@
 """gg.global_norm against the float64 NumPy reference, on every SIMD target."""
+
 import math
 
 import numpy as np
 import pytest
-from conftest import BFLOAT16, DTYPES, NORM_RTOL, SIZES, random_array
 
 import gradguard as gg
+from conftest import BFLOAT16, DTYPES, NORM_RTOL, SIZES, random_array
 from gradguard import reference
 
 ORDS = [2.0, 1.0, math.inf, 3.0, 0.5]
@@ -110,5 +111,6 @@ def test_torch_agrees():
     arrays = [random_array(rng, n, np.float32) for n in (10, 1000, 100_000)]
     for ord in (2.0, 1.0, math.inf, 3.0):
         expected = torch.linalg.vector_norm(
-            torch.stack([torch.linalg.vector_norm(torch.from_numpy(a).double(), ord) for a in arrays]), ord)
+            torch.stack([torch.linalg.vector_norm(torch.from_numpy(a).double(), ord) for a in arrays]), ord
+        )
         assert gg.global_norm(arrays, ord=ord) == pytest.approx(float(expected), rel=1e-9)

@@ -1,11 +1,12 @@
 """gg.grad_stats against the float64 NumPy reference, on every SIMD target."""
+
 import math
 
 import numpy as np
 import pytest
-from conftest import SIZES, STATS_RTOL, random_array
 
 import gradguard as gg
+from conftest import SIZES, STATS_RTOL, random_array
 from gradguard import reference
 
 FLOAT_FIELDS = ("mean", "std", "abs_mean", "l2", "min", "max")
@@ -35,14 +36,17 @@ def test_nan_inf_and_zeros_are_counted_not_averaged(simd_target, dtype, size, rn
     values = random_array(rng, size, dtype)
     positions = rng.permutation(size)
     values[positions[: size // 10]] = 0
-    values[positions[size // 10: size // 5]] = np.nan
-    values[positions[size // 5: size // 5 + size // 20]] = np.inf
+    values[positions[size // 10 : size // 5]] = np.nan
+    values[positions[size // 5 : size // 5 + size // 20]] = np.inf
     values[positions[-1]] = -np.inf if size > 1 else values[positions[-1]]
     stats = gg.grad_stats({"layer": values})
     assert_stats_match(stats, reference.grad_stats([values]), dtype)
     assert stats.names == ("layer",)
-    expected_global = math.nan if np.isnan(values.astype(np.float64)).any() else (
-        math.inf if np.isinf(values.astype(np.float64)).any() else stats.l2[0])
+    expected_global = (
+        math.nan
+        if np.isnan(values.astype(np.float64)).any()
+        else (math.inf if np.isinf(values.astype(np.float64)).any() else stats.l2[0])
+    )
     assert stats.global_norm == expected_global or (math.isnan(stats.global_norm) and math.isnan(expected_global))
 
 

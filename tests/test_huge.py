@@ -1,5 +1,6 @@
 """Arrays past 2^31 elements (64-bit indexing). float16 keeps them at 4 GiB;
 np.zeros maps untouched pages to the shared zero page, so reading is cheap."""
+
 import math
 
 import numpy as np

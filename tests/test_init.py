@@ -1,5 +1,6 @@
 """Initialisers: moments and bounds against the formulas (fixed seeds, tolerances
 from the sampling error), orthogonality, gains, conv fans, LSUV, torch parity."""
+
 import math
 
 import numpy as np
@@ -101,10 +102,18 @@ def test_torch_parity_of_the_distributions():
     torch = pytest.importorskip("torch")
     for shape in [(128, 64), (32, 16, 3, 3)]:
         for ours, theirs in [
-            (lambda s: init.kaiming_uniform(s, a=math.sqrt(5), rng=0), lambda t: torch.nn.init.kaiming_uniform_(t, a=math.sqrt(5))),
-            (lambda s: init.xavier_normal(s, gain=init.calculate_gain("tanh"), rng=0),
-             lambda t: torch.nn.init.xavier_normal_(t, gain=torch.nn.init.calculate_gain("tanh"))),
-            (lambda s: init.kaiming_normal(s, nonlinearity="relu", rng=0), lambda t: torch.nn.init.kaiming_normal_(t, nonlinearity="relu")),
+            (
+                lambda s: init.kaiming_uniform(s, a=math.sqrt(5), rng=0),
+                lambda t: torch.nn.init.kaiming_uniform_(t, a=math.sqrt(5)),
+            ),
+            (
+                lambda s: init.xavier_normal(s, gain=init.calculate_gain("tanh"), rng=0),
+                lambda t: torch.nn.init.xavier_normal_(t, gain=torch.nn.init.calculate_gain("tanh")),
+            ),
+            (
+                lambda s: init.kaiming_normal(s, nonlinearity="relu", rng=0),
+                lambda t: torch.nn.init.kaiming_normal_(t, nonlinearity="relu"),
+            ),
         ]:
             mine = ours(shape)
             torch.manual_seed(0)

@@ -1,5 +1,6 @@
 """GradientMonitor on synthetic histories whose truth is known, and the
 adaptive clippers against plain re-implementations of the papers' rules."""
+
 import json
 import math
 
@@ -133,7 +134,7 @@ def reference_zclip(norms, alpha, z_thresh, max_grad_norm, eps, warmup):
                 var = sum((x - mean) ** 2 for x in buffer) / len(buffer)
             thresholds.append(max_grad_norm)
             continue
-        std = var ** 0.5
+        std = var**0.5
         z = (g - mean) / (std + eps)
         clip = mean + (z_thresh * std) / (z / z_thresh) if z > z_thresh else None
         thresholds.append(min(clip if clip is not None else g, max_grad_norm))

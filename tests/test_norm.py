@@ -1,12 +1,13 @@
 """Layer norm and RMS norm: forward and backward against the float64 NumPy
 reference, finite differences and torch, on every SIMD target."""
+
 import math
 
 import numpy as np
 import pytest
-from conftest import random_array
 
 import gradguard as gg
+from conftest import random_array
 from gradguard import reference
 
 # Feature sizes straddling vector widths, the 16-vector summation span and
@@ -120,7 +121,9 @@ def test_backward_matches_finite_differences(simd_target, rms, rng):
         direction = rng.standard_normal(x.shape)
         assert np.sum(dx * direction) == pytest.approx(_finite_difference(loss_of_x, x, direction), rel=1e-6)
         direction = rng.standard_normal(weight.shape)
-        assert np.sum(dweight * direction) == pytest.approx(_finite_difference(loss_of_weight, weight, direction), rel=1e-6)
+        assert np.sum(dweight * direction) == pytest.approx(
+            _finite_difference(loss_of_weight, weight, direction), rel=1e-6
+        )
 
 
 def test_residual_is_fused_and_returned(simd_target, dtype, rng):
@@ -128,8 +131,15 @@ def test_residual_is_fused_and_returned(simd_target, dtype, rng):
     residual = random_array(rng, (6, 200), dtype)
     weight, bias = random_array(rng, 200, dtype), random_array(rng, 200, dtype)
     y, s = gg.layer_norm(x, weight, bias, residual=residual)
-    np.testing.assert_array_equal(as64(s), as64((x.astype(np.float32 if dtype != np.float64 else np.float64)
-                                                 + residual.astype(np.float32 if dtype != np.float64 else np.float64)).astype(dtype)))
+    np.testing.assert_array_equal(
+        as64(s),
+        as64(
+            (
+                x.astype(np.float32 if dtype != np.float64 else np.float64)
+                + residual.astype(np.float32 if dtype != np.float64 else np.float64)
+            ).astype(dtype)
+        ),
+    )
     np.testing.assert_array_equal(as64(y), as64(gg.layer_norm(s, weight, bias)))
     y_rms, rstd, s_rms = gg.rms_norm(x, weight, residual=residual, return_stats=True)
     np.testing.assert_array_equal(as64(s_rms), as64(s))
@@ -191,8 +201,9 @@ def test_leading_shapes_and_strided_input(simd_target, rng):
     view = base[::2, 5:65]  # strided rows, partial columns: read through a copy
     np.testing.assert_allclose(gg.layer_norm(view), reference.layer_norm(view)[0], rtol=1e-5, atol=1e-5)
     dx = gg.layer_norm_backward(view, view, *gg.layer_norm(view, return_stats=True)[1:])[0]
-    np.testing.assert_allclose(dx, reference.layer_norm_backward(view, view, *reference.layer_norm(view)[1:3])[0],
-                               rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(
+        dx, reference.layer_norm_backward(view, view, *reference.layer_norm(view)[1:3])[0], rtol=1e-4, atol=1e-5
+    )
     assert gg.layer_norm(np.zeros((0, 8), np.float32)).shape == (0, 8)
 
 
@@ -224,23 +235,26 @@ def test_fp32_weights_with_half_activations(rng):
     assert gg.layer_norm_backward(x, x, mean, rstd, weight)[1].dtype == np.float32
 
 
-@pytest.mark.parametrize("call, error, words", [
-    (lambda x, w: gg.layer_norm(x, w[:5]), ValueError, "weight must have shape"),
-    (lambda x, w: gg.layer_norm(x, w, w[:3]), ValueError, "bias must have shape"),
-    (lambda x, w: gg.layer_norm(x, eps=0.0), ValueError, "eps"),
-    (lambda x, w: gg.rms_norm(x, eps=math.nan), ValueError, "eps"),
-    (lambda x, w: gg.layer_norm(x.astype(np.int32)), TypeError, "x has dtype int32"),
-    (lambda x, w: gg.layer_norm(x, w.astype(np.int64)), TypeError, "weight has dtype int64"),
-    (lambda x, w: gg.layer_norm(x, residual=x[:2]), ValueError, "residual has shape"),
-    (lambda x, w: gg.layer_norm(x, residual=x.astype(np.float64)), TypeError, "residual has dtype"),
-    (lambda x, w: gg.layer_norm(x, out=np.empty((3, 3), np.float32)), ValueError, "out must have"),
-    (lambda x, w: gg.layer_norm_backward(x[:2], x, np.zeros(4), np.ones(4)), ValueError, "dy has shape"),
-    (lambda x, w: gg.layer_norm_backward(x, x, np.zeros(3), np.ones(4)), ValueError, "mean must have shape"),
-    (lambda x, w: gg.rms_norm_backward(x, x, np.ones(5)), ValueError, "rstd must have shape"),
-    (lambda x, w: gg.layer_norm([[1.0, 2.0]]), TypeError, "x must be a NumPy array"),
-    (lambda x, w: gg.layer_norm(np.float32(3.0)), TypeError, "x must be a NumPy array"),
-    (lambda x, w: gg.layer_norm(np.zeros((4, 0), np.float32)), ValueError, "last axis is empty"),
-])
+@pytest.mark.parametrize(
+    "call, error, words",
+    [
+        (lambda x, w: gg.layer_norm(x, w[:5]), ValueError, "weight must have shape"),
+        (lambda x, w: gg.layer_norm(x, w, w[:3]), ValueError, "bias must have shape"),
+        (lambda x, w: gg.layer_norm(x, eps=0.0), ValueError, "eps"),
+        (lambda x, w: gg.rms_norm(x, eps=math.nan), ValueError, "eps"),
+        (lambda x, w: gg.layer_norm(x.astype(np.int32)), TypeError, "x has dtype int32"),
+        (lambda x, w: gg.layer_norm(x, w.astype(np.int64)), TypeError, "weight has dtype int64"),
+        (lambda x, w: gg.layer_norm(x, residual=x[:2]), ValueError, "residual has shape"),
+        (lambda x, w: gg.layer_norm(x, residual=x.astype(np.float64)), TypeError, "residual has dtype"),
+        (lambda x, w: gg.layer_norm(x, out=np.empty((3, 3), np.float32)), ValueError, "out must have"),
+        (lambda x, w: gg.layer_norm_backward(x[:2], x, np.zeros(4), np.ones(4)), ValueError, "dy has shape"),
+        (lambda x, w: gg.layer_norm_backward(x, x, np.zeros(3), np.ones(4)), ValueError, "mean must have shape"),
+        (lambda x, w: gg.rms_norm_backward(x, x, np.ones(5)), ValueError, "rstd must have shape"),
+        (lambda x, w: gg.layer_norm([[1.0, 2.0]]), TypeError, "x must be a NumPy array"),
+        (lambda x, w: gg.layer_norm(np.float32(3.0)), TypeError, "x must be a NumPy array"),
+        (lambda x, w: gg.layer_norm(np.zeros((4, 0), np.float32)), ValueError, "last axis is empty"),
+    ],
+)
 def test_bad_input_names_the_argument(call, error, words):
     x = np.ones((4, 10), np.float32)
     weight = np.ones(10, np.float32)
@@ -254,7 +268,6 @@ def test_read_only_out_is_refused():
     out.flags.writeable = False
     with pytest.raises(ValueError, match="out is read-only"):
         gg.layer_norm(x, out=out)
-
 
 
 def _torch():

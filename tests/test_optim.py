@@ -1,12 +1,13 @@
 """Fused optimiser steps, unscale_ and LossScaler: against torch.optim / torch.amp
 (when installed) and the NumPy reference, on every SIMD target."""
+
 import math
 
 import numpy as np
 import pytest
-from conftest import BFLOAT16
 
 import gradguard as gg
+from conftest import BFLOAT16
 from gradguard import reference
 
 SHAPES = [(7, 5), (33,), (300, 17), (1,)]
@@ -22,10 +23,18 @@ CONFIGS = [
     ("rmsprop", dict(lr=0.01, momentum=0.5, centered=True, weight_decay=0.1)),
 ]
 CLASSES = {"sgd": gg.optim.SGD, "adam": gg.optim.Adam, "adamw": gg.optim.AdamW, "rmsprop": gg.optim.RMSprop}
-DEFAULTS = {"sgd": {}, "adam": dict(betas=(0.9, 0.999), eps=1e-8), "adamw": dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2),
-            "rmsprop": dict(alpha=0.99, eps=1e-8)}
-STATE_NAMES = {"sgd": ("momentum",), "adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-               "adamw": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"), "rmsprop": ("square_avg", "momentum", "grad_avg")}
+DEFAULTS = {
+    "sgd": {},
+    "adam": dict(betas=(0.9, 0.999), eps=1e-8),
+    "adamw": dict(betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2),
+    "rmsprop": dict(alpha=0.99, eps=1e-8),
+}
+STATE_NAMES = {
+    "sgd": ("momentum",),
+    "adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    "adamw": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
+    "rmsprop": ("square_avg", "momentum", "grad_avg"),
+}
 
 
 def _gradient_sequence(seed, steps, shapes=SHAPES, dtype=np.float32):
@@ -48,7 +57,9 @@ def test_trajectory_matches_numpy_reference(simd_target, kind, hyper, clip):
             total = reference.global_norm(grads)
             assert norm == pytest.approx(total, rel=1e-12)
             scale = min(1.0, clip / (total + 1e-6))
-        expected, state = reference.optimizer_step(kind, expected, grads, state, step, {**DEFAULTS[kind], **hyper}, scale)
+        expected, state = reference.optimizer_step(
+            kind, expected, grads, state, step, {**DEFAULTS[kind], **hyper}, scale
+        )
     for actual, wanted in zip(params, expected):
         np.testing.assert_allclose(actual, wanted, rtol=1e-9, atol=1e-12)
 
@@ -57,8 +68,12 @@ def test_trajectory_matches_numpy_reference(simd_target, kind, hyper, clip):
 @pytest.mark.parametrize("kind, hyper", CONFIGS, ids=[f"{k}-{i}" for i, (k, _) in enumerate(CONFIGS)])
 def test_trajectory_matches_torch(kind, hyper, clip):
     torch = pytest.importorskip("torch")
-    torch_classes = {"sgd": torch.optim.SGD, "adam": torch.optim.Adam, "adamw": torch.optim.AdamW,
-                     "rmsprop": torch.optim.RMSprop}
+    torch_classes = {
+        "sgd": torch.optim.SGD,
+        "adam": torch.optim.Adam,
+        "adamw": torch.optim.AdamW,
+        "rmsprop": torch.optim.RMSprop,
+    }
     rng = np.random.default_rng(5)
     params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
     torch_params = [torch.nn.Parameter(torch.tensor(p.copy())) for p in params]
@@ -89,9 +104,15 @@ def test_half_gradients_with_float32_master_parameters(simd_target, grad_dtype):
     for step, grads in enumerate(_gradient_sequence(9, 10, dtype=dtype), start=1):
         norm = optimizer.step(grads)
         scale = min(1.0, 2.0 / (norm + 1e-6))
-        expected, state = reference.optimizer_step("adamw", expected, [g.astype(np.float64) for g in grads], state,
-                                                   step, dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2),
-                                                   scale)
+        expected, state = reference.optimizer_step(
+            "adamw",
+            expected,
+            [g.astype(np.float64) for g in grads],
+            state,
+            step,
+            dict(lr=0.01, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2),
+            scale,
+        )
     for actual, wanted in zip(params, expected):
         np.testing.assert_allclose(actual, wanted, rtol=1e-4, atol=1e-5)
 
@@ -150,8 +171,9 @@ def test_loss_scaler_rule_matches_torch_grad_scaler():
     torch = pytest.importorskip("torch")
     if not hasattr(torch.amp, "GradScaler"):
         pytest.skip("torch.amp.GradScaler missing")
-    reference_scaler = torch.amp.GradScaler("cpu", init_scale=8.0, growth_factor=2.0, backoff_factor=0.5,
-                                            growth_interval=3)
+    reference_scaler = torch.amp.GradScaler(
+        "cpu", init_scale=8.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=3
+    )
     ours = gg.LossScaler(init_scale=8.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=3)
     reference_scaler.scale(torch.ones(1))  # GradScaler creates its scale lazily
     parameter = torch.nn.Parameter(torch.ones(1))

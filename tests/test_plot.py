@@ -1,4 +1,5 @@
 """Plots: PNG files written, non-empty, of the expected size; skipped without matplotlib."""
+
 import struct
 
 import numpy as np
@@ -21,7 +22,7 @@ def monitor():
     rng = np.random.default_rng(0)
     monitor = gg.GradientMonitor(names=[f"layer{i}" for i in range(6)], window=64)
     for step in range(80):
-        grads = [rng.standard_normal(32).astype(np.float32) * 0.5 ** i for i in range(6)]
+        grads = [rng.standard_normal(32).astype(np.float32) * 0.5**i for i in range(6)]
         if step >= 60:
             grads[3][:] = np.nan
         monitor.update(grads)

@@ -1,14 +1,15 @@
 """Hypothesis: random shapes, dtypes and values (NaN, inf, extremes) against the reference."""
+
 import math
 
 import numpy as np
 import pytest
-from conftest import DTYPES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 import gradguard as gg
+from conftest import DTYPES
 from gradguard import reference
 
 NATIVE = [d for d in DTYPES if d.kind == "f"]  # hypothesis draws NumPy's own float dtypes
@@ -24,8 +25,13 @@ def gradient_lists(draw, allow_nonfinite=True):
         # Finite values stay below 1e300: at DBL_MAX a correctly rounded norm may
         # round either way across the overflow threshold (tested separately).
         bound = 1e300 if dtype == np.float64 else None
-        elements = st.floats(min_value=-bound if bound else None, max_value=bound, allow_nan=False,
-                             allow_infinity=False, width=8 * dtype.itemsize)
+        elements = st.floats(
+            min_value=-bound if bound else None,
+            max_value=bound,
+            allow_nan=False,
+            allow_infinity=False,
+            width=8 * dtype.itemsize,
+        )
         if allow_nonfinite:
             elements = st.one_of(elements, st.sampled_from([math.nan, math.inf, -math.inf]))
         arrays.append(draw(hnp.arrays(dtype, shape, elements=elements)))
@@ -63,4 +69,6 @@ def test_clip_by_global_norm(arrays, max_norm):
     total = gg.clip_by_global_norm(arrays, max_norm)
     assert close(total, expected_total, rel=1e-6)
     for actual, wanted in zip(arrays, expected):
-        np.testing.assert_allclose(actual.astype(np.float64), wanted.astype(np.float64), rtol=2e-3 if actual.dtype == np.float16 else 1e-6)
+        np.testing.assert_allclose(
+            actual.astype(np.float64), wanted.astype(np.float64), rtol=2e-3 if actual.dtype == np.float16 else 1e-6
+        )

@@ -5,6 +5,7 @@
 - reading functions never modify their inputs;
 - arrays that share memory are refused by every in-place entry point.
 """
+
 import math
 
 import numpy as np
@@ -62,9 +63,9 @@ def _frozen(array):
 def _overlapping(arrays):
     """Replaces arrays[0] by a view of a larger buffer and returns a second, overlapping view."""
     buffer = np.zeros(arrays[0].size + 8, arrays[0].dtype)
-    buffer[:arrays[0].size] = arrays[0]
-    arrays[0] = buffer[:arrays[0].size]
-    return buffer[arrays[0].size // 2:]
+    buffer[: arrays[0].size] = arrays[0]
+    arrays[0] = buffer[: arrays[0].size]
+    return buffer[arrays[0].size // 2 :]
 
 
 def snapshot(values):
@@ -77,13 +78,24 @@ def state_of(obj):
         return None
     if isinstance(obj, gg.GradientMonitor):
         history = obj.history()
-        return (repr({key: value.tobytes() if isinstance(value, np.ndarray) else value for key, value in history.items()}),
-                repr(obj.summary()), repr(obj.findings))
+        return (
+            repr({key: value.tobytes() if isinstance(value, np.ndarray) else value for key, value in history.items()}),
+            repr(obj.summary()),
+            repr(obj.findings),
+        )
     state = obj.state_dict()
-    return repr({key: (value.tobytes() if isinstance(value, np.ndarray) else
-                       repr([b.tobytes() if isinstance(b, np.ndarray) else b for b in value])
-                       if isinstance(value, list) else value)
-                 for key, value in _flatten(state).items()})
+    return repr(
+        {
+            key: (
+                value.tobytes()
+                if isinstance(value, np.ndarray)
+                else repr([b.tobytes() if isinstance(b, np.ndarray) else b for b in value])
+                if isinstance(value, list)
+                else value
+            )
+            for key, value in _flatten(state).items()
+        }
+    )
 
 
 def _flatten(state, prefix=""):
@@ -97,8 +109,7 @@ def _flatten(state, prefix=""):
 
 
 def _optimizer_for(arrays):
-    params = [np.ones(np.shape(a), np.float32) if isinstance(a, np.ndarray) else np.ones(2, np.float32)
-              for a in arrays]
+    params = [np.ones(np.shape(a), np.float32) if isinstance(a, np.ndarray) else np.ones(2, np.float32) for a in arrays]
     optimizer = gg.optim.Adam(params, lr=0.1, max_grad_norm=1.0)
     optimizer.step([np.full(p.shape, 0.5, np.float32) for p in params])
     return optimizer
@@ -111,8 +122,13 @@ IN_PLACE = {
     "clip_by_value": (None, lambda obj, arrays: gg.clip_by_value(arrays, 0.1)),
     "clip_with_norm_": (None, lambda obj, arrays: gg.clip_with_norm_(arrays, 0.1, 10.0)),
     "unscale_": (None, lambda obj, arrays: gg.unscale_(arrays, 0.5)),
-    "agc": (None, lambda obj, arrays: gg.agc([np.ones(np.shape(a), np.float32) if isinstance(a, np.ndarray)
-                                                else np.ones(2, np.float32) for a in arrays], arrays)),
+    "agc": (
+        None,
+        lambda obj, arrays: gg.agc(
+            [np.ones(np.shape(a), np.float32) if isinstance(a, np.ndarray) else np.ones(2, np.float32) for a in arrays],
+            arrays,
+        ),
+    ),
     "AutoClip": (lambda arrays: _warm(gg.AutoClip(), arrays), lambda obj, arrays: obj(arrays)),
     "ZClip": (lambda arrays: _warm(gg.ZClip(warmup_steps=2), arrays), lambda obj, arrays: obj(arrays)),
 }
@@ -179,6 +195,7 @@ def test_refused_monitor_update_changes_nothing(arrays, bad_kind, data):
 
 # -- reading functions never write ------------------------------------------------------------------
 
+
 @settings(max_examples=60, deadline=None)
 @given(good_arrays(), st.booleans())
 def test_reading_functions_leave_inputs_untouched(arrays, strided):
@@ -242,7 +259,7 @@ def test_every_in_place_entry_point_refuses_shared_memory(name, overlap):
     second = {"exact": buffer[:32], "partial": buffer[16:48], "contained": buffer[8:16]}[overlap]
     if name == "agc params and grads":  # a weight and a gradient of the same shape, sharing memory
         start = max(0, (second.__array_interface__["data"][0] - buffer.__array_interface__["data"][0]) // 4 - 4)
-        first = buffer[start:start + second.size]
+        first = buffer[start : start + second.size]
     before = buffer.copy()
     with pytest.raises(ValueError, match="same memory|overlap"):
         ENTRY_POINTS[name](None, [first, second])

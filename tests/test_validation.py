@@ -1,11 +1,12 @@
 """Bad input: a clear exception naming the argument, and nothing written."""
+
 import math
 
 import numpy as np
 import pytest
-from conftest import BFLOAT16
 
 import gradguard as gg
+from conftest import BFLOAT16
 
 
 def good(n=10):
@@ -20,14 +21,17 @@ IN_PLACE = [
 READING = [gg.global_norm, gg.grad_stats]
 
 
-@pytest.mark.parametrize("bad, error, words", [
-    (np.arange(10), TypeError, "int64"),
-    (np.arange(10, dtype=np.complex64), TypeError, "complex64"),
-    (np.array(["a"], dtype=object), TypeError, "object"),
-    ([1.0, 2.0], TypeError, "must be a NumPy array, got list"),
-    (3.0, TypeError, "got float"),
-    (np.arange(10, dtype=">f4"), TypeError, "byte order"),
-])
+@pytest.mark.parametrize(
+    "bad, error, words",
+    [
+        (np.arange(10), TypeError, "int64"),
+        (np.arange(10, dtype=np.complex64), TypeError, "complex64"),
+        (np.array(["a"], dtype=object), TypeError, "object"),
+        ([1.0, 2.0], TypeError, "must be a NumPy array, got list"),
+        (3.0, TypeError, "got float"),
+        (np.arange(10, dtype=">f4"), TypeError, "byte order"),
+    ],
+)
 def test_refused_types_name_the_position(bad, error, words):
     for operation in IN_PLACE + READING:
         first, last = good(), good()

@@ -5,18 +5,25 @@ layer/RMS norm forward and backward, with a
 C++17 core (SIMD chosen at run time, threads, GIL released). Any framework can
 use it through NumPy views (a CPU torch tensor's ``.numpy()`` shares memory).
 """
+
 import os as _os
 
-from . import _core
-from .clip import (ClipReport, NonFiniteNormError, clip_by_global_norm, clip_by_norm, clip_by_value,
-                   clip_with_norm_, global_norm)
-from . import init, optim
+from . import _core, init, optim
 from .adaptive import AutoClip, ZClip
 from .agc import agc
 from .amp import LossScaler, unscale_
+from .clip import (
+    ClipReport,
+    NonFiniteNormError,
+    clip_by_global_norm,
+    clip_by_norm,
+    clip_by_value,
+    clip_with_norm_,
+    global_norm,
+)
+from .config import config, get_num_threads, set_num_threads, show_config, simd_target
 from .monitor import Finding, GradientMonitor
 from .norm import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
-from .config import config, get_num_threads, set_num_threads, show_config, simd_target
 from .stats import GradStats, grad_stats
 
 __version__ = _core.__version__
@@ -25,11 +32,31 @@ if _os.environ.get("GRADGUARD_NUM_THREADS"):
     set_num_threads(int(_os.environ["GRADGUARD_NUM_THREADS"]))
 
 __all__ = [
-    "global_norm", "clip_by_global_norm", "clip_with_norm_", "clip_by_norm", "clip_by_value", "ClipReport",
+    "global_norm",
+    "clip_by_global_norm",
+    "clip_with_norm_",
+    "clip_by_norm",
+    "clip_by_value",
+    "ClipReport",
     "NonFiniteNormError",
-    "grad_stats", "GradStats",
-    "layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward",
-    "init", "optim", "unscale_", "LossScaler",
-    "GradientMonitor", "Finding", "AutoClip", "ZClip", "agc",
-    "set_num_threads", "get_num_threads", "simd_target", "config", "show_config",
+    "grad_stats",
+    "GradStats",
+    "layer_norm",
+    "layer_norm_backward",
+    "rms_norm",
+    "rms_norm_backward",
+    "init",
+    "optim",
+    "unscale_",
+    "LossScaler",
+    "GradientMonitor",
+    "Finding",
+    "AutoClip",
+    "ZClip",
+    "agc",
+    "set_num_threads",
+    "get_num_threads",
+    "simd_target",
+    "config",
+    "show_config",
 ]

@@ -1,12 +1,15 @@
 """`python -m gradguard COMMAND` (also the `gradguard` console script)."""
+
 import sys
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    commands = {"demo": "train deep networks with and without each remedy, and measure their gradients",
-                "bench": "time gradguard against NumPy and torch on the standard workloads",
-                "config": "print the SIMD target, threads and build"}
+    commands = {
+        "demo": "train deep networks with and without each remedy, and measure their gradients",
+        "bench": "time gradguard against NumPy and torch on the standard workloads",
+        "config": "print the SIMD target, threads and build",
+    }
     if not argv or argv[0] not in commands:
         print("usage: python -m gradguard {" + ",".join(commands) + "} [options]\n")
         for name, text in commands.items():

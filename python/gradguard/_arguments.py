@@ -5,6 +5,7 @@ overlap) happen in the C++ boundary, which names the offending array; this
 module flattens the containers, matches dicts by name and validates scalar
 arguments, once for the whole package.
 """
+
 from __future__ import annotations
 
 import math
@@ -60,8 +61,7 @@ def name_of(index, names, argument="arrays"):
     return f"{argument}[{index}] ({names[index]!r})"
 
 
-def real(value, argument, *, low=None, high=None, low_open=False, high_open=False, allow_inf=True,
-         allow_none=False):
+def real(value, argument, *, low=None, high=None, low_open=False, high_open=False, allow_inf=True, allow_none=False):
     """value as a float after checking it is a real number in the given interval.
 
     bool and str are refused with TypeError (``True`` is not a norm bound, and
@@ -75,7 +75,9 @@ def real(value, argument, *, low=None, high=None, low_open=False, high_open=Fals
         raise TypeError(f"{argument} must be {kind}, got {type(value).__name__}")
     if isinstance(value, np.ndarray):
         if value.ndim != 0 or value.dtype.kind not in "iuf":
-            raise TypeError(f"{argument} must be a real number, got an array of shape {value.shape} and dtype {value.dtype}")
+            raise TypeError(
+                f"{argument} must be a real number, got an array of shape {value.shape} and dtype {value.dtype}"
+            )
         value = value.item()
     try:
         number = float(value)
@@ -88,7 +90,9 @@ def real(value, argument, *, low=None, high=None, low_open=False, high_open=Fals
     if below or above or (math.isinf(number) and not allow_inf):
         lower = "-inf" if low is None else f"{low:g}"
         upper = "inf" if high is None else f"{high:g}"
-        interval = f"{'(' if low_open or low is None else '['}{lower}, {upper}{')' if high_open or high is None else ']'}"
+        interval = (
+            f"{'(' if low_open or low is None else '['}{lower}, {upper}{')' if high_open or high is None else ']'}"
+        )
         finite = "a finite number" if not allow_inf else "a number"
         raise ValueError(f"{argument} must be {finite} in {interval}, got {value!r}")
     return number

@@ -4,6 +4,7 @@ Both clippers take the call shape of gg.clip_by_global_norm (arrays in,
 scaled in place) and return (norm before clipping, threshold used). The norm
 is one read of the gradients; the scale, when needed, one read+write.
 """
+
 from __future__ import annotations
 
 import math
@@ -41,8 +42,10 @@ class AutoClip:
 
     @staticmethod
     def _checked(percentile, history):
-        return (real(percentile, "percentile", low=0.0, high=100.0),
-                None if history is None else positive_int(history, "history"))
+        return (
+            real(percentile, "percentile", low=0.0, high=100.0),
+            None if history is None else positive_int(history, "history"),
+        )
 
     def __call__(self, arrays):
         array_list, names, norm = _norm_for_clipping(arrays)
@@ -84,19 +87,22 @@ class ZClip:
     """
 
     def __init__(self, alpha=0.97, z_thresh=2.5, max_grad_norm=1.0, eps=1e-6, warmup_steps=25):
-        (self.alpha, self.z_thresh, self.max_grad_norm, self.eps,
-         self.warmup_steps) = self._checked(alpha, z_thresh, max_grad_norm, eps, warmup_steps)
+        (self.alpha, self.z_thresh, self.max_grad_norm, self.eps, self.warmup_steps) = self._checked(
+            alpha, z_thresh, max_grad_norm, eps, warmup_steps
+        )
         self._warmup = []
         self.mean = None
         self.var = None
 
     @staticmethod
     def _checked(alpha, z_thresh, max_grad_norm, eps, warmup_steps):
-        return (real(alpha, "alpha", low=0.0, high=1.0, low_open=True, high_open=True),
-                real(z_thresh, "z_thresh", low=0.0, low_open=True, allow_inf=False),
-                real(max_grad_norm, "max_grad_norm", low=0.0, allow_none=True),
-                real(eps, "eps", low=0.0, allow_inf=False),
-                positive_int(warmup_steps, "warmup_steps"))
+        return (
+            real(alpha, "alpha", low=0.0, high=1.0, low_open=True, high_open=True),
+            real(z_thresh, "z_thresh", low=0.0, low_open=True, allow_inf=False),
+            real(max_grad_norm, "max_grad_norm", low=0.0, allow_none=True),
+            real(eps, "eps", low=0.0, allow_inf=False),
+            positive_int(warmup_steps, "warmup_steps"),
+        )
 
     def __call__(self, arrays):
         array_list, names, norm = _norm_for_clipping(arrays)
@@ -128,14 +134,22 @@ class ZClip:
             _core.clip_with_norm(array_list, threshold, norm, 1e-6, names)
 
     def state_dict(self):
-        return {"alpha": self.alpha, "z_thresh": self.z_thresh, "max_grad_norm": self.max_grad_norm, "eps": self.eps,
-                "warmup_steps": self.warmup_steps, "warmup": np.asarray(self._warmup, float),
-                "mean": self.mean, "var": self.var}
+        return {
+            "alpha": self.alpha,
+            "z_thresh": self.z_thresh,
+            "max_grad_norm": self.max_grad_norm,
+            "eps": self.eps,
+            "warmup_steps": self.warmup_steps,
+            "warmup": np.asarray(self._warmup, float),
+            "mean": self.mean,
+            "var": self.var,
+        }
 
     def load_state_dict(self, state):
         """Restore a state_dict(); validated first, nothing changes unless all of it is valid."""
-        settings = self._checked(state["alpha"], state["z_thresh"], state["max_grad_norm"], state["eps"],
-                                 state["warmup_steps"])
+        settings = self._checked(
+            state["alpha"], state["z_thresh"], state["max_grad_norm"], state["eps"], state["warmup_steps"]
+        )
         warmup = [float(x) for x in np.asarray(state["warmup"], dtype=np.float64).reshape(-1)]
         mean = real(state["mean"], "mean", allow_none=True)
         var = real(state["var"], "var", low=0.0, allow_none=True)

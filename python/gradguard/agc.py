@@ -1,4 +1,5 @@
 """Adaptive gradient clipping, unit-wise (Brock et al., 2021, NFNets)."""
+
 from __future__ import annotations
 
 import math
@@ -48,7 +49,9 @@ def agc(params, grads, clipping=0.01, eps=1e-3, unit_axis="first"):
     Returns a float64 array: the fraction of units clipped in each tensor.
     """
     if unit_axis not in ("first", "last"):
-        raise ValueError(f"unit_axis must be 'first' (PyTorch, output-first) or 'last' (JAX/Optax HWIO), got {unit_axis!r}")
+        raise ValueError(
+            f"unit_axis must be 'first' (PyTorch, output-first) or 'last' (JAX/Optax HWIO), got {unit_axis!r}"
+        )
     clipping = non_negative(clipping, "clipping", allow_inf=False)
     eps = non_negative(eps, "eps", allow_inf=False)
     param_list, names = as_array_list(params, "params")
@@ -56,5 +59,6 @@ def agc(params, grads, clipping=0.01, eps=1e-3, unit_axis="first"):
     grad_list = in_order_of(names, grad_list, grad_names)
     names = names if names is not None else grad_names
     layouts = [_units(np.shape(grad), unit_axis) if isinstance(grad, np.ndarray) else (1, True) for grad in grad_list]
-    return _core.agc(param_list, grad_list, [units for units, _ in layouts], [first for _, first in layouts],
-                     clipping, eps, names)
+    return _core.agc(
+        param_list, grad_list, [units for units, _ in layouts], [first for _, first in layouts], clipping, eps, names
+    )

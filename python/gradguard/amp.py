@@ -1,5 +1,6 @@
 """Mixed precision: unscaling gradients with an overflow check, and a dynamic
 loss scaler with torch.amp.GradScaler's update rule."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -47,11 +48,13 @@ class LossScaler:
     @staticmethod
     def _checked(scale, growth_factor, backoff_factor, growth_interval, growth_tracker):
         """The settings validated by one set of rules, for the constructor and load_state_dict alike."""
-        return (real(scale, "init_scale", low=0.0, low_open=True, high=_FLOAT32_MAX),
-                real(growth_factor, "growth_factor", low=1.0, low_open=True, allow_inf=False),
-                real(backoff_factor, "backoff_factor", low=0.0, high=1.0, low_open=True, high_open=True),
-                positive_int(growth_interval, "growth_interval"),
-                positive_int(growth_tracker, "_growth_tracker", minimum=0))
+        return (
+            real(scale, "init_scale", low=0.0, low_open=True, high=_FLOAT32_MAX),
+            real(growth_factor, "growth_factor", low=1.0, low_open=True, allow_inf=False),
+            real(backoff_factor, "backoff_factor", low=0.0, high=1.0, low_open=True, high_open=True),
+            positive_int(growth_interval, "growth_interval"),
+            positive_int(growth_tracker, "_growth_tracker", minimum=0),
+        )
 
     def get_scale(self):
         return self._scale
@@ -73,8 +76,13 @@ class LossScaler:
                 self._growth_tracker = 0
 
     def state_dict(self):
-        return {"scale": self._scale, "growth_factor": self.growth_factor, "backoff_factor": self.backoff_factor,
-                "growth_interval": self.growth_interval, "_growth_tracker": self._growth_tracker}
+        return {
+            "scale": self._scale,
+            "growth_factor": self.growth_factor,
+            "backoff_factor": self.backoff_factor,
+            "growth_interval": self.growth_interval,
+            "_growth_tracker": self._growth_tracker,
+        }
 
     def load_state_dict(self, state):
         """Restore a state_dict(); it is validated with the constructor's rules, and

@@ -10,6 +10,7 @@ bandwidth measured here: read-only passes at the read bandwidth, the scale
 pass at the read+write bandwidth, each the best of gradguard's plain probe
 loop, NumPy and torch.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _core
+from . import _core, optim
 from .clip import clip_by_global_norm, global_norm
 from .config import get_num_threads, set_num_threads, simd_target
-from . import optim
 from .norm import layer_norm, layer_norm_backward
 from .stats import grad_stats
 from .workloads import make_gradients, workload_names
@@ -74,6 +74,7 @@ def interleaved_medians(functions, repeat, warmup=1, repeat_of=None, first=(), s
 
 # ---- bandwidth probes --------------------------------------------------------------
 
+
 def read_probes(buffer):
     """Read-only loops over a float32 buffer: name -> callable."""
     probes = {"gradguard plain loop": lambda: _core.read_probe(buffer), "numpy sum": lambda: buffer.sum()}
@@ -87,8 +88,10 @@ def write_probes(buffer):
     """In-place read+write loops over a float32 buffer: name -> callable."""
     # Multiplying by 1 + 2^-23 keeps values finite for thousands of calls.
     factor = 1.0 + 2.0**-23
-    probes = {"gradguard plain loop": lambda: _core.scale([buffer], factor, None),
-              "numpy multiply": lambda: np.multiply(buffer, np.float32(factor), out=buffer)}
+    probes = {
+        "gradguard plain loop": lambda: _core.scale([buffer], factor, None),
+        "numpy multiply": lambda: np.multiply(buffer, np.float32(factor), out=buffer),
+    }
     if torch is not None:
         tensor = torch.from_numpy(buffer)
         probes["torch mul_"] = lambda: tensor.mul_(factor)
@@ -97,7 +100,7 @@ def write_probes(buffer):
 
 @dataclass
 class Bandwidth:
-    read: float        # bytes/s, best of the read probes
+    read: float  # bytes/s, best of the read probes
     read_write: float  # bytes moved (read + written) per second, best of the write probes
     read_by: str
     read_write_by: str
@@ -105,14 +108,15 @@ class Bandwidth:
 
 # ---- the cases -------------------------------------------------------------------
 
+
 @dataclass
 class Case:
     """One operation on one workload, implemented by several libraries."""
 
     workload: str
     operation: str
-    nbytes: int            # gradient bytes
-    passes: tuple          # ("read",) or ("read", "read_write")
+    nbytes: int  # gradient bytes
+    passes: tuple  # ("read",) or ("read", "read_write")
     implementations: dict = field(default_factory=dict)  # name -> callable
 
     def roofline_seconds(self, bandwidth):
@@ -140,13 +144,35 @@ def numpy_clip(arrays, max_norm):
 
 def numpy_stats(arrays):
     """The NumPy calls grad_stats replaces, per array."""
-    return [(np.abs(a).mean(), a.std(), a.min(), a.max(), np.isnan(a).sum(), np.isinf(a).sum(),
-             np.count_nonzero(a == 0), np.linalg.norm(a.ravel())) for a in arrays]
+    return [
+        (
+            np.abs(a).mean(),
+            a.std(),
+            a.min(),
+            a.max(),
+            np.isnan(a).sum(),
+            np.isinf(a).sum(),
+            np.count_nonzero(a == 0),
+            np.linalg.norm(a.ravel()),
+        )
+        for a in arrays
+    ]
 
 
 def torch_stats(tensors):
-    return [(t.abs().mean(), t.std(unbiased=False), t.min(), t.max(), t.isnan().sum(), t.isinf().sum(),
-             (t == 0).sum(), torch.linalg.vector_norm(t)) for t in tensors]
+    return [
+        (
+            t.abs().mean(),
+            t.std(unbiased=False),
+            t.min(),
+            t.max(),
+            t.isnan().sum(),
+            t.isinf().sum(),
+            (t == 0).sum(),
+            torch.linalg.vector_norm(t),
+        )
+        for t in tensors
+    ]
 
 
 class _ShrinkingBound:
@@ -196,6 +222,7 @@ def make_cases(workload, gradients, operations=("global_norm", "clip_by_global_n
         case.implementations["gradguard"] = gradguard_clip
         case.implementations["numpy"] = plain_numpy_clip
         if torch is not None:
+
             def torch_clip():
                 bounds["torch"].update(torch.nn.utils.clip_grad_norm_(parameters, bounds["torch"].next()))
 
@@ -292,10 +319,18 @@ def run_norms(repeat, shapes=NORM_SHAPES):
             copy_bandwidth = max(2 * nbytes / medians[name] for name in copies)
             for name in cases[direction]:
                 seconds = medians[name]
-                rows.append({"shape": f"{shape[0]}x{shape[1]}", "direction": direction, "implementation": name,
-                             "ms": seconds * 1e3, "GB/s": moved / seconds / 1e9,
-                             "copy_fraction": moved / seconds / copy_bandwidth,
-                             "gg_speedup": seconds / medians["gradguard"], "copy_GBps": copy_bandwidth / 1e9})
+                rows.append(
+                    {
+                        "shape": f"{shape[0]}x{shape[1]}",
+                        "direction": direction,
+                        "implementation": name,
+                        "ms": seconds * 1e3,
+                        "GB/s": moved / seconds / 1e9,
+                        "copy_fraction": moved / seconds / copy_bandwidth,
+                        "gg_speedup": seconds / medians["gradguard"],
+                        "copy_GBps": copy_bandwidth / 1e9,
+                    }
+                )
         del cases
     return rows
 
@@ -308,9 +343,11 @@ def format_norm_table(rows):
         f"{'shape':<11}{'direction':<10}{'impl':<16}{'ms':>8}{'GB/s':>7}{'of copy bw':>12}{'gg faster':>10}{'copy bw':>9}",
     ]
     for row in rows:
-        lines.append(f"{row['shape']:<11}{row['direction']:<10}{row['implementation']:<16}{row['ms']:>8.2f}"
-                     f"{row['GB/s']:>7.1f}{row['copy_fraction'] * 100:>11.0f}%{row['gg_speedup']:>9.1f}x"
-                     f"{row['copy_GBps']:>7.0f}")
+        lines.append(
+            f"{row['shape']:<11}{row['direction']:<10}{row['implementation']:<16}{row['ms']:>8.2f}"
+            f"{row['GB/s']:>7.1f}{row['copy_fraction'] * 100:>11.0f}%{row['gg_speedup']:>9.1f}x"
+            f"{row['copy_GBps']:>7.0f}"
+        )
     return "\n".join(lines)
 
 
@@ -320,8 +357,8 @@ def format_norm_table(rows):
 # gradient (4); the update reads the gradient, the parameter and its states
 # and writes the parameter and states.
 OPTIMIZER_BYTES = {
-    "adamw": {"read": 4, "read_write": 4 + 2 * 4 * 3},   # g; p, exp_avg, exp_avg_sq read and written
-    "sgd": {"read": 4, "read_write": 4 + 2 * 4 * 2},     # g; p, momentum buffer
+    "adamw": {"read": 4, "read_write": 4 + 2 * 4 * 3},  # g; p, exp_avg, exp_avg_sq read and written
+    "sgd": {"read": 4, "read_write": 4 + 2 * 4 * 2},  # g; p, momentum buffer
     "rmsprop": {"read": 4, "read_write": 4 + 2 * 4 * 2},  # g; p, square_avg
 }
 
@@ -359,6 +396,7 @@ def make_optimizer_cases(workload="gpt2-small", seed=0):
     for kind, make in makers.items():
         cases[kind] = gg_pair(kind, make)
     if torch is not None:
+
         def torch_step(factory):
             parameters = [torch.nn.Parameter(torch.from_numpy(p)) for p in own_params()]
             for parameter, gradient in zip(parameters, gradients):
@@ -394,9 +432,17 @@ def run_optimizers(repeat, workload="gpt2-small"):
         moved = parameters * (bytes_per["read"] + bytes_per["read_write"])
         for name in implementations:
             seconds = medians[name]
-            rows.append({"optimizer": kind, "implementation": name, "ms": seconds * 1e3,
-                         "roofline_ms": roofline * 1e3, "x_roofline": seconds / roofline,
-                         "gg_speedup": seconds / medians["gradguard fused"], "MB_moved_fused": moved / 1e6})
+            rows.append(
+                {
+                    "optimizer": kind,
+                    "implementation": name,
+                    "ms": seconds * 1e3,
+                    "roofline_ms": roofline * 1e3,
+                    "x_roofline": seconds / roofline,
+                    "gg_speedup": seconds / medians["gradguard fused"],
+                    "MB_moved_fused": moved / 1e6,
+                }
+            )
     return rows
 
 
@@ -409,12 +455,15 @@ def format_optimizer_table(rows, workload="gpt2-small"):
         f"{'optimizer':<10}{'impl':<22}{'ms':>9}{'roofline':>10}{'x roof':>8}{'gg faster':>10}",
     ]
     for row in rows:
-        lines.append(f"{row['optimizer']:<10}{row['implementation']:<22}{row['ms']:>9.2f}{row['roofline_ms']:>10.2f}"
-                     f"{row['x_roofline']:>8.2f}{row['gg_speedup']:>9.2f}x")
+        lines.append(
+            f"{row['optimizer']:<10}{row['implementation']:<22}{row['ms']:>9.2f}{row['roofline_ms']:>10.2f}"
+            f"{row['x_roofline']:>8.2f}{row['gg_speedup']:>9.2f}x"
+        )
     return "\n".join(lines)
 
 
 # ---- the table -----------------------------------------------------------------------
+
 
 def run(workloads, repeat, threads, slow_repeat=3):
     """Measure every case, each interleaved with the bandwidth probes; return rows."""
@@ -437,20 +486,30 @@ def run(workloads, repeat, threads, slow_repeat=3):
             functions = dict(case.implementations)
             functions.update(probes)
             # NumPy's and torch's per-tensor statistics take up to a second: fewer repeats.
-            slow = {name: slow_repeat for name in case.implementations
-                    if name != "gradguard" and case.operation == "grad_stats"}
+            slow = {
+                name: slow_repeat
+                for name in case.implementations
+                if name != "gradguard" and case.operation == "grad_stats"
+            }
             medians = interleaved_medians(functions, repeat, repeat_of=slow, first=tuple(probes))
             bandwidth = _bandwidth_from(medians, probe_buffer.nbytes)
             roofline = case.roofline_seconds(bandwidth)
             for name in case.implementations:
                 seconds = medians[name]
-                rows.append({
-                    "workload": case.workload, "operation": case.operation, "implementation": name,
-                    "ms": seconds * 1e3, "GB/s": case.bytes_moved() / seconds / 1e9,
-                    "roofline_ms": roofline * 1e3, "x_roofline": seconds / roofline,
-                    "gg_speedup": seconds / medians["gradguard"],
-                    "read_GBps": bandwidth.read / 1e9, "read_write_GBps": bandwidth.read_write / 1e9,
-                })
+                rows.append(
+                    {
+                        "workload": case.workload,
+                        "operation": case.operation,
+                        "implementation": name,
+                        "ms": seconds * 1e3,
+                        "GB/s": case.bytes_moved() / seconds / 1e9,
+                        "roofline_ms": roofline * 1e3,
+                        "x_roofline": seconds / roofline,
+                        "gg_speedup": seconds / medians["gradguard"],
+                        "read_GBps": bandwidth.read / 1e9,
+                        "read_write_GBps": bandwidth.read_write / 1e9,
+                    }
+                )
         del gradients, cases
     return rows
 
@@ -465,7 +524,11 @@ def _bandwidth_from(medians, nbytes):
 def format_table(rows, threads):
     lines = [
         f"gradguard {simd_target()} target, {threads} threads"
-        + (f"; torch {torch.__version__} on {torch.get_num_threads()} threads" if torch is not None else "; torch not installed"),
+        + (
+            f"; torch {torch.__version__} on {torch.get_num_threads()} threads"
+            if torch is not None
+            else "; torch not installed"
+        ),
         "each case is timed round-robin with the bandwidth probes (512 MiB buffer, run first in each round,",
         "then the implementations in rotating order; each timed call follows 20 ms idle, so no other",
         "library's threads are still spinning, and one untimed call); the roofline is the case's bytes at the best",
@@ -475,21 +538,30 @@ def format_table(rows, threads):
         f"{'gg faster':>10}{'bw read/rw':>12}",
     ]
     for row in rows:
-        lines.append(f"{row['workload']:<26}{row['operation']:<21}{row['implementation']:<11}{row['ms']:>9.2f}"
-                     f"{row['GB/s']:>7.1f}{row['roofline_ms']:>10.2f}{row['x_roofline']:>8.2f}"
-                     f"{row['gg_speedup']:>9.1f}x{row['read_GBps']:>6.0f}/{row['read_write_GBps']:<4.0f}")
+        lines.append(
+            f"{row['workload']:<26}{row['operation']:<21}{row['implementation']:<11}{row['ms']:>9.2f}"
+            f"{row['GB/s']:>7.1f}{row['roofline_ms']:>10.2f}{row['x_roofline']:>8.2f}"
+            f"{row['gg_speedup']:>9.1f}x{row['read_GBps']:>6.0f}/{row['read_write_GBps']:<4.0f}"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m gradguard bench",
-                                     description="Time gradguard against NumPy and torch on the standard workloads.")
+    parser = argparse.ArgumentParser(
+        prog="python -m gradguard bench",
+        description="Time gradguard against NumPy and torch on the standard workloads.",
+    )
     parser.add_argument("--workloads", nargs="+", default=workload_names(), choices=workload_names())
     parser.add_argument("--repeat", type=int, default=7, help="timed calls per measurement (median reported)")
     parser.add_argument("--threads", type=int, default=get_num_threads(), help="threads for gradguard and torch")
-    parser.add_argument("--sections", nargs="+", default=["clip", "norm", "optim"], choices=["clip", "norm", "optim"],
-                        help="clip: norms, clipping and statistics of the workloads; norm: layer norm; "
-                             "optim: fused optimiser steps on gpt2-small")
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["clip", "norm", "optim"],
+        choices=["clip", "norm", "optim"],
+        help="clip: norms, clipping and statistics of the workloads; norm: layer norm; "
+        "optim: fused optimiser steps on gpt2-small",
+    )
     arguments = parser.parse_args(argv)
     if "clip" in arguments.sections:
         rows = run(arguments.workloads, arguments.repeat, arguments.threads)

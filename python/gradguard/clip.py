@@ -4,6 +4,7 @@ Each call hands the whole list to one multi-tensor C++ kernel (threads, SIMD,
 GIL released). Computing the norm and applying the clip are also available
 separately (`global_norm`, then `clip_by_global_norm` with a known bound).
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,15 @@ import numpy as np
 from . import _core
 from ._arguments import as_array_list, finite_or_none, name_of, non_negative, norm_order, real
 
-__all__ = ["global_norm", "clip_by_global_norm", "clip_with_norm_", "clip_by_norm", "clip_by_value", "ClipReport",
-           "NonFiniteNormError"]
+__all__ = [
+    "global_norm",
+    "clip_by_global_norm",
+    "clip_with_norm_",
+    "clip_by_norm",
+    "clip_by_value",
+    "ClipReport",
+    "NonFiniteNormError",
+]
 
 
 class NonFiniteNormError(FloatingPointError, RuntimeError):
@@ -105,12 +113,14 @@ def clip_by_global_norm(arrays, max_norm, *, ord=2.0, eps=1e-6, error_if_nonfini
     bound = non_negative(max_norm, "max_norm")
     epsilon = non_negative(eps, "eps", allow_inf=False)
     total, coefficient, clipped, nonfinite = _core.clip_by_global_norm(
-        array_list, bound, norm_order(ord), epsilon, bool(error_if_nonfinite), names)
+        array_list, bound, norm_order(ord), epsilon, bool(error_if_nonfinite), names
+    )
     if error_if_nonfinite and not math.isfinite(total):
         culprits = ", ".join(name_of(index, names) for index in nonfinite)
         raise NonFiniteNormError(
             f"the total norm of order {ord} of the arrays is {total}, so they were not clipped "
-            f"(non-finite values in: {culprits}). Set error_if_nonfinite=False to clip anyway, as torch does.")
+            f"(non-finite values in: {culprits}). Set error_if_nonfinite=False to clip anyway, as torch does."
+        )
     if not return_report:
         return total
     labels = tuple(names[index] for index in nonfinite) if names is not None else tuple(nonfinite)

@@ -1,4 +1,5 @@
 """Threads and SIMD target: what the core runs with, and how to change it."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -3,6 +3,7 @@ several depths, one configuration per classic remedy for vanishing/exploding
 gradients, measured with gradguard's own pieces (gg.init, gg.layer_norm,
 gg.optim.SGD with max_grad_norm, gg.GradientMonitor). Every number printed is
 measured in this run."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,7 +25,7 @@ from .optim import SGD
 class Config:
     name: str
     activation: str
-    init: str            # "normal0.01", "xavier", "he", "orthogonal", "lsuv"
+    init: str  # "normal0.01", "xavier", "he", "orthogonal", "lsuv"
     lr: float
     residual: bool = False
     layer_norm: bool = False
@@ -93,19 +94,30 @@ def train(config, depth, args, data, progress):
         progress()
     accuracy = net.evaluate(test_x, test_y) if math.isfinite(losses[-1]) else math.nan
     tail = [l for l in losses[-20:] if math.isfinite(l)]
-    return {"config": config.name, "depth": depth, "ratio": ratio, "finding": first_finding,
-            "final_loss": float(np.mean(tail)) if len(tail) == min(20, len(losses)) else math.nan,
-            "accuracy": accuracy, "losses": losses, "init_norms": first_layer_norms}
+    return {
+        "config": config.name,
+        "depth": depth,
+        "ratio": ratio,
+        "finding": first_finding,
+        "final_loss": float(np.mean(tail)) if len(tail) == min(20, len(losses)) else math.nan,
+        "accuracy": accuracy,
+        "losses": losses,
+        "init_norms": first_layer_norms,
+    }
 
 
 def format_results(results):
-    lines = [f"{'configuration':<28}{'depth':>6}{'|g1|/|gL| at init':>19}  {'first vanishing/exploding flag':<44}"
-             f"{'final loss':>11}{'test acc':>9}"]
+    lines = [
+        f"{'configuration':<28}{'depth':>6}{'|g1|/|gL| at init':>19}  {'first vanishing/exploding flag':<44}"
+        f"{'final loss':>11}{'test acc':>9}"
+    ]
     for r in results:
         finding = r["finding"]
         flag = f"step {finding.step}: {finding.kind} ({finding.layer.split('.')[0]})" if finding else "none"
-        lines.append(f"{r['config']:<28}{r['depth']:>6}{r['ratio']:>19.3g}  {flag:<44}"
-                     f"{r['final_loss']:>11.3f}{r['accuracy']:>9.3f}")
+        lines.append(
+            f"{r['config']:<28}{r['depth']:>6}{r['ratio']:>19.3g}  {flag:<44}"
+            f"{r['final_loss']:>11.3f}{r['accuracy']:>9.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -121,7 +133,9 @@ def plot(results, out, depths):
         axes = figure.add_subplot(1, len(depths), column + 1)
         for r in results:
             if r["depth"] == depth and "lr 0.5" not in r["config"]:
-                axes.plot(range(len(r["init_norms"])), np.maximum(r["init_norms"], 1e-300), label=r["config"], linewidth=1)
+                axes.plot(
+                    range(len(r["init_norms"])), np.maximum(r["init_norms"], 1e-300), label=r["config"], linewidth=1
+                )
         axes.set_yscale("log")
         axes.set_xlabel("layer (input side first)")
         axes.set_ylabel("||dL/dW|| at initialisation")
@@ -157,8 +171,13 @@ def main(argv=None):
     parser.add_argument("--width", type=int, default=32, help="units per hidden layer")
     parser.add_argument("--batch", type=int, default=128, help="examples per step")
     parser.add_argument("--seed", type=int, default=0, help="seed of the data, initialisation and batches")
-    parser.add_argument("--configs", nargs="+", default=None, metavar="N",
-                        help="configurations to run, by number: " + "; ".join(f"{i}: {c.name}" for i, c in enumerate(CONFIGS)))
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="configurations to run, by number: " + "; ".join(f"{i}: {c.name}" for i, c in enumerate(CONFIGS)),
+    )
     parser.add_argument("--out", type=Path, default=Path("gradguard-out"), help="folder for the PNG plots")
     args = parser.parse_args(argv)
     chosen = CONFIGS if args.configs is None else [CONFIGS[int(i)] for i in args.configs]
@@ -172,8 +191,12 @@ def main(argv=None):
         done[0] += 1
         if done[0] % 20 == 0 or done[0] == total:
             bar = int(40 * done[0] / total)
-            print(f"\r[{'#' * bar}{'.' * (40 - bar)}] {done[0]}/{total} steps, {time.perf_counter() - started:.0f} s",
-                  end="", file=sys.stderr, flush=True)
+            print(
+                f"\r[{'#' * bar}{'.' * (40 - bar)}] {done[0]}/{total} steps, {time.perf_counter() - started:.0f} s",
+                end="",
+                file=sys.stderr,
+                flush=True,
+            )
 
     results = []
     for config in chosen:

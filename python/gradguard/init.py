@@ -4,6 +4,7 @@ Trailing-underscore functions fill an array in place; the others return a new
 array of a given shape. Every function takes `rng`: None (fresh entropy), an
 int seed or a numpy.random.Generator, so results are reproducible.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,12 +13,40 @@ import warnings
 
 import numpy as np
 
-__all__ = ["calculate_gain", "fans", "uniform_", "normal_", "zeros_", "xavier_uniform_", "xavier_normal_",
-           "kaiming_uniform_", "kaiming_normal_", "orthogonal_", "uniform", "normal", "zeros", "xavier_uniform",
-           "xavier_normal", "kaiming_uniform", "kaiming_normal", "orthogonal", "for_activation", "lsuv_"]
+__all__ = [
+    "calculate_gain",
+    "fans",
+    "uniform_",
+    "normal_",
+    "zeros_",
+    "xavier_uniform_",
+    "xavier_normal_",
+    "kaiming_uniform_",
+    "kaiming_normal_",
+    "orthogonal_",
+    "uniform",
+    "normal",
+    "zeros",
+    "xavier_uniform",
+    "xavier_normal",
+    "kaiming_uniform",
+    "kaiming_normal",
+    "orthogonal",
+    "for_activation",
+    "lsuv_",
+]
 
-_LINEAR = {"linear", "identity", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
-           "conv_transpose3d", "sigmoid"}
+_LINEAR = {
+    "linear",
+    "identity",
+    "conv1d",
+    "conv2d",
+    "conv3d",
+    "conv_transpose1d",
+    "conv_transpose2d",
+    "conv_transpose3d",
+    "sigmoid",
+}
 
 
 def _generator(rng):

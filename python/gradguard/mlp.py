@@ -4,6 +4,7 @@ by hand, optionally with residual connections and layer norm (gg.layer_norm).
 Layer l: z = h W_l^T + b_l; z <- layer_norm(z) (optional); a = act(z);
 h <- h + a (residual, optional, when widths match) or a. A final linear layer
 gives the logits; the loss is softmax cross-entropy."""
+
 from __future__ import annotations
 
 import numpy as np

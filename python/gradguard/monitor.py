@@ -6,6 +6,7 @@ kind, the step, the numbers behind it and one readable line. A condition is
 reported when it starts (with the step its streak began) and again only after
 it has cleared.
 """
+
 from __future__ import annotations
 
 import csv
@@ -26,7 +27,7 @@ _SERIES = ("norm", "abs_mean", "std", "zero_fraction", "update_ratio")
 class Finding:
     step: int
     layer: str
-    kind: str          # "vanishing", "exploding", "dead", "update_ratio"
+    kind: str  # "vanishing", "exploding", "dead", "update_ratio"
     evidence: dict = field(default_factory=dict)
     message: str = ""
 
@@ -51,28 +52,74 @@ class GradientMonitor:
     NumPy arrays over all layers; only layers with something to report cost Python time.
     """
 
-    def __init__(self, names=None, window=256, *, patience=5, vanishing_floor=1e-10, vanishing_ratio=1e-4,
-                 decay_ratio=1e-3, spike_z=8.0, min_history=20, growth_factor=2.0, growth_steps=5,
-                 dead_fraction=0.9, update_ratio_high=0.1, update_ratio_low=1e-7, baseline_refresh=16,
-                 max_findings=10000):
+    def __init__(
+        self,
+        names=None,
+        window=256,
+        *,
+        patience=5,
+        vanishing_floor=1e-10,
+        vanishing_ratio=1e-4,
+        decay_ratio=1e-3,
+        spike_z=8.0,
+        min_history=20,
+        growth_factor=2.0,
+        growth_steps=5,
+        dead_fraction=0.9,
+        update_ratio_high=0.1,
+        update_ratio_low=1e-7,
+        baseline_refresh=16,
+        max_findings=10000,
+    ):
         window, patience = positive_int(window, "window", 2), positive_int(patience, "patience")
-        min_history, growth_steps = positive_int(min_history, "min_history", 2), positive_int(growth_steps, "growth_steps")
-        baseline_refresh, max_findings = positive_int(baseline_refresh, "baseline_refresh"), positive_int(
-            max_findings, "max_findings", 0)
+        min_history, growth_steps = (
+            positive_int(min_history, "min_history", 2),
+            positive_int(growth_steps, "growth_steps"),
+        )
+        baseline_refresh, max_findings = (
+            positive_int(baseline_refresh, "baseline_refresh"),
+            positive_int(max_findings, "max_findings", 0),
+        )
         if min_history > window:
             raise ValueError(f"min_history ({min_history}) must not exceed window ({window})")
-        vanishing_floor, vanishing_ratio, decay_ratio, spike_z, growth_factor, dead_fraction, update_ratio_high, \
-            update_ratio_low = (real(value, name, low=0.0, allow_inf=name == "spike_z") for name, value in (
-                ("vanishing_floor", vanishing_floor), ("vanishing_ratio", vanishing_ratio), ("decay_ratio", decay_ratio),
-                ("spike_z", spike_z), ("growth_factor", growth_factor), ("dead_fraction", dead_fraction),
-                ("update_ratio_high", update_ratio_high), ("update_ratio_low", update_ratio_low)))
+        (
+            vanishing_floor,
+            vanishing_ratio,
+            decay_ratio,
+            spike_z,
+            growth_factor,
+            dead_fraction,
+            update_ratio_high,
+            update_ratio_low,
+        ) = (
+            real(value, name, low=0.0, allow_inf=name == "spike_z")
+            for name, value in (
+                ("vanishing_floor", vanishing_floor),
+                ("vanishing_ratio", vanishing_ratio),
+                ("decay_ratio", decay_ratio),
+                ("spike_z", spike_z),
+                ("growth_factor", growth_factor),
+                ("dead_fraction", dead_fraction),
+                ("update_ratio_high", update_ratio_high),
+                ("update_ratio_low", update_ratio_low),
+            )
+        )
         self.names = None if names is None else [str(n) for n in names]
         self._named = names is not None  # whether layers have real names, so that dicts match by them
         self.window = int(window)
-        self.settings = dict(patience=patience, vanishing_floor=vanishing_floor, vanishing_ratio=vanishing_ratio,
-                             decay_ratio=decay_ratio, spike_z=spike_z, min_history=min_history,
-                             growth_factor=growth_factor, growth_steps=growth_steps, dead_fraction=dead_fraction,
-                             update_ratio_high=update_ratio_high, update_ratio_low=update_ratio_low)
+        self.settings = dict(
+            patience=patience,
+            vanishing_floor=vanishing_floor,
+            vanishing_ratio=vanishing_ratio,
+            decay_ratio=decay_ratio,
+            spike_z=spike_z,
+            min_history=min_history,
+            growth_factor=growth_factor,
+            growth_steps=growth_steps,
+            dead_fraction=dead_fraction,
+            update_ratio_high=update_ratio_high,
+            update_ratio_low=update_ratio_low,
+        )
         self.max_findings = max_findings
         self.baseline_refresh = int(baseline_refresh)
         self.findings = []
@@ -105,8 +152,9 @@ class GradientMonitor:
         ratio = None
         if params is not None:
             param_list, param_names = as_array_list(params, "params")
-            param_list = in_order_of(labels if (self._named or names is not None) else None, param_list, param_names,
-                                     "params")
+            param_list = in_order_of(
+                labels if (self._named or names is not None) else None, param_list, param_names, "params"
+            )
             if len(param_list) != len(array_list):
                 raise ValueError(f"{len(param_list)} params for {len(array_list)} gradients")
             weights = stats_of(param_list, labels, "params").l2
@@ -115,9 +163,18 @@ class GradientMonitor:
             self._named = self._named or names is not None
             self._series = {name: np.full((self.window, len(self.names)), np.nan) for name in _SERIES}
             layers = len(self.names)
-            self._states = {name: np.zeros(layers, dtype=np.int64) for name in (
-                "vanishing_streak", "vanishing_since", "dead_streak", "dead_since", "ratio_streak", "ratio_since",
-                "growth_streak")}
+            self._states = {
+                name: np.zeros(layers, dtype=np.int64)
+                for name in (
+                    "vanishing_streak",
+                    "vanishing_since",
+                    "dead_streak",
+                    "dead_since",
+                    "ratio_streak",
+                    "ratio_since",
+                    "growth_streak",
+                )
+            }
             self._states["exploding"] = np.zeros(layers, dtype=bool)
         numel = np.maximum(stats.numel, 1)
         norm = np.where((stats.n_nan + stats.n_inf) > 0, np.nan, stats.l2)
@@ -127,8 +184,13 @@ class GradientMonitor:
         row = self._count % self.window
         previous = self._series["norm"][(self._count - 1) % self.window].copy() if self._count else None
         baseline = self._current_baseline()
-        values = {"norm": norm, "abs_mean": stats.abs_mean, "std": stats.std,
-                  "zero_fraction": stats.n_zero / numel, "update_ratio": ratio}
+        values = {
+            "norm": norm,
+            "abs_mean": stats.abs_mean,
+            "std": stats.std,
+            "zero_fraction": stats.n_zero / numel,
+            "update_ratio": ratio,
+        }
         for name in _SERIES:
             self._series[name][row] = values[name]
         self._steps[row] = step
@@ -136,7 +198,7 @@ class GradientMonitor:
         self._last_step = step
         new = self._detect(step, norm, values["zero_fraction"], ratio, stats, previous, baseline)
         room = self.max_findings - len(self.findings)
-        self.findings.extend(new[:max(room, 0)])
+        self.findings.extend(new[: max(room, 0)])
         return new
 
     def _current_baseline(self):
@@ -175,7 +237,9 @@ class GradientMonitor:
         def report(mask, kind, evidence_of, message_of):
             for index in np.flatnonzero(mask):
                 layer = self.names[index]
-                findings.append(Finding(step, layer, kind, evidence_of(index), message_of(index).replace("{layer}", layer)))
+                findings.append(
+                    Finding(step, layer, kind, evidence_of(index), message_of(index).replace("{layer}", layer))
+                )
 
         finite = np.isfinite(norm)
         positive = finite & (norm > 0)
@@ -185,23 +249,39 @@ class GradientMonitor:
 
         # exploding: non-finite, a spike (robust z-score), or geometric growth
         exploding = state["exploding"]
-        report(~finite & ~exploding, "exploding",
-               lambda i: {"n_nan": int(stats.n_nan[i]), "n_inf": int(stats.n_inf[i])},
-               lambda i: f"{{layer}}: gradient holds NaN/inf since step {step}")
+        report(
+            ~finite & ~exploding,
+            "exploding",
+            lambda i: {"n_nan": int(stats.n_nan[i]), "n_inf": int(stats.n_inf[i])},
+            lambda i: f"{{layer}}: gradient holds NaN/inf since step {step}",
+        )
         with np.errstate(invalid="ignore"):
             z = (logs - center) / spread
             spike = has_history & positive & (z > s["spike_z"])
-            grew = positive & (previous > 0) & (norm >= s["growth_factor"] * previous) if previous is not None \
+            grew = (
+                positive & (previous > 0) & (norm >= s["growth_factor"] * previous)
+                if previous is not None
                 else np.zeros(len(norm), dtype=bool)
+            )
         state["growth_streak"] = np.where(grew, state["growth_streak"] + 1, 0)
         growing = state["growth_streak"] >= s["growth_steps"]
-        report(spike & ~exploding, "exploding",
-               lambda i: {"norm": float(norm[i]), "z": float(z[i]), "median_norm": float(np.exp(center[i]))},
-               lambda i: f"{{layer}}: norm {norm[i]:.3g} is a spike, z = {z[i]:.1f} against its median {np.exp(center[i]):.3g}")
-        report(growing & ~spike & ~exploding, "exploding",
-               lambda i: {"norm": float(norm[i]), "growth_steps": int(state["growth_streak"][i])},
-               lambda i: f"{{layer}}: norm grew x{s['growth_factor']:g} or more for {state['growth_streak'][i]} steps, "
-                         f"now {norm[i]:.3g}")
+        report(
+            spike & ~exploding,
+            "exploding",
+            lambda i: {"norm": float(norm[i]), "z": float(z[i]), "median_norm": float(np.exp(center[i]))},
+            lambda i: (
+                f"{{layer}}: norm {norm[i]:.3g} is a spike, z = {z[i]:.1f} against its median {np.exp(center[i]):.3g}"
+            ),
+        )
+        report(
+            growing & ~spike & ~exploding,
+            "exploding",
+            lambda i: {"norm": float(norm[i]), "growth_steps": int(state["growth_streak"][i])},
+            lambda i: (
+                f"{{layer}}: norm grew x{s['growth_factor']:g} or more for {state['growth_streak'][i]} steps, "
+                f"now {norm[i]:.3g}"
+            ),
+        )
         state["exploding"] = ~finite | spike | growing
 
         # vanishing: below an absolute floor, far below the median layer, or far below its own history
@@ -214,29 +294,51 @@ class GradientMonitor:
         self._streak(vanishing, "vanishing", step)
 
         def vanishing_reasons(i):
-            return [name for name, flags in (("floor", below_floor), ("below median layer", below_median),
-                                             ("decayed from its history", decayed)) if flags[i]]
+            return [
+                name
+                for name, flags in (
+                    ("floor", below_floor),
+                    ("below median layer", below_median),
+                    ("decayed from its history", decayed),
+                )
+                if flags[i]
+            ]
 
-        report(state["vanishing_streak"] == s["patience"], "vanishing",
-               lambda i: {"norm": float(norm[i]), "median_layer_norm": median_layer, "reasons": vanishing_reasons(i)},
-               lambda i: f"{{layer}} is vanishing since step {state['vanishing_since'][i]}: norm {norm[i]:.3g} "
-                         f"({', '.join(vanishing_reasons(i))})")
+        report(
+            state["vanishing_streak"] == s["patience"],
+            "vanishing",
+            lambda i: {"norm": float(norm[i]), "median_layer_norm": median_layer, "reasons": vanishing_reasons(i)},
+            lambda i: (
+                f"{{layer}} is vanishing since step {state['vanishing_since'][i]}: norm {norm[i]:.3g} "
+                f"({', '.join(vanishing_reasons(i))})"
+            ),
+        )
 
         # dead units
         self._streak(finite & (zero_fraction >= s["dead_fraction"]), "dead", step)
-        report(state["dead_streak"] == s["patience"], "dead",
-               lambda i: {"zero_fraction": float(zero_fraction[i])},
-               lambda i: f"{{layer}}: {zero_fraction[i]:.0%} of its gradient is exactly 0 since step "
-                         f"{state['dead_since'][i]} (dead units)")
+        report(
+            state["dead_streak"] == s["patience"],
+            "dead",
+            lambda i: {"zero_fraction": float(zero_fraction[i])},
+            lambda i: (
+                f"{{layer}}: {zero_fraction[i]:.0%} of its gradient is exactly 0 since step "
+                f"{state['dead_since'][i]} (dead units)"
+            ),
+        )
 
         # update ratio ||g|| / ||w||
         with np.errstate(invalid="ignore"):
             off = np.isfinite(ratio) & ((ratio > s["update_ratio_high"]) | (ratio < s["update_ratio_low"]))
         self._streak(off & finite, "ratio", step)
-        report(state["ratio_streak"] == s["patience"], "update_ratio",
-               lambda i: {"ratio": float(ratio[i])},
-               lambda i: f"{{layer}}: |g|/|w| = {ratio[i]:.3g} too {'large' if ratio[i] > s['update_ratio_high'] else 'small'} "
-                         f"since step {state['ratio_since'][i]}")
+        report(
+            state["ratio_streak"] == s["patience"],
+            "update_ratio",
+            lambda i: {"ratio": float(ratio[i])},
+            lambda i: (
+                f"{{layer}}: |g|/|w| = {ratio[i]:.3g} too {'large' if ratio[i] > s['update_ratio_high'] else 'small'} "
+                f"since step {state['ratio_since'][i]}"
+            ),
+        )
         return findings
 
     def _streak(self, condition, name, step):
@@ -264,15 +366,25 @@ class GradientMonitor:
         if self._states:
             patience = self.settings["patience"]
             for index, layer in enumerate(self.names):
-                current = [kind for kind, active in (
-                    ("vanishing", self._states["vanishing_streak"][index] >= patience),
-                    ("exploding", bool(self._states["exploding"][index])),
-                    ("dead", self._states["dead_streak"][index] >= patience),
-                    ("update_ratio", self._states["ratio_streak"][index] >= patience)) if active]
+                current = [
+                    kind
+                    for kind, active in (
+                        ("vanishing", self._states["vanishing_streak"][index] >= patience),
+                        ("exploding", bool(self._states["exploding"][index])),
+                        ("dead", self._states["dead_streak"][index] >= patience),
+                        ("update_ratio", self._states["ratio_streak"][index] >= patience),
+                    )
+                    if active
+                ]
                 if current:
                     flagged[layer] = current
-        return {"steps": self._count, "last_step": self._last_step, "layers": len(self.names or []),
-                "findings": kinds, "flagged": flagged}
+        return {
+            "steps": self._count,
+            "last_step": self._last_step,
+            "layers": len(self.names or []),
+            "findings": kinds,
+            "flagged": flagged,
+        }
 
     def report(self):
         """A per-layer table: current norm, trend over the kept window, current findings."""
@@ -308,5 +420,16 @@ class GradientMonitor:
         """The findings, one JSON object a line."""
         with open(path, "w") as handle:
             for finding in self.findings:
-                handle.write(json.dumps({"step": finding.step, "layer": finding.layer, "kind": finding.kind,
-                                         "evidence": finding.evidence, "message": finding.message}, default=float) + "\n")
+                handle.write(
+                    json.dumps(
+                        {
+                            "step": finding.step,
+                            "layer": finding.layer,
+                            "kind": finding.kind,
+                            "evidence": finding.evidence,
+                            "message": finding.message,
+                        },
+                        default=float,
+                    )
+                    + "\n"
+                )

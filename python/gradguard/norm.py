@@ -2,8 +2,8 @@
 a residual add, the pre-norm transformer block) and backward. The C++ core
 does the work, rows in parallel with the GIL released; this module checks
 arguments, allocates outputs and converts weights to the compute type."""
-from __future__ import annotations
 
+from __future__ import annotations
 
 import numpy as np
 
@@ -31,7 +31,9 @@ def _check_float_array(value, argument):
     if not isinstance(value, np.ndarray):
         raise TypeError(f"{argument} must be a NumPy array, got {type(value).__name__}")
     if value.dtype not in _SUPPORTED:
-        raise TypeError(f"{argument} has dtype {value.dtype}; supported: float32, float64, float16, bfloat16 (ml_dtypes)")
+        raise TypeError(
+            f"{argument} has dtype {value.dtype}; supported: float32, float64, float16, bfloat16 (ml_dtypes)"
+        )
     return value
 
 
@@ -100,13 +102,19 @@ def _output(out, x, inputs, exact_aliases_allowed):
     if not out.flags.c_contiguous:
         raise ValueError("out must be C-contiguous")
     if not out.flags.aligned:
-        raise ValueError(f"out is not aligned: its data address is not a multiple of its itemsize "
-                         f"({out.dtype.itemsize} bytes); write into an aligned array")
+        raise ValueError(
+            f"out is not aligned: its data address is not a multiple of its itemsize "
+            f"({out.dtype.itemsize} bytes); write into an aligned array"
+        )
     for name, array in inputs.items():
         if array is None or not np.may_share_memory(out, array):
             continue
-        same = (name in exact_aliases_allowed and array.shape == out.shape and array.dtype == out.dtype
-                and array.__array_interface__["data"][0] == out.__array_interface__["data"][0])
+        same = (
+            name in exact_aliases_allowed
+            and array.shape == out.shape
+            and array.dtype == out.dtype
+            and array.__array_interface__["data"][0] == out.__array_interface__["data"][0]
+        )
         if not same:
             allowed = " or ".join(exact_aliases_allowed)
             raise ValueError(f"out overlaps {name}: out may be exactly {allowed}, or share no memory with the inputs")
@@ -131,8 +139,12 @@ def _forward(x, weight, bias, eps, residual, out, return_stats, rms):
     weight = _affine(weight, "weight", features, compute)
     bias = None if rms else _affine(bias, "bias", features, compute)
     residual = None if residual is None else _same_as_x(residual, "residual", x)
-    y = _output(out, x, {"x": x, "residual": residual, "weight": weight, "bias": bias},
-                ("x", "residual") if residual is not None else ("x",))
+    y = _output(
+        out,
+        x,
+        {"x": x, "residual": residual, "weight": weight, "bias": bias},
+        ("x", "residual") if residual is not None else ("x",),
+    )
     total = np.empty_like(x) if residual is not None else None
     mean = None if rms else np.empty(x.shape[:-1], dtype=compute)
     rstd = np.empty(x.shape[:-1], dtype=compute)

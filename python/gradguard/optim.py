@@ -7,6 +7,7 @@ min(1, max_norm / (norm + 1e-6)) (and by 1/scale with a LossScaler): clipping
 costs one read instead of a read and a read+write pass. Both happen in one
 C++ call, which validates every array before anything is written.
 """
+
 from __future__ import annotations
 
 import math
@@ -59,10 +60,14 @@ class _Optimizer:
         _core.check_writable(self._params, self._names, "params")
         for index, param in enumerate(self._params):
             if param.dtype not in (np.float32, np.float64):
-                raise TypeError(f"{_label(index, self._names)} is {param.dtype}; optimiser parameters are float32 or float64")
+                raise TypeError(
+                    f"{_label(index, self._names)} is {param.dtype}; optimiser parameters are float32 or float64"
+                )
             if not param.flags.c_contiguous:
-                raise ValueError(f"{_label(index, self._names)} is not C-contiguous; optimiser parameters pair with "
-                                 "their gradients and state element by element in C order")
+                raise ValueError(
+                    f"{_label(index, self._names)} is not C-contiguous; optimiser parameters pair with "
+                    "their gradients and state element by element in C order"
+                )
         self.max_grad_norm = real(max_grad_norm, "max_grad_norm", low=0.0, allow_none=True)
         self.hyper = self._check_hyper(hyper)
         self.step_count = 0
@@ -84,9 +89,13 @@ class _Optimizer:
     # -- state -----------------------------------------------------------------------------
     def state_dict(self):
         """Kind, hyperparameters, max_grad_norm, step count and state buffers (copies), enough to resume exactly."""
-        return {"kind": type(self).__name__, "hyper": dict(self.hyper), "max_grad_norm": self.max_grad_norm,
-                "step": self.step_count,
-                "state": {name: [None if b is None else b.copy() for b in buffers] for name, buffers in self.state.items()}}
+        return {
+            "kind": type(self).__name__,
+            "hyper": dict(self.hyper),
+            "max_grad_norm": self.max_grad_norm,
+            "step": self.step_count,
+            "state": {name: [None if b is None else b.copy() for b in buffers] for name, buffers in self.state.items()},
+        }
 
     def load_state_dict(self, state_dict):
         """Restore a state_dict() of the same kind of optimiser over parameters of the same shapes.
@@ -107,8 +116,9 @@ class _Optimizer:
         if not isinstance(given_hyper, Mapping):
             raise TypeError("state_dict['hyper'] must be a dict")
         if set(given_hyper) != set(self.hyper):
-            raise ValueError(f"state_dict['hyper'] has keys {sorted(given_hyper)}; {type(self).__name__} takes "
-                             f"{sorted(self.hyper)}")
+            raise ValueError(
+                f"state_dict['hyper'] has keys {sorted(given_hyper)}; {type(self).__name__} takes {sorted(self.hyper)}"
+            )
         hyper = self._check_hyper(given_hyper)
         max_grad_norm = real(state_dict["max_grad_norm"], "max_grad_norm", low=0.0, allow_none=True)
         step = positive_int(state_dict["step"], "step", minimum=0)
@@ -117,8 +127,10 @@ class _Optimizer:
             raise TypeError("state_dict['state'] must be a dict of state name -> list of buffers")
         unexpected = [name for name in state if name not in self._state_names]
         if unexpected:
-            raise ValueError(f"state_dict['state'] has {unexpected}, which {type(self).__name__} does not keep "
-                             f"(it keeps {list(self._state_names)})")
+            raise ValueError(
+                f"state_dict['state'] has {unexpected}, which {type(self).__name__} does not keep "
+                f"(it keeps {list(self._state_names)})"
+            )
         active = self._active_states_for(hyper)
         buffers = {}
         for name in self._state_names:
@@ -129,15 +141,18 @@ class _Optimizer:
             for index, (buffer, param) in enumerate(zip(given, self._params)):
                 if buffer is None:
                     if step > 0 and name in active:
-                        raise ValueError(f"state {name!r}[{index}] is missing, and this optimiser has taken {step} steps")
+                        raise ValueError(
+                            f"state {name!r}[{index}] is missing, and this optimiser has taken {step} steps"
+                        )
                     converted.append(None)
                     continue
                 if not isinstance(buffer, np.ndarray) or buffer.dtype.kind != "f":
                     what = buffer.dtype if isinstance(buffer, np.ndarray) else type(buffer).__name__
                     raise TypeError(f"state {name!r}[{index}] must be a real floating-point NumPy array, got {what}")
                 if buffer.shape != param.shape:
-                    raise ValueError(f"state {name!r}[{index}] has shape {buffer.shape}, "
-                                     f"{_label(index, self._names)} {param.shape}")
+                    raise ValueError(
+                        f"state {name!r}[{index}] has shape {buffer.shape}, {_label(index, self._names)} {param.shape}"
+                    )
                 converted.append(np.array(buffer, dtype=param.dtype, order="C", copy=True))
             buffers[name] = converted
         self.hyper, self.max_grad_norm, self.step_count, self.state = hyper, max_grad_norm, step, buffers
@@ -171,8 +186,18 @@ class _Optimizer:
         settings = self._settings(hyper, self.step_count + 1)
         max_norm = math.nan if self.max_grad_norm is None else self.max_grad_norm
         norm, coefficient, skipped, nonfinite_indices = _core.optimizer_step(
-            self._params, grad_list, states, list(self._state_names) + [""] * (3 - len(self._state_names)), settings,
-            max_norm, _CLIP_EPS, inverse_scale, want_norm, loss_scaler is not None, self._names)
+            self._params,
+            grad_list,
+            states,
+            list(self._state_names) + [""] * (3 - len(self._state_names)),
+            settings,
+            max_norm,
+            _CLIP_EPS,
+            inverse_scale,
+            want_norm,
+            loss_scaler is not None,
+            self._names,
+        )
         nonfinite = tuple(self._names[i] for i in nonfinite_indices) if self._names else tuple(nonfinite_indices)
         if skipped:
             loss_scaler.update(True)
@@ -187,8 +212,10 @@ class _Optimizer:
         return report if return_report else norm
 
     def _buffers_for(self, name):
-        return [np.zeros(param.shape, dtype=param.dtype) if buffer is None else buffer
-                for buffer, param in zip(self.state[name], self._params)]
+        return [
+            np.zeros(param.shape, dtype=param.dtype) if buffer is None else buffer
+            for buffer, param in zip(self.state[name], self._params)
+        ]
 
     def _active_states(self):
         return self._active_states_for(self.hyper)
@@ -205,17 +232,24 @@ class SGD(_Optimizer):
     _state_names = ("momentum_buffer",)
 
     def __init__(self, params, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, max_grad_norm=None):
-        hyper = {"lr": lr, "momentum": momentum, "dampening": dampening, "weight_decay": weight_decay,
-                 "nesterov": nesterov}
+        hyper = {
+            "lr": lr,
+            "momentum": momentum,
+            "dampening": dampening,
+            "weight_decay": weight_decay,
+            "nesterov": nesterov,
+        }
         super().__init__(params, hyper, max_grad_norm)
 
     @classmethod
     def _check_hyper(cls, hyper):
-        checked = {"lr": real(hyper["lr"], "lr", low=0.0, allow_inf=False),
-                   "momentum": real(hyper["momentum"], "momentum", low=0.0, allow_inf=False),
-                   "dampening": real(hyper["dampening"], "dampening", low=0.0, high=1.0),
-                   "weight_decay": real(hyper["weight_decay"], "weight_decay", low=0.0, allow_inf=False),
-                   "nesterov": _flag(hyper["nesterov"], "nesterov")}
+        checked = {
+            "lr": real(hyper["lr"], "lr", low=0.0, allow_inf=False),
+            "momentum": real(hyper["momentum"], "momentum", low=0.0, allow_inf=False),
+            "dampening": real(hyper["dampening"], "dampening", low=0.0, high=1.0),
+            "weight_decay": real(hyper["weight_decay"], "weight_decay", low=0.0, allow_inf=False),
+            "nesterov": _flag(hyper["nesterov"], "nesterov"),
+        }
         if checked["nesterov"] and (checked["momentum"] <= 0 or checked["dampening"] != 0):
             raise ValueError("nesterov momentum needs momentum > 0 and dampening = 0")
         return checked
@@ -242,8 +276,9 @@ class Adam(_Optimizer):
     _state_names = ("exp_avg", "exp_avg_sq", "max_exp_avg_sq")
     _decoupled = False
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False,
-                 max_grad_norm=None):
+    def __init__(
+        self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, amsgrad=False, max_grad_norm=None
+    ):
         hyper = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "amsgrad": amsgrad}
         super().__init__(params, hyper, max_grad_norm)
 
@@ -252,12 +287,16 @@ class Adam(_Optimizer):
         betas = hyper["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair (beta1, beta2), got {betas!r}")
-        return {"lr": real(hyper["lr"], "lr", low=0.0, allow_inf=False),
-                "betas": (real(betas[0], "betas[0]", low=0.0, high=1.0, high_open=True),
-                          real(betas[1], "betas[1]", low=0.0, high=1.0, high_open=True)),
-                "eps": real(hyper["eps"], "eps", low=0.0, allow_inf=False),
-                "weight_decay": real(hyper["weight_decay"], "weight_decay", low=0.0, allow_inf=False),
-                "amsgrad": _flag(hyper["amsgrad"], "amsgrad")}
+        return {
+            "lr": real(hyper["lr"], "lr", low=0.0, allow_inf=False),
+            "betas": (
+                real(betas[0], "betas[0]", low=0.0, high=1.0, high_open=True),
+                real(betas[1], "betas[1]", low=0.0, high=1.0, high_open=True),
+            ),
+            "eps": real(hyper["eps"], "eps", low=0.0, allow_inf=False),
+            "weight_decay": real(hyper["weight_decay"], "weight_decay", low=0.0, allow_inf=False),
+            "amsgrad": _flag(hyper["amsgrad"], "amsgrad"),
+        }
 
     @staticmethod
     def _active_states_for(hyper):
@@ -270,8 +309,8 @@ class Adam(_Optimizer):
         settings.lr, settings.beta1, settings.beta2, settings.eps = hyper["lr"], beta1, beta2, hyper["eps"]
         settings.weight_decay, settings.amsgrad = hyper["weight_decay"], hyper["amsgrad"]
         settings.decoupled_weight_decay = self._decoupled
-        settings.step_size = hyper["lr"] / (1.0 - beta1 ** step)
-        settings.bias_correction2_sqrt = math.sqrt(1.0 - beta2 ** step)
+        settings.step_size = hyper["lr"] / (1.0 - beta1**step)
+        settings.bias_correction2_sqrt = math.sqrt(1.0 - beta2**step)
         return settings
 
 
@@ -280,8 +319,9 @@ class AdamW(Adam):
 
     _decoupled = True
 
-    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False,
-                 max_grad_norm=None):
+    def __init__(
+        self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, max_grad_norm=None
+    ):
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad, max_grad_norm)
 
 
@@ -293,20 +333,29 @@ class RMSprop(_Optimizer):
 
     _state_names = ("square_avg", "momentum_buffer", "grad_avg")
 
-    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False,
-                 max_grad_norm=None):
-        hyper = {"lr": lr, "alpha": alpha, "eps": eps, "weight_decay": weight_decay, "momentum": momentum,
-                 "centered": centered}
+    def __init__(
+        self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0, momentum=0.0, centered=False, max_grad_norm=None
+    ):
+        hyper = {
+            "lr": lr,
+            "alpha": alpha,
+            "eps": eps,
+            "weight_decay": weight_decay,
+            "momentum": momentum,
+            "centered": centered,
+        }
         super().__init__(params, hyper, max_grad_norm)
 
     @classmethod
     def _check_hyper(cls, hyper):
-        return {"lr": real(hyper["lr"], "lr", low=0.0, allow_inf=False),
-                "alpha": real(hyper["alpha"], "alpha", low=0.0, high=1.0),
-                "eps": real(hyper["eps"], "eps", low=0.0, allow_inf=False),
-                "weight_decay": real(hyper["weight_decay"], "weight_decay", low=0.0, allow_inf=False),
-                "momentum": real(hyper["momentum"], "momentum", low=0.0, allow_inf=False),
-                "centered": _flag(hyper["centered"], "centered")}
+        return {
+            "lr": real(hyper["lr"], "lr", low=0.0, allow_inf=False),
+            "alpha": real(hyper["alpha"], "alpha", low=0.0, high=1.0),
+            "eps": real(hyper["eps"], "eps", low=0.0, allow_inf=False),
+            "weight_decay": real(hyper["weight_decay"], "weight_decay", low=0.0, allow_inf=False),
+            "momentum": real(hyper["momentum"], "momentum", low=0.0, allow_inf=False),
+            "centered": _flag(hyper["centered"], "centered"),
+        }
 
     @staticmethod
     def _active_states_for(hyper):
@@ -321,6 +370,9 @@ class RMSprop(_Optimizer):
         settings = _core.OptimizerStep()
         settings.kind = _core.OptimizerKind.rmsprop
         settings.lr, settings.alpha, settings.eps = hyper["lr"], hyper["alpha"], hyper["eps"]
-        settings.weight_decay, settings.momentum, settings.centered = (hyper["weight_decay"], hyper["momentum"],
-                                                                       hyper["centered"])
+        settings.weight_decay, settings.momentum, settings.centered = (
+            hyper["weight_decay"],
+            hyper["momentum"],
+            hyper["centered"],
+        )
         return settings

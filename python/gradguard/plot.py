@@ -1,6 +1,7 @@
 """Pictures of gradient health, written to PNG (matplotlib, an optional extra:
 pip install "gradguard[plot]"). Figures are built with matplotlib's object API,
 so no GUI backend is needed."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -36,8 +37,9 @@ def gradient_flow(source, path, findings=None, title="gradient flow: log10 ||g||
     axes = figure.add_subplot()
     steps = np.asarray(history["step"])
     extent = (steps[0] - 0.5, steps[-1] + 0.5, len(history["layers"]) - 0.5, -0.5) if steps.size else None
-    shown = axes.imshow(np.ma.masked_invalid(image), aspect="auto", interpolation="nearest", cmap="viridis",
-                        extent=extent)
+    shown = axes.imshow(
+        np.ma.masked_invalid(image), aspect="auto", interpolation="nearest", cmap="viridis", extent=extent
+    )
     figure.colorbar(shown, ax=axes, label="log10 gradient norm")
     layers = list(history["layers"])
     markers = {"vanishing": "v", "exploding": "^", "dead": "x", "update_ratio": "s"}
@@ -84,7 +86,9 @@ def gradient_histogram(grads, path, bins=100, sample=1_000_000, seed=0, title="d
     at most `sample` values), exact zeros and non-finite values counted in the
     title. Writes an 800x500 PNG and returns path."""
     array_list, _ = as_array_list(grads, "grads")
-    values = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in array_list]) if array_list else np.zeros(0)
+    values = (
+        np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in array_list]) if array_list else np.zeros(0)
+    )
     zeros = int(np.count_nonzero(values == 0))
     nonfinite = int(np.count_nonzero(~np.isfinite(values)))
     magnitudes = np.abs(values[np.isfinite(values) & (values != 0)])

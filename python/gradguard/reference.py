@@ -7,14 +7,26 @@ in each dtype's compute type (float32 for 16- and 32-bit arrays, float64 for
 float64) and rounded once to the array's dtype, as the core does. They are
 slow (several passes, temporaries) and return new arrays instead of writing.
 """
+
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-__all__ = ["compute_dtype", "global_norm", "tensor_norms", "clip_by_global_norm", "clip_by_norm",
-           "clip_by_value", "grad_stats", "layer_norm", "rms_norm", "layer_norm_backward", "rms_norm_backward"]
+__all__ = [
+    "compute_dtype",
+    "global_norm",
+    "tensor_norms",
+    "clip_by_global_norm",
+    "clip_by_norm",
+    "clip_by_value",
+    "grad_stats",
+    "layer_norm",
+    "rms_norm",
+    "layer_norm_backward",
+    "rms_norm_backward",
+]
 
 
 def compute_dtype(dtype):
@@ -37,7 +49,7 @@ def _norm(values, ord):
     if largest == 0.0:
         return 0.0
     scaled = magnitudes / largest
-    return largest * float(np.sum(scaled ** ord)) ** (1.0 / ord)
+    return largest * float(np.sum(scaled**ord)) ** (1.0 / ord)
 
 
 def tensor_norms(arrays, ord=2.0):
@@ -123,8 +135,10 @@ def grad_stats(arrays):
             for name in ("mean", "std", "abs_mean", "min", "max"):
                 fields[name].append(math.nan)
     integer_fields = {"numel", "n_nan", "n_inf", "n_zero"}
-    return {name: np.array(values, dtype=np.int64 if name in integer_fields else np.float64)
-            for name, values in fields.items()}
+    return {
+        name: np.array(values, dtype=np.int64 if name in integer_fields else np.float64)
+        for name, values in fields.items()
+    }
 
 
 def layer_norm(x, weight=None, bias=None, eps=1e-5, residual=None):
@@ -143,7 +157,7 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, residual=None):
 def rms_norm(x, weight=None, eps=1e-6, residual=None):
     """(y, rstd, s) in float64: the formulas of gradguard.rms_norm."""
     s = np.asarray(x, np.float64) + (0.0 if residual is None else np.asarray(residual, np.float64))
-    rstd = 1.0 / np.sqrt((s ** 2).mean(axis=-1) + eps)
+    rstd = 1.0 / np.sqrt((s**2).mean(axis=-1) + eps)
     y = s * rstd[..., None]
     if weight is not None:
         y = y * np.asarray(weight, np.float64)
@@ -188,7 +202,11 @@ def optimizer_step(kind, params, grads, state, step, hyper, grad_scale=1.0):
             if wd:
                 g = g + wd * p
             if hyper.get("momentum", 0.0):
-                buffer = g.copy() if step == 1 else hyper["momentum"] * new_state["momentum"][index] + (1 - hyper.get("dampening", 0.0)) * g
+                buffer = (
+                    g.copy()
+                    if step == 1
+                    else hyper["momentum"] * new_state["momentum"][index] + (1 - hyper.get("dampening", 0.0)) * g
+                )
                 new_state["momentum"][index] = buffer
                 g = g + hyper["momentum"] * buffer if hyper.get("nesterov") else buffer
             p -= hyper["lr"] * g
@@ -204,8 +222,8 @@ def optimizer_step(kind, params, grads, state, step, hyper, grad_scale=1.0):
             if hyper.get("amsgrad"):
                 v = np.maximum(new_state["max_exp_avg_sq"][index], v)
                 new_state["max_exp_avg_sq"][index] = v
-            denominator = np.sqrt(v) / math.sqrt(1 - beta2 ** step) + hyper["eps"]
-            p -= hyper["lr"] / (1 - beta1 ** step) * m / denominator
+            denominator = np.sqrt(v) / math.sqrt(1 - beta2**step) + hyper["eps"]
+            p -= hyper["lr"] / (1 - beta1**step) * m / denominator
         else:  # rmsprop
             if wd:
                 g = g + wd * p

@@ -1,10 +1,11 @@
 """One-pass per-array gradient statistics: the raw material of vanishing and
 exploding-gradient detection."""
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import Optional
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class GradStats:
     n_nan: np.ndarray
     n_inf: np.ndarray
     n_zero: np.ndarray
-    names: Optional[Tuple[str, ...]]
+    names: Optional[tuple[str, ...]]
     global_norm: float
 
     def __len__(self):

@@ -6,6 +6,7 @@ This module imports torch; gradguard's top level does not. Other frameworks
 hand the dict to gg.grad_stats, gg.GradientMonitor.update or, for writable
 NumPy leaves, the clipping functions.
 """
+
 from __future__ import annotations
 
 try:

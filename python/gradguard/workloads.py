@@ -1,5 +1,6 @@
 """The standard gradient shapes (shared/workloads/models.json, shipped here as
 data/workloads.json) that tests and benchmarks use, so figures are comparable."""
+
 from __future__ import annotations
 
 import json
