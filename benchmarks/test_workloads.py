@@ -7,7 +7,7 @@ import pytest
 
 from gradguard import _core
 from gradguard.bench import make_cases, read_probes, write_probes
-from gradguard.workloads import make_gradients, workload_names
+from gradguard.bench.workloads import make_gradients, workload_names
 
 OPERATIONS = ["global_norm", "clip_by_global_norm", "grad_stats"]
 IMPLEMENTATIONS = [f"gradguard-{target}" for target in _core.supported_targets()] + ["numpy", "torch"]
@@ -76,7 +76,7 @@ def test_bandwidth(benchmark, kind, probe):
 def test_monitor_update_costs_one_read(benchmark, cases_of):
     """GradientMonitor.update on gpt2-small: one grad_stats pass plus bookkeeping."""
     import gradguard as gg
-    from gradguard.workloads import make_gradients
+    from gradguard.bench.workloads import make_gradients
 
     gradients = make_gradients("gpt2-small")
     monitor = gg.GradientMonitor()

@@ -16,6 +16,7 @@
 #include <system_error>
 #include <vector>
 
+#include "bandwidth_probe.h"
 #include "dispatch.h"
 #include "multi_tensor.h"
 #include "normalization.h"
@@ -589,6 +590,7 @@ PYBIND11_MODULE(_core, m) {
     return fractions;
   });
 
+  // The bandwidth yardstick of the benchmarks (not an operation of the library).
   m.def("read_probe", [](const py::array& array) {
     if (!py::isinstance<py::array_t<float>>(array) || !(array.flags() & kCContiguous) || !(array.flags() & kAligned))
       throw py::type_error("read_probe needs a C-contiguous, aligned float32 array");

@@ -4,7 +4,7 @@
 #include <cstdlib>
 #include <stdexcept>
 
-#if defined(__x86_64__) || defined(_M_X64)
+#if defined(__x86_64__)
 #include <cpuid.h>
 #endif
 
@@ -17,7 +17,7 @@ struct CompiledTarget {
   bool (*cpu_supports)();
 };
 
-#if defined(__x86_64__) || defined(_M_X64)
+#if defined(__x86_64__)
 // XCR0: which register files the OS saves on context switch. A CPU can report
 // AVX-512 while the OS (or hypervisor) has not enabled its state.
 unsigned long long enabled_register_state() {
@@ -61,7 +61,7 @@ bool always() { return true; }
 // Best first.
 const std::vector<CompiledTarget>& targets() {
   static const std::vector<CompiledTarget> all = {
-#if defined(__x86_64__) || defined(_M_X64)
+#if defined(__x86_64__)
       {"avx512", avx512::kernel_table, cpu_has_avx512},
       {"avx2", avx2::kernel_table, cpu_has_avx2},
 #endif

@@ -132,7 +132,6 @@ using StatsFn = StatsPartial (*)(const void* data, int64_t count);
 using ScaledStatsFn = StatsPartial (*)(const void* data, int64_t count, double scale);
 using ScaleFn = void (*)(void* data, int64_t count, double factor);
 using ClampFn = void (*)(void* data, int64_t count, double low, double high);
-using ReadProbeFn = double (*)(const void* data, int64_t count);
 
 struct KernelTable {
   const char* target;  // "baseline", "avx2", "avx512"
@@ -141,9 +140,6 @@ struct KernelTable {
   ScaledStatsFn scaled_stats[kNumDTypes];
   ScaleFn scale[kNumDTypes];
   ClampFn clamp[kNumDTypes];
-  // The simplest possible read loop (float32 sum): the bandwidth yardstick
-  // that `python -m gradguard bench` measures rooflines with.
-  ReadProbeFn read_probe;
   NormalizationForwardFn normalization_forward[kNumDTypes];
   NormalizationBackwardFn normalization_backward[kNumDTypes];
   // [parameter dtype: float32, float64][gradient dtype]; null where the pair makes no sense.
@@ -154,7 +150,7 @@ struct KernelTable {
 };
 
 namespace baseline { const KernelTable& kernel_table(); }
-#if defined(__x86_64__) || defined(_M_X64)
+#if defined(__x86_64__)
 namespace avx2 { const KernelTable& kernel_table(); }
 namespace avx512 { const KernelTable& kernel_table(); }
 #endif

@@ -540,19 +540,4 @@ void scale_units(const TensorRef& tensor, int64_t units, bool units_first, const
   });
 }
 
-double read_probe(const float* data, int64_t count) {
-  const KernelTable& kernels = active_kernels();
-  const std::vector<TensorRef> tensors = {{const_cast<float*>(data), count, DType::float32}};
-  Plan owned_plan;
-  const Plan& plan = make_plan(tensors, owned_plan);
-  std::vector<double> partials(plan.pieces.size());
-  for_each_piece(tensors, plan, false, [&](int64_t index) {
-    const Piece& piece = plan.pieces[index];
-    partials[index] = kernels.read_probe(data + piece.offset, piece.count);
-  });
-  double sum = 0.0;
-  for (double partial : partials) sum += partial;
-  return sum;
-}
-
 }  // namespace gradguard

@@ -114,7 +114,4 @@ void unit_norms(const TensorRef& tensor, int64_t units, bool units_first, double
 // Multiplies unit u of the tensor by factors[u] (same layouts as unit_norms).
 void scale_units(const TensorRef& tensor, int64_t units, bool units_first, const double* factors);
 
-// Sum of a float32 buffer by the plainest threaded read loop (bandwidth yardstick).
-double read_probe(const float* data, int64_t count);
-
 }  // namespace gradguard

@@ -14,7 +14,7 @@
 #include <pthread.h>
 #include <sched.h>
 #endif
-#if defined(__x86_64__) || defined(_M_X64)
+#if defined(__x86_64__)
 #include <immintrin.h>
 #endif
 
@@ -29,7 +29,7 @@ inline void pause_or_yield(int polls) {
     std::this_thread::yield();
     return;
   }
-#if defined(__x86_64__) || defined(_M_X64)
+#if defined(__x86_64__)
   _mm_pause();
 #endif
 }

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from gradguard import demo
-from gradguard.mlp import MLP, two_spirals
+from gradguard.demo.mlp import MLP, two_spirals
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .norm import layer_norm, layer_norm_backward
+from ..norm import layer_norm, layer_norm_backward
 
 ACTIVATIONS = {
     "sigmoid": (lambda z: 1.0 / (1.0 + np.exp(-z)), lambda z, a: a * (1.0 - a)),

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _core, optim
-from .clip import clip_by_global_norm, global_norm
-from .config import get_num_threads, set_num_threads, simd_target
-from .norm import layer_norm, layer_norm_backward
-from .stats import grad_stats
+from .. import _core, optim
+from ..clip import clip_by_global_norm, global_norm
+from ..config import get_num_threads, set_num_threads, simd_target
+from ..norm import layer_norm, layer_norm_backward
+from ..stats import grad_stats
 from .workloads import make_gradients, workload_names
 
 try:
@@ -231,7 +231,7 @@ def make_cases(workload, gradients, operations=("global_norm", "clip_by_global_n
     if "grad_stats" in operations:
         case = Case(workload, "grad_stats", nbytes, ("read",))
         case.implementations["gradguard"] = lambda: grad_stats(arrays)
-        from .monitor import GradientMonitor
+        from ..monitor import GradientMonitor
 
         monitor = GradientMonitor(names=list(gradients))
         case.implementations["gg monitor"] = lambda: monitor.update(arrays)

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from . import init
+from .. import init
 from .mlp import MLP, two_spirals
-from .monitor import GradientMonitor
-from .optim import SGD
+from ..monitor import GradientMonitor
+from ..optim import SGD
 
 
 @dataclass(frozen=True)
