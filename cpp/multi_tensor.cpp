@@ -110,6 +110,26 @@ void for_each_piece(const std::vector<TensorRef>& tensors, const Plan& plan, boo
   });
 }
 
+// Apex's multi_tensor_apply on the CPU, written once: runs
+// body(index, piece, tensor, address) for every piece of `plan` over the
+// pool, with `address` the piece's first element.
+template <class Body>
+void apply_to_pieces(const std::vector<TensorRef>& tensors, const Plan& plan, bool backwards, const Body& body) {
+  for_each_piece(tensors, plan, backwards, [&](int64_t index) {
+    const Piece& piece = plan.pieces[index];
+    const TensorRef& tensor = tensors[piece.tensor];
+    body(index, piece, tensor, static_cast<char*>(tensor.data) + piece.offset * element_size(tensor.dtype));
+  });
+}
+
+// The same after planning `tensors` into `plan` (the caller's reusable buffer).
+template <class Body>
+const Plan& multi_tensor_apply(const std::vector<TensorRef>& tensors, Plan& plan, bool backwards, const Body& body) {
+  make_plan(tensors, plan);
+  apply_to_pieces(tensors, plan, backwards, body);
+  return plan;
+}
+
 std::vector<NormPartial> norm_pass(const std::vector<TensorRef>& tensors, const Plan& plan, NormOrder order,
                                    const std::vector<double>& scale_per_tensor) {
   const KernelTable& kernels = active_kernels();
@@ -119,11 +139,9 @@ std::vector<NormPartial> norm_pass(const std::vector<TensorRef>& tensors, const 
   std::vector<NormPartial>& partials = reusable_partials;
   const ReleaseIfLarge release(partials);
   partials.resize(plan.pieces.size());
-  for_each_piece(tensors, plan, false, [&](int64_t index) {
-    const Piece& piece = plan.pieces[index];
-    const TensorRef& tensor = tensors[piece.tensor];
-    partials[index] = kernels.norm[static_cast<int>(tensor.dtype)](
-        piece_address(tensor, piece.offset), piece.count, order.kind, order.p, scale_per_tensor[piece.tensor]);
+  apply_to_pieces(tensors, plan, false, [&](int64_t index, const Piece& piece, const TensorRef& tensor, char* address) {
+    partials[index] = kernels.norm[static_cast<int>(tensor.dtype)](address, piece.count, order.kind, order.p,
+                                                                   scale_per_tensor[piece.tensor]);
   });
   // Pieces are folded in order: the result is independent of the thread count.
   std::vector<NormPartial> per_tensor(tensors.size());
@@ -286,14 +304,9 @@ void scale_tensors(const std::vector<TensorRef>& tensors, const std::vector<doub
   const KernelTable& kernels = active_kernels();
   static thread_local Plan reusable_plan;
   const ReleaseIfLarge release(reusable_plan);
-  const Plan& plan = make_plan(tensors, reusable_plan);
-  for_each_piece(tensors, plan, true, [&](int64_t index) {
-    const Piece& piece = plan.pieces[index];
-    const TensorRef& tensor = tensors[piece.tensor];
+  multi_tensor_apply(tensors, reusable_plan, true, [&](int64_t, const Piece& piece, const TensorRef& tensor, char* address) {
     const double factor = factors[piece.tensor];
-    if (factor == 1.0) return;
-    kernels.scale[static_cast<int>(tensor.dtype)](const_cast<char*>(piece_address(tensor, piece.offset)),
-                                                   piece.count, factor);
+    if (factor != 1.0) kernels.scale[static_cast<int>(tensor.dtype)](address, piece.count, factor);
   });
 }
 
@@ -301,12 +314,8 @@ void clamp_tensors(const std::vector<TensorRef>& tensors, double low, double hig
   const KernelTable& kernels = active_kernels();
   static thread_local Plan reusable_plan;
   const ReleaseIfLarge release(reusable_plan);
-  const Plan& plan = make_plan(tensors, reusable_plan);
-  for_each_piece(tensors, plan, false, [&](int64_t index) {
-    const Piece& piece = plan.pieces[index];
-    const TensorRef& tensor = tensors[piece.tensor];
-    kernels.clamp[static_cast<int>(tensor.dtype)](const_cast<char*>(piece_address(tensor, piece.offset)),
-                                                   piece.count, low, high);
+  multi_tensor_apply(tensors, reusable_plan, false, [&](int64_t, const Piece& piece, const TensorRef& tensor, char* address) {
+    kernels.clamp[static_cast<int>(tensor.dtype)](address, piece.count, low, high);
   });
 }
 
@@ -396,11 +405,8 @@ void rescue_stats(const std::vector<TensorRef>& tensors, const std::vector<size_
   Plan plan;
   make_plan(subset, plan);
   std::vector<StatsPartial> partials(plan.pieces.size());
-  for_each_piece(subset, plan, false, [&](int64_t index) {
-    const Piece& piece = plan.pieces[index];
-    const TensorRef& tensor = subset[piece.tensor];
-    partials[index] = kernels.scaled_stats[static_cast<int>(tensor.dtype)](piece_address(tensor, piece.offset),
-                                                                           piece.count, scales[piece.tensor]);
+  apply_to_pieces(subset, plan, false, [&](int64_t index, const Piece& piece, const TensorRef& tensor, char* address) {
+    partials[index] = kernels.scaled_stats[static_cast<int>(tensor.dtype)](address, piece.count, scales[piece.tensor]);
   });
   for (size_t index = 0; index < chosen.size(); ++index) {
     const int64_t first = plan.tensor_first_piece[index], end = plan.tensor_first_piece[index + 1];
@@ -459,9 +465,8 @@ void optimizer_step(const std::vector<OptimizerTensor>& tensors, const Optimizer
   for (const auto& tensor : tensors) refs.push_back({tensor.param, tensor.count, tensor.param_dtype});
   static thread_local Plan reusable_plan;
   const ReleaseIfLarge release(reusable_plan);
-  const Plan& plan = make_plan(refs, reusable_plan);
-  for_each_piece(refs, plan, false, [&](int64_t index) {
-    const Piece& piece = plan.pieces[index];
+  // Pieces are planned over the parameters; gradient and state pieces sit at the same element offsets.
+  multi_tensor_apply(refs, reusable_plan, false, [&](int64_t, const Piece& piece, const TensorRef&, char* param) {
     const OptimizerTensor& tensor = tensors[piece.tensor];
     const int param_size = element_size(tensor.param_dtype);
     void* state[3];
@@ -469,24 +474,21 @@ void optimizer_step(const std::vector<OptimizerTensor>& tensors, const Optimizer
       state[slot] = tensor.state[slot] ? static_cast<char*>(tensor.state[slot]) + piece.offset * param_size : nullptr;
     const OptimizerFn kernel =
         kernels.optimizer[tensor.param_dtype == DType::float64 ? 1 : 0][static_cast<int>(tensor.grad_dtype)];
-    kernel(step, static_cast<char*>(tensor.param) + piece.offset * param_size,
-           static_cast<const char*>(tensor.grad) + piece.offset * element_size(tensor.grad_dtype), state, piece.count);
+    kernel(step, param, static_cast<const char*>(tensor.grad) + piece.offset * element_size(tensor.grad_dtype), state,
+           piece.count);
   });
 }
 
 bool scale_and_check(const std::vector<TensorRef>& tensors, double factor) {
   const KernelTable& kernels = active_kernels();
   static thread_local Plan reusable_plan;
-  const Plan& plan = make_plan(tensors, reusable_plan);
   static thread_local std::vector<char> reusable_flags;
   std::vector<char>& flags = reusable_flags;  // one per piece: no shared write
   const ReleaseIfLarge release(reusable_plan, flags);
+  const Plan& plan = make_plan(tensors, reusable_plan);
   flags.assign(plan.pieces.size(), 0);
-  for_each_piece(tensors, plan, false, [&](int64_t index) {
-    const Piece& piece = plan.pieces[index];
-    const TensorRef& tensor = tensors[piece.tensor];
-    flags[index] = kernels.scale_check[static_cast<int>(tensor.dtype)](
-        const_cast<char*>(piece_address(tensor, piece.offset)), piece.count, factor);
+  apply_to_pieces(tensors, plan, false, [&](int64_t index, const Piece& piece, const TensorRef& tensor, char* address) {
+    flags[index] = kernels.scale_check[static_cast<int>(tensor.dtype)](address, piece.count, factor);
   });
   for (char flag : flags)
     if (flag) return true;
