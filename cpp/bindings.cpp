@@ -31,7 +31,12 @@ constexpr int kCContiguous = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_;
 constexpr int kFContiguous = py::detail::npy_api::NPY_ARRAY_F_CONTIGUOUS_;
 constexpr int kAligned = py::detail::npy_api::NPY_ARRAY_ALIGNED_;
 constexpr int kWriteable = py::detail::npy_api::NPY_ARRAY_WRITEABLE_;
-constexpr int kNpyFloat = 11, kNpyDouble = 12, kNpyHalf = 23, kNpyUserDefined = 256;
+constexpr int kNpyFloat = py::detail::npy_api::NPY_FLOAT_;
+constexpr int kNpyDouble = py::detail::npy_api::NPY_DOUBLE_;
+// NumPy's type numbers for float16 and the first user-defined type (ml_dtypes'
+// bfloat16 is one), from numpy/ndarraytypes.h: pybind11 does not name them.
+constexpr int kNpyHalf = 23;
+constexpr int kNpyUserDefined = 256;
 
 enum class Access { read, write };
 
@@ -379,7 +384,7 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("arrays"), py::arg("names"), py::arg("argument") = "arrays");
 
   // x is (rows, features) in its dtype; weight, bias, mean, rstd in the compute dtype.
-  m.def("normalization_forward", [](const py::array& x, const py::object& residual, const py::object& sum,
+  m.def("normalization_forward", [](const py::array& x, const py::object& residual, const py::object& residual_sum,
                                     const py::object& weight, const py::object& bias, const py::object& y,
                                     const py::object& mean, const py::object& rstd, int64_t rows, int64_t features,
                                     double eps, bool rms) {
@@ -389,7 +394,7 @@ PYBIND11_MODULE(_core, m) {
     NormalizationForward args{};
     args.x = buffer_of(x, "x", dtype, size, false);
     args.residual = buffer_of(residual, "residual", dtype, size, false);
-    args.sum = buffer_of(sum, "sum", dtype, size, true);
+    args.residual_sum = buffer_of(residual_sum, "residual_sum", dtype, size, true);
     args.weight = buffer_of(weight, "weight", compute, features, false);
     args.bias = buffer_of(bias, "bias", compute, features, false);
     args.y = buffer_of(y, "out", dtype, size, true);
@@ -400,7 +405,7 @@ PYBIND11_MODULE(_core, m) {
     args.eps = eps;
     args.rms = rms;
     if (args.y == nullptr || args.rstd == nullptr || (!rms && args.mean == nullptr) ||
-        ((args.residual == nullptr) != (args.sum == nullptr)))
+        ((args.residual == nullptr) != (args.residual_sum == nullptr)))
       throw py::value_error("normalization_forward: missing output buffer");
     py::gil_scoped_release released;
     normalization_forward(args, rows, dtype);

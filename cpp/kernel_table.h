@@ -51,12 +51,12 @@ struct StatsPartial {
 // Layer norm / RMS norm over rows of `features` elements (one row per call
 // of the row loop; rows are independent, so results never depend on threads).
 // weight/bias, mean/rstd and the chunk partials are in the compute type C
-// (float32, or float64 for float64 input); x, residual, sum, y, dy, dx in the
+// (float32, or float64 for float64 input); x, residual, residual_sum, y, dy, dx in the
 // tensor's dtype. A null pointer means "absent".
 struct NormalizationForward {
   const void* x;
-  const void* residual;  // s = x + residual is normalised, and written to `sum`
-  void* sum;
+  const void* residual;  // residual_sum = x + residual is normalised, and written out
+  void* residual_sum;
   const void* weight;
   const void* bias;
   void* y;

@@ -508,7 +508,9 @@ std::vector<TensorRef> rows_of(const TensorRef& tensor, int64_t units) {
 
 // Column ranges of about a piece of elements each (fixed by the shape only).
 int64_t column_step(int64_t rows, int64_t columns) {
-  return std::max<int64_t>(16, std::min<int64_t>(columns, kPieceElements / std::max<int64_t>(1, rows)));
+  // At least a cache line of float32 columns per task, so that two tasks never write one line of sums.
+  constexpr int64_t kMinColumnsPerTask = 16;
+  return std::max<int64_t>(kMinColumnsPerTask, std::min<int64_t>(columns, kPieceElements / std::max<int64_t>(1, rows)));
 }
 
 }  // namespace

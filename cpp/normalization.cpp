@@ -73,7 +73,10 @@ void normalization_backward(const NormalizationBackward& given, int64_t rows, DT
            dweight != nullptr ? weight_partials + chunk * chunk_bytes : nullptr,
            dbias != nullptr ? bias_partials + chunk * chunk_bytes : nullptr);
   });
-  const int64_t feature_step = std::max<int64_t>(1024, kPieceElements / chunks);
+  // Features per task of the reduction over chunks: a piece's worth of
+  // partials to read, and never so few that scheduling dominates.
+  constexpr int64_t kMinFeaturesPerTask = 1024;
+  const int64_t feature_step = std::max<int64_t>(kMinFeaturesPerTask, kPieceElements / chunks);
   parallel_for((features + feature_step - 1) / feature_step, [&](int64_t task) {
     const int64_t first = task * feature_step, end = std::min(features, first + feature_step);
     for (double* out : {dweight, dbias}) {

@@ -145,15 +145,15 @@ def _forward(x, weight, bias, eps, residual, out, return_stats, rms):
         {"x": x, "residual": residual, "weight": weight, "bias": bias},
         ("x", "residual") if residual is not None else ("x",),
     )
-    total = np.empty_like(x) if residual is not None else None
+    residual_sum = np.empty_like(x) if residual is not None else None
     mean = None if rms else np.empty(x.shape[:-1], dtype=compute)
     rstd = np.empty(x.shape[:-1], dtype=compute)
     if rows:
-        _core.normalization_forward(x, residual, total, weight, bias, y, mean, rstd, rows, features, eps, rms)
+        _core.normalization_forward(x, residual, residual_sum, weight, bias, y, mean, rstd, rows, features, eps, rms)
     stats = (rstd,) if rms else (mean, rstd)
     if return_stats:
-        return (y, *stats) + ((total,) if residual is not None else ())
-    return (y, total) if residual is not None else y
+        return (y, *stats) + ((residual_sum,) if residual is not None else ())
+    return (y, residual_sum) if residual is not None else y
 
 
 def _backward(dy, x, mean, rstd, weight, out, rms):
@@ -180,7 +180,8 @@ def _backward(dy, x, mean, rstd, weight, out, rms):
 def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None, out=None, return_stats=False):
     """Layer normalisation over the last axis, as torch.nn.functional.layer_norm:
 
-        s    = x + residual                      (when residual is given; rounded to x's dtype)
+        residual_sum = x + residual              (when residual is given; rounded to x's dtype)
+        s    = residual_sum, or x without a residual
         mean = sum_j s_j / F,   var = sum_j (s_j - mean)^2 / F      (biased), per row
         rstd = 1 / sqrt(var + eps)
         y    = (s - mean) * rstd * weight + bias
@@ -194,13 +195,13 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None, out=None, 
         weight, bias: None or arrays of shape (F,), any float dtype.
         eps: > 0.
         residual: None or an array like x: the pre-norm transformer block's
-            s = x + residual is normalised in the same pass and returned.
+            residual_sum = x + residual is normalised in the same pass and returned.
         out: an array like x to write y into (it may be x itself).
         return_stats: also return mean and rstd (for layer_norm_backward).
 
     Returns:
-        y; (y, s) with residual; (y, mean, rstd) with return_stats; and
-        (y, mean, rstd, s) with both.
+        y; (y, residual_sum) with residual; (y, mean, rstd) with return_stats;
+        and (y, mean, rstd, residual_sum) with both.
     """
     return _forward(x, weight, bias, eps, residual, out, return_stats, rms=False)
 
@@ -208,12 +209,13 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None, out=None, 
 def rms_norm(x, weight=None, eps=1e-6, *, residual=None, out=None, return_stats=False):
     """RMS normalisation over the last axis, as torch.nn.functional.rms_norm:
 
-        s    = x + residual                      (when residual is given)
+        s    = residual_sum = x + residual       (when residual is given; else s = x)
         rstd = 1 / sqrt(sum_j s_j^2 / F + eps)
         y    = s * rstd * weight
 
     Same dtypes, `out` and `residual` conventions as layer_norm. Returns y;
-    (y, s) with residual; (y, rstd) with return_stats; (y, rstd, s) with both.
+    (y, residual_sum) with residual; (y, rstd) with return_stats;
+    (y, rstd, residual_sum) with both.
     """
     return _forward(x, weight, None, eps, residual, out, return_stats, rms=True)
 

@@ -34,11 +34,6 @@ except ImportError:  # torch is optional: its columns are left out
     torch = None
 
 
-def best_time(function, repeat, warmup=1):
-    """Median seconds of `repeat` calls after `warmup` calls."""
-    return interleaved_medians({"only": function}, repeat, warmup)["only"]
-
-
 # Idle time before each timed call. torch's OpenMP workers and OpenBLAS's
 # threads keep spinning on the cores for milliseconds after a call returns;
 # without a pause, whichever library runs next shares two cores with them.
@@ -102,8 +97,6 @@ def write_probes(buffer):
 class Bandwidth:
     read: float  # bytes/s, best of the read probes
     read_write: float  # bytes moved (read + written) per second, best of the write probes
-    read_by: str
-    read_write_by: str
 
 
 # ---- the cases -------------------------------------------------------------------
@@ -375,7 +368,7 @@ def make_optimizer_cases(workload="gpt2-small", seed=0):
     def own_params():
         return [p.copy() for p in initial]
 
-    def gg_pair(kind, make):
+    def gg_pair(make):
         fused_params, unfused_params = own_params(), own_params()
         fused = make(fused_params, max_grad_norm=max_norm)
         unfused = make(unfused_params)
@@ -394,7 +387,7 @@ def make_optimizer_cases(workload="gpt2-small", seed=0):
         "rmsprop": lambda params, **kw: optim.RMSprop(params, lr=1e-4, **kw),
     }
     for kind, make in makers.items():
-        cases[kind] = gg_pair(kind, make)
+        cases[kind] = gg_pair(make)
     if torch is not None:
 
         def torch_step(factory):
@@ -517,8 +510,7 @@ def run(workloads, repeat, threads, slow_repeat=3):
 def _bandwidth_from(medians, nbytes):
     read = {name: nbytes / seconds for name, seconds in medians.items() if name.startswith("read: ")}
     write = {name: 2 * nbytes / seconds for name, seconds in medians.items() if name.startswith("read+write: ")}
-    read_by, write_by = max(read, key=read.get), max(write, key=write.get)
-    return Bandwidth(read[read_by], write[write_by], read_by[6:], write_by[12:])
+    return Bandwidth(max(read.values()), max(write.values()))
 
 
 def format_table(rows, threads):

@@ -27,10 +27,6 @@ class MLP:
         self.weights = [np.zeros((self.widths[i + 1], self.widths[i]), dtype) for i in range(len(self.widths) - 1)]
         self.biases = [np.zeros(self.widths[i + 1], dtype) for i in range(len(self.widths) - 1)]
 
-    @property
-    def depth(self):
-        return len(self.weights) - 1  # hidden layers
-
     def parameters(self):
         """dict name -> array, in layer order (weights and biases)."""
         named = {}
