@@ -32,6 +32,24 @@ class Finding:
     message: str = ""
 
 
+@dataclass(frozen=True)
+class _StepView:
+    """One step's per-layer arrays, as the detectors read them."""
+
+    step: int
+    norm: np.ndarray
+    finite: np.ndarray
+    positive: np.ndarray
+    logs: np.ndarray
+    zero_fraction: np.ndarray
+    ratio: np.ndarray
+    stats: object
+    previous: object  # the previous step's norms, or None
+    center: np.ndarray  # median log norm of each layer's history
+    spread: np.ndarray  # robust spread of it
+    has_history: np.ndarray
+
+
 class GradientMonitor:
     """Tracks per-layer gradient statistics and flags layers in trouble.
 
@@ -229,94 +247,115 @@ class GradientMonitor:
         return self._baseline
 
     def _detect(self, step, norm, zero_fraction, ratio, stats, previous, baseline):
-        s = self.settings
-        state = self._states
+        """The step's findings, one detector per kind, each on all layers at once."""
         count, center, spread = baseline
-        findings = []
-
-        def report(mask, kind, evidence_of, message_of):
-            for index in np.flatnonzero(mask):
-                layer = self.names[index]
-                findings.append(
-                    Finding(step, layer, kind, evidence_of(index), message_of(index).replace("{layer}", layer))
-                )
-
         finite = np.isfinite(norm)
         positive = finite & (norm > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
             logs = np.where(positive, np.log(np.where(positive, norm, 1.0)), np.nan)
-        has_history = count >= s["min_history"]
+        view = _StepView(
+            step,
+            norm,
+            finite,
+            positive,
+            logs,
+            zero_fraction,
+            ratio,
+            stats,
+            previous,
+            center,
+            spread,
+            count >= self.settings["min_history"],
+        )
+        findings = []
+        for detector in (self._exploding, self._vanishing, self._dead, self._update_ratio):
+            detector(view, findings)
+        return findings
 
-        # exploding: non-finite, a spike (robust z-score), or geometric growth
-        exploding = state["exploding"]
-        report(
-            ~finite & ~exploding,
+    def _report(self, findings, step, mask, kind, evidence_of, message_of):
+        for index in np.flatnonzero(mask):
+            layer = self.names[index]
+            findings.append(Finding(step, layer, kind, evidence_of(index), message_of(index).replace("{layer}", layer)))
+
+    def _exploding(self, view, findings):
+        """Non-finite values, a spike (robust z-score of log norm), or geometric growth; each reported as it starts."""
+        s, state, norm = self.settings, self._states, view.norm
+        already = state["exploding"]
+        self._report(
+            findings,
+            view.step,
+            ~view.finite & ~already,
             "exploding",
-            lambda i: {"n_nan": int(stats.n_nan[i]), "n_inf": int(stats.n_inf[i])},
-            lambda i: f"{{layer}}: gradient holds NaN/inf since step {step}",
+            lambda i: {"n_nan": int(view.stats.n_nan[i]), "n_inf": int(view.stats.n_inf[i])},
+            lambda i: f"{{layer}}: gradient holds NaN/inf since step {view.step}",
         )
         with np.errstate(invalid="ignore"):
-            z = (logs - center) / spread
-            spike = has_history & positive & (z > s["spike_z"])
-            grew = (
-                positive & (previous > 0) & (norm >= s["growth_factor"] * previous)
-                if previous is not None
-                else np.zeros(len(norm), dtype=bool)
-            )
+            z = (view.logs - view.center) / view.spread
+            spike = view.has_history & view.positive & (z > s["spike_z"])
+            if view.previous is None:
+                grew = np.zeros(len(norm), dtype=bool)
+            else:
+                grew = view.positive & (view.previous > 0) & (norm >= s["growth_factor"] * view.previous)
         state["growth_streak"] = np.where(grew, state["growth_streak"] + 1, 0)
         growing = state["growth_streak"] >= s["growth_steps"]
-        report(
-            spike & ~exploding,
+        self._report(
+            findings,
+            view.step,
+            spike & ~already,
             "exploding",
-            lambda i: {"norm": float(norm[i]), "z": float(z[i]), "median_norm": float(np.exp(center[i]))},
+            lambda i: {"norm": float(norm[i]), "z": float(z[i]), "median_norm": float(np.exp(view.center[i]))},
             lambda i: (
-                f"{{layer}}: norm {norm[i]:.3g} is a spike, z = {z[i]:.1f} against its median {np.exp(center[i]):.3g}"
+                f"{{layer}}: norm {norm[i]:.3g} is a spike, z = {z[i]:.1f} "
+                f"against its median {np.exp(view.center[i]):.3g}"
             ),
         )
-        report(
-            growing & ~spike & ~exploding,
+        self._report(
+            findings,
+            view.step,
+            growing & ~spike & ~already,
             "exploding",
             lambda i: {"norm": float(norm[i]), "growth_steps": int(state["growth_streak"][i])},
             lambda i: (
-                f"{{layer}}: norm grew x{s['growth_factor']:g} or more for {state['growth_streak'][i]} steps, "
-                f"now {norm[i]:.3g}"
+                f"{{layer}}: norm grew x{s['growth_factor']:g} or more for "
+                f"{state['growth_streak'][i]} steps, now {norm[i]:.3g}"
             ),
         )
-        state["exploding"] = ~finite | spike | growing
+        state["exploding"] = ~view.finite | spike | growing
 
-        # vanishing: below an absolute floor, far below the median layer, or far below its own history
+    def _vanishing(self, view, findings):
+        """Below an absolute floor, far below the step's median layer, or far below
+        the layer's own history, for `patience` steps running."""
+        s, state, norm, finite = self.settings, self._states, view.norm, view.finite
         median_layer = float(np.median(norm[finite])) if finite.any() else np.nan
         below_floor = finite & (norm < s["vanishing_floor"])
         below_median = finite & (median_layer > 0) & (norm < s["vanishing_ratio"] * median_layer)
         with np.errstate(invalid="ignore"):
-            decayed = finite & has_history & (norm < s["decay_ratio"] * np.exp(center))
-        vanishing = below_floor | below_median | decayed
-        self._streak(vanishing, "vanishing", step)
+            decayed = finite & view.has_history & (norm < s["decay_ratio"] * np.exp(view.center))
+        self._streak(below_floor | below_median | decayed, "vanishing", view.step)
+        reasons = (("floor", below_floor), ("below median layer", below_median), ("decayed from its history", decayed))
 
-        def vanishing_reasons(i):
-            return [
-                name
-                for name, flags in (
-                    ("floor", below_floor),
-                    ("below median layer", below_median),
-                    ("decayed from its history", decayed),
-                )
-                if flags[i]
-            ]
+        def reasons_of(i):
+            return [name for name, flags in reasons if flags[i]]
 
-        report(
+        self._report(
+            findings,
+            view.step,
             state["vanishing_streak"] == s["patience"],
             "vanishing",
-            lambda i: {"norm": float(norm[i]), "median_layer_norm": median_layer, "reasons": vanishing_reasons(i)},
+            lambda i: {"norm": float(norm[i]), "median_layer_norm": median_layer, "reasons": reasons_of(i)},
             lambda i: (
-                f"{{layer}} is vanishing since step {state['vanishing_since'][i]}: norm {norm[i]:.3g} "
-                f"({', '.join(vanishing_reasons(i))})"
+                f"{{layer}} is vanishing since step {state['vanishing_since'][i]}: "
+                f"norm {norm[i]:.3g} ({', '.join(reasons_of(i))})"
             ),
         )
 
-        # dead units
-        self._streak(finite & (zero_fraction >= s["dead_fraction"]), "dead", step)
-        report(
+    def _dead(self, view, findings):
+        """At least dead_fraction exact zeros (dead units) for `patience` steps running."""
+        s, state, zero_fraction = self.settings, self._states, view.zero_fraction
+        self._streak(view.finite & (zero_fraction >= s["dead_fraction"]), "dead", view.step)
+        self._report(
+            findings,
+            view.step,
             state["dead_streak"] == s["patience"],
             "dead",
             lambda i: {"zero_fraction": float(zero_fraction[i])},
@@ -326,20 +365,24 @@ class GradientMonitor:
             ),
         )
 
-        # update ratio ||g|| / ||w||
+    def _update_ratio(self, view, findings):
+        """||g|| / ||w|| outside [update_ratio_low, update_ratio_high] for `patience` steps running."""
+        s, state, ratio = self.settings, self._states, view.ratio
         with np.errstate(invalid="ignore"):
             off = np.isfinite(ratio) & ((ratio > s["update_ratio_high"]) | (ratio < s["update_ratio_low"]))
-        self._streak(off & finite, "ratio", step)
-        report(
+        self._streak(off & view.finite, "ratio", view.step)
+        self._report(
+            findings,
+            view.step,
             state["ratio_streak"] == s["patience"],
             "update_ratio",
             lambda i: {"ratio": float(ratio[i])},
             lambda i: (
-                f"{{layer}}: |g|/|w| = {ratio[i]:.3g} too {'large' if ratio[i] > s['update_ratio_high'] else 'small'} "
+                f"{{layer}}: |g|/|w| = {ratio[i]:.3g} too "
+                f"{'large' if ratio[i] > s['update_ratio_high'] else 'small'} "
                 f"since step {state['ratio_since'][i]}"
             ),
         )
-        return findings
 
     def _streak(self, condition, name, step):
         streak, since = self._states[f"{name}_streak"], self._states[f"{name}_since"]

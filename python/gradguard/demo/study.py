@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from .. import init
-from .mlp import MLP, two_spirals
 from ..monitor import GradientMonitor
 from ..optim import SGD
+from .mlp import MLP, two_spirals
 
 
 @dataclass(frozen=True)
