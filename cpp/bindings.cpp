@@ -60,7 +60,11 @@ struct TensorList {
   std::vector<MemorySpan> spans;  // arrays used in place (not copies), non-empty ones
 };
 
+// The index of a lone array argument (x, out, ...): it is named without one.
+constexpr size_t kLoneArray = static_cast<size_t>(-1);
+
 std::string describe(const char* argument, size_t index, const py::handle& names) {
+  if (index == kLoneArray) return argument;
   std::string text = std::string(argument) + "[" + std::to_string(index) + "]";
   if (!names.is_none()) text += " ('" + py::str(py::reinterpret_borrow<py::list>(names)[index]).cast<std::string>() + "')";
   return text;
@@ -213,16 +217,18 @@ void* buffer_of(const py::object& object, const char* argument, DType dtype, int
   if (object.is_none()) return nullptr;
   if (!py::isinstance<py::array>(object)) throw py::type_error(std::string(argument) + " must be a NumPy array");
   py::array array = py::reinterpret_borrow<py::array>(object);
-  const DType actual = element_type(array, argument, 0, py::none());
+  const DType actual = element_type(array, argument, kLoneArray, py::none());
   const int flags = array.flags();
   if (actual != dtype)
     throw py::type_error(std::string(argument) + " must have dtype " + dtype_name(dtype));
-  if (!(flags & kCContiguous) || !(flags & kAligned))
-    throw py::value_error(std::string(argument) + " must be C-contiguous and aligned");
+  if (writable && !(flags & kWriteable)) throw py::value_error(std::string(argument) + " is read-only");
+  if (!(flags & kCContiguous)) throw py::value_error(std::string(argument) + " must be C-contiguous");
+  if (!(flags & kAligned))
+    throw py::value_error(std::string(argument) + " is not aligned: its data address is not a multiple of its "
+                          "itemsize (" + std::to_string(element_size(dtype)) + " bytes); use an aligned array");
   if (static_cast<int64_t>(array.size()) != size)
     throw py::value_error(std::string(argument) + " has " + std::to_string(array.size()) + " elements, expected " +
                           std::to_string(size));
-  if (writable && !(flags & kWriteable)) throw py::value_error(std::string(argument) + " is read-only");
   return const_cast<void*>(array.data());
 }
 
@@ -292,6 +298,27 @@ PYBIND11_MODULE(_core, m) {
   m.def("check_writable", [](const py::list& arrays, const py::object& names, const char* argument) {
     TensorList list = to_tensors(arrays, names, argument, Access::write);
     refuse_overlaps(list.spans);
+  });
+
+  // An optimiser's parameters, checked once at construction: writable,
+  // aligned, C-contiguous, separate, float32 or float64.
+  m.def("check_parameters", [](const py::list& arrays, const py::object& names) {
+    TensorList list = to_tensors(arrays, names, "params", Access::write);
+    require_c_order(list, "params", names, false);
+    refuse_overlaps(list.spans);
+    for (size_t index = 0; index < list.tensors.size(); ++index)
+      if (list.tensors[index].dtype != DType::float32 && list.tensors[index].dtype != DType::float64)
+        throw py::type_error(describe("params", index, names) + " is " + dtype_name(list.tensors[index].dtype) +
+                             "; optimiser parameters are float32 or float64");
+  });
+
+  // The dtype name of one array argument, or the TypeError every function
+  // gives for an unsupported one (the one list of dtypes lives here).
+  m.def("float_dtype", [](const py::object& value, const char* argument) {
+    if (!py::isinstance<py::array>(value))
+      throw py::type_error(std::string(argument) + " must be a NumPy array, got " +
+                           py::str(py::type::handle_of(value).attr("__name__")).cast<std::string>());
+    return std::string(dtype_name(element_type(py::reinterpret_borrow<py::array>(value), argument, kLoneArray, py::none())));
   });
 
   m.def("clip_by_global_norm", [](const py::list& arrays, double max_norm, double ord, double eps,
@@ -388,7 +415,7 @@ PYBIND11_MODULE(_core, m) {
                                     const py::object& weight, const py::object& bias, const py::object& y,
                                     const py::object& mean, const py::object& rstd, int64_t rows, int64_t features,
                                     double eps, bool rms) {
-    const DType dtype = element_type(x, "x", 0, py::none());
+    const DType dtype = element_type(x, "x", kLoneArray, py::none());
     const DType compute = compute_dtype(dtype);
     const int64_t size = rows * features;
     NormalizationForward args{};
@@ -415,7 +442,7 @@ PYBIND11_MODULE(_core, m) {
                                      const py::object& rstd, const py::object& weight, const py::object& dx,
                                      const py::object& dweight, const py::object& dbias, int64_t rows,
                                      int64_t features, bool rms) {
-    const DType dtype = element_type(x, "x", 0, py::none());
+    const DType dtype = element_type(x, "x", kLoneArray, py::none());
     const DType compute = compute_dtype(dtype);
     const int64_t size = rows * features;
     NormalizationBackward args{};

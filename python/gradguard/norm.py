@@ -13,27 +13,8 @@ from ._arguments import real
 __all__ = ["layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward"]
 
 
-def _float_dtypes():
-    names = [np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.float16)]
-    try:
-        import ml_dtypes
-
-        names.append(np.dtype(ml_dtypes.bfloat16))
-    except ImportError:
-        pass
-    return names
-
-
-_SUPPORTED = _float_dtypes()
-
-
 def _check_float_array(value, argument):
-    if not isinstance(value, np.ndarray):
-        raise TypeError(f"{argument} must be a NumPy array, got {type(value).__name__}")
-    if value.dtype not in _SUPPORTED:
-        raise TypeError(
-            f"{argument} has dtype {value.dtype}; supported: float32, float64, float16, bfloat16 (ml_dtypes)"
-        )
+    _core.float_dtype(value, argument)  # TypeError naming the argument unless a supported float array
     return value
 
 
@@ -97,15 +78,7 @@ def _output(out, x, inputs, exact_aliases_allowed):
         raise TypeError(f"out must be a NumPy array, got {type(out).__name__}")
     if out.shape != x.shape or out.dtype != x.dtype:
         raise ValueError(f"out must have x's shape {x.shape} and dtype {x.dtype}, got {out.shape} {out.dtype}")
-    if not out.flags.writeable:
-        raise ValueError("out is read-only")
-    if not out.flags.c_contiguous:
-        raise ValueError("out must be C-contiguous")
-    if not out.flags.aligned:
-        raise ValueError(
-            f"out is not aligned: its data address is not a multiple of its itemsize "
-            f"({out.dtype.itemsize} bytes); write into an aligned array"
-        )
+    # Writability, contiguity and alignment are checked with the other buffers in the core.
     for name, array in inputs.items():
         if array is None or not np.may_share_memory(out, array):
             continue

@@ -57,17 +57,7 @@ class _Optimizer:
     def __init__(self, params, hyper, max_grad_norm):
         # A snapshot: appending to or reordering the caller's list later does not change what is optimised.
         self._params, self._names = as_array_list(params, "params")
-        _core.check_writable(self._params, self._names, "params")
-        for index, param in enumerate(self._params):
-            if param.dtype not in (np.float32, np.float64):
-                raise TypeError(
-                    f"{_label(index, self._names)} is {param.dtype}; optimiser parameters are float32 or float64"
-                )
-            if not param.flags.c_contiguous:
-                raise ValueError(
-                    f"{_label(index, self._names)} is not C-contiguous; optimiser parameters pair with "
-                    "their gradients and state element by element in C order"
-                )
+        _core.check_parameters(self._params, self._names)
         self.max_grad_norm = real(max_grad_norm, "max_grad_norm", low=0.0, allow_none=True)
         self.hyper = self._check_hyper(hyper)
         self.step_count = 0
