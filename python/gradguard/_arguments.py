@@ -10,9 +10,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Union
 
 import numpy as np
+
+# What every multi-array function takes: one array, a list/tuple, or a dict name -> array.
+Arrays = Union[np.ndarray, Sequence[np.ndarray], Mapping[str, np.ndarray]]
+# A real number argument (bool is refused at run time).
+Real = Union[float, int, np.floating, np.integer]
 
 
 def as_array_list(arrays, argument="arrays"):

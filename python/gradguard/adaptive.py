@@ -13,7 +13,7 @@ from collections import deque
 import numpy as np
 
 from . import _core
-from ._arguments import as_array_list, positive_int, real
+from ._arguments import Arrays, as_array_list, positive_int, real
 
 __all__ = ["AutoClip", "ZClip"]
 
@@ -47,7 +47,7 @@ class AutoClip:
             None if history is None else positive_int(history, "history"),
         )
 
-    def __call__(self, arrays):
+    def __call__(self, arrays: Arrays) -> tuple:
         array_list, names, norm = _norm_for_clipping(arrays)
         if math.isfinite(norm):
             self._norms.append(norm)
@@ -104,7 +104,7 @@ class ZClip:
             positive_int(warmup_steps, "warmup_steps"),
         )
 
-    def __call__(self, arrays):
+    def __call__(self, arrays: Arrays) -> tuple:
         array_list, names, norm = _norm_for_clipping(arrays)
         cap = math.inf if self.max_grad_norm is None else self.max_grad_norm
         if self.mean is None:

@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from . import _core
-from ._arguments import as_array_list, in_order_of, non_negative
+from ._arguments import Arrays, Real, as_array_list, in_order_of, non_negative
 
 __all__ = ["agc"]
 
@@ -31,7 +31,7 @@ def _units(shape, unit_axis):
     return shape[-1], False
 
 
-def agc(params, grads, clipping=0.01, eps=1e-3, unit_axis="first"):
+def agc(params: Arrays, grads: Arrays, clipping: Real = 0.01, eps: Real = 1e-3, unit_axis: str = "first") -> np.ndarray:
     """Clip each output unit's gradient relative to its weights, in place:
 
         max_u = clipping * max(||W_u||, eps)

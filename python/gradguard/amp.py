@@ -8,12 +8,12 @@ from collections.abc import Mapping
 import numpy as np
 
 from . import _core
-from ._arguments import as_array_list, positive_int, real
+from ._arguments import Arrays, Real, as_array_list, positive_int, real
 
 __all__ = ["unscale_", "LossScaler"]
 
 
-def unscale_(grads, inv_scale):
+def unscale_(grads: Arrays, inv_scale: Real) -> bool:
     """Multiply every gradient by inv_scale in place; return whether any was NaN or inf.
 
     One pass over the gradients (torch's _amp_foreach_non_finite_check_and_unscale_):
@@ -56,14 +56,14 @@ class LossScaler:
             positive_int(growth_tracker, "_growth_tracker", minimum=0),
         )
 
-    def get_scale(self):
+    def get_scale(self) -> float:
         return self._scale
 
     def scale(self, loss):
         """loss * scale (any NumPy value or array, or a Python float)."""
         return loss * self._scale
 
-    def update(self, found_inf):
+    def update(self, found_inf: bool) -> None:
         if found_inf:
             self._scale *= self.backoff_factor
             self._growth_tracker = 0
@@ -75,7 +75,7 @@ class LossScaler:
                     self._scale = grown
                 self._growth_tracker = 0
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         return {
             "scale": self._scale,
             "growth_factor": self.growth_factor,
@@ -84,7 +84,7 @@ class LossScaler:
             "_growth_tracker": self._growth_tracker,
         }
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: Mapping) -> None:
         """Restore a state_dict(); it is validated with the constructor's rules, and
         nothing changes unless all of it is valid."""
         if not isinstance(state, Mapping):

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional, Union
 
 import numpy as np
 
 from . import _core
-from ._arguments import as_array_list, finite_or_none, name_of, non_negative, norm_order, real
+from ._arguments import Arrays, Real, as_array_list, finite_or_none, name_of, non_negative, norm_order, real
 
 __all__ = [
     "global_norm",
@@ -52,7 +53,7 @@ class ClipReport:
     nonfinite: tuple
 
 
-def global_norm(arrays, ord=2.0):
+def global_norm(arrays: Arrays, ord: Union[Real, str] = 2.0) -> float:
     """The p-norm of all elements of all arrays taken together.
 
         global_norm = (sum_i sum_j |arrays[i]_j|^p)^(1/p),   max_i,j |arrays[i]_j| for p = inf
@@ -74,7 +75,15 @@ def global_norm(arrays, ord=2.0):
     return total
 
 
-def clip_by_global_norm(arrays, max_norm, *, ord=2.0, eps=1e-6, error_if_nonfinite=False, return_report=False):
+def clip_by_global_norm(
+    arrays: Arrays,
+    max_norm: Real,
+    *,
+    ord: Union[Real, str] = 2.0,
+    eps: Real = 1e-6,
+    error_if_nonfinite: bool = False,
+    return_report: bool = False,
+) -> Union[float, ClipReport]:
     """Scale all arrays in place so that their global norm is at most max_norm.
 
     The semantics of ``torch.nn.utils.clip_grad_norm_``:
@@ -127,7 +136,7 @@ def clip_by_global_norm(arrays, max_norm, *, ord=2.0, eps=1e-6, error_if_nonfini
     return ClipReport(total_norm=total, clip_coef=coefficient, clipped=clipped, max_norm=bound, nonfinite=labels)
 
 
-def clip_with_norm_(arrays, max_norm, total_norm, *, eps=1e-6):
+def clip_with_norm_(arrays: Arrays, max_norm: Real, total_norm: Real, *, eps: Real = 1e-6) -> float:
     """Scale all arrays in place by the clip coefficient of an already known norm
     (``torch.nn.utils.clip_grads_with_norm_``):
 
@@ -155,7 +164,7 @@ def _is_nan(value):
     return isinstance(value, (float, np.floating)) and math.isnan(value)
 
 
-def clip_by_norm(arrays, max_norm, *, ord=2.0, eps=1e-6):
+def clip_by_norm(arrays: Arrays, max_norm: Real, *, ord: Union[Real, str] = 2.0, eps: Real = 1e-6) -> np.ndarray:
     """Clip each array in place by its own norm (tf.clip_by_norm, Keras ``clipnorm``).
 
         norm_i = ||arrays[i]||_p
@@ -174,7 +183,13 @@ def clip_by_norm(arrays, max_norm, *, ord=2.0, eps=1e-6):
     return _core.clip_by_norm(array_list, bound, norm_order(ord), epsilon, names)
 
 
-def clip_by_value(arrays, clip_value=None, *, min_value=None, max_value=None):
+def clip_by_value(
+    arrays: Arrays,
+    clip_value: Optional[Real] = None,
+    *,
+    min_value: Optional[Real] = None,
+    max_value: Optional[Real] = None,
+) -> None:
     """Clamp every element in place, like ``torch.nn.utils.clip_grad_value_``.
 
         arrays[i] = clamp(arrays[i], -clip_value, clip_value)          (clip_value given)

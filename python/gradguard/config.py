@@ -14,7 +14,7 @@ __all__ = ["set_num_threads", "get_num_threads", "simd_target", "config", "show_
 _MAX_THREADS = 1 << 16
 
 
-def set_num_threads(count):
+def set_num_threads(count: int) -> None:
     """Use `count` >= 1 threads in the core (default: the cores this process may run on).
 
     If the system refuses to start that many threads, the previous count is kept
@@ -26,12 +26,12 @@ def set_num_threads(count):
     _core.set_num_threads(count)
 
 
-def get_num_threads():
+def get_num_threads() -> int:
     """Threads the core uses."""
     return _core.get_num_threads()
 
 
-def simd_target():
+def simd_target() -> str:
     """The SIMD target in use: 'avx512', 'avx2' or 'baseline'.
 
     Chosen at import as the best the CPU (and OS) supports; the environment
@@ -40,7 +40,7 @@ def simd_target():
     return _core.simd_target()
 
 
-def config():
+def config() -> dict:
     """The build and run-time configuration as a dict."""
     from . import __version__
 
@@ -63,7 +63,7 @@ def config():
     }
 
 
-def show_config():
+def show_config() -> None:
     """Print the SIMD target, threads, compiler and optional features."""
     settings = config()
     width = max(len(key) for key in settings)

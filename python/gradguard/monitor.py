@@ -12,10 +12,11 @@ from __future__ import annotations
 import csv
 import json
 from dataclasses import dataclass, field
+from typing import Optional
 
 import numpy as np
 
-from ._arguments import as_array_list, in_order_of, positive_int, real
+from ._arguments import Arrays, as_array_list, in_order_of, positive_int, real
 from .stats import stats_of
 
 __all__ = ["GradientMonitor", "Finding"]
@@ -150,7 +151,7 @@ class GradientMonitor:
         self._last_step = -1
 
     # -- updating -------------------------------------------------------------------------
-    def update(self, grads, params=None, step=None):
+    def update(self, grads: Arrays, params: Optional[Arrays] = None, step: Optional[int] = None) -> list:
         """Record one step's gradients and return its findings.
 
         grads: a dict name -> array, or a list. Once the monitor knows its
@@ -390,7 +391,7 @@ class GradientMonitor:
         self._states[f"{name}_streak"] = np.where(condition, streak + 1, 0)
 
     # -- reading -------------------------------------------------------------------------
-    def history(self):
+    def history(self) -> dict:
         """The kept window as NumPy arrays: 'step' (steps,), and steps x layers arrays
         'norm', 'abs_mean', 'std', 'zero_fraction', 'update_ratio'; oldest first."""
         kept = min(self._count, self.window)
@@ -400,7 +401,7 @@ class GradientMonitor:
             result[name] = self._series[name][order].copy() if self._series is not None else np.empty((0, 0))
         return result
 
-    def summary(self):
+    def summary(self) -> dict:
         """Counts of findings per kind and the layers currently flagged."""
         kinds = {}
         for finding in self.findings:
@@ -429,7 +430,7 @@ class GradientMonitor:
             "flagged": flagged,
         }
 
-    def report(self):
+    def report(self) -> str:
         """A per-layer table: current norm, trend over the kept window, current findings."""
         if self._series is None:
             return "GradientMonitor: no step recorded yet"
@@ -449,7 +450,7 @@ class GradientMonitor:
             lines.append(f"{layer:<{width}}  {current:>10.3g}  {trend:>8}  {', '.join(flagged.get(layer, [])) or '-'}")
         return "\n".join(lines)
 
-    def to_csv(self, path):
+    def to_csv(self, path) -> None:
         """The kept window, one row per step and layer."""
         data = self.history()
         with open(path, "w", newline="") as handle:
@@ -459,7 +460,7 @@ class GradientMonitor:
                 for index, layer in enumerate(self.names):
                     writer.writerow([int(step), layer] + [repr(float(data[name][row, index])) for name in _SERIES])
 
-    def to_jsonl(self, path):
+    def to_jsonl(self, path) -> None:
         """The findings, one JSON object a line."""
         with open(path, "w") as handle:
             for finding in self.findings:

@@ -5,10 +5,12 @@ arguments, allocates outputs and converts weights to the compute type."""
 
 from __future__ import annotations
 
+from typing import Optional, Union
+
 import numpy as np
 
 from . import _core
-from ._arguments import real
+from ._arguments import Real, real
 
 __all__ = ["layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward"]
 
@@ -150,7 +152,16 @@ def _backward(dy, x, mean, rstd, weight, out, rms):
     return (dx, dweight) if rms else (dx, dweight, dbias.astype(weight_dtype))
 
 
-def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None, out=None, return_stats=False):
+def layer_norm(
+    x: np.ndarray,
+    weight: Optional[np.ndarray] = None,
+    bias: Optional[np.ndarray] = None,
+    eps: Real = 1e-5,
+    *,
+    residual: Optional[np.ndarray] = None,
+    out: Optional[np.ndarray] = None,
+    return_stats: bool = False,
+) -> Union[np.ndarray, tuple]:
     """Layer normalisation over the last axis, as torch.nn.functional.layer_norm:
 
         residual_sum = x + residual              (when residual is given; rounded to x's dtype)
@@ -179,7 +190,15 @@ def layer_norm(x, weight=None, bias=None, eps=1e-5, *, residual=None, out=None, 
     return _forward(x, weight, bias, eps, residual, out, return_stats, rms=False)
 
 
-def rms_norm(x, weight=None, eps=1e-6, *, residual=None, out=None, return_stats=False):
+def rms_norm(
+    x: np.ndarray,
+    weight: Optional[np.ndarray] = None,
+    eps: Real = 1e-6,
+    *,
+    residual: Optional[np.ndarray] = None,
+    out: Optional[np.ndarray] = None,
+    return_stats: bool = False,
+) -> Union[np.ndarray, tuple]:
     """RMS normalisation over the last axis, as torch.nn.functional.rms_norm:
 
         s    = residual_sum = x + residual       (when residual is given; else s = x)
@@ -193,7 +212,15 @@ def rms_norm(x, weight=None, eps=1e-6, *, residual=None, out=None, return_stats=
     return _forward(x, weight, None, eps, residual, out, return_stats, rms=True)
 
 
-def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):
+def layer_norm_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    weight: Optional[np.ndarray] = None,
+    *,
+    out: Optional[np.ndarray] = None,
+) -> tuple:
     """Gradients of layer_norm (x is what was normalised: s when a residual was fused).
 
         xhat = (x - mean) * rstd,  g = dy * weight
@@ -209,7 +236,14 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, out=None):
     return _backward(dy, x, mean, rstd, weight, out, rms=False)
 
 
-def rms_norm_backward(dy, x, rstd, weight=None, *, out=None):
+def rms_norm_backward(
+    dy: np.ndarray,
+    x: np.ndarray,
+    rstd: np.ndarray,
+    weight: Optional[np.ndarray] = None,
+    *,
+    out: Optional[np.ndarray] = None,
+) -> tuple:
     """Gradients of rms_norm:
 
         xhat = x * rstd,  g = dy * weight

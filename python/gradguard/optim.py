@@ -13,12 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
 from . import _core
-from ._arguments import as_array_list, in_order_of, positive_int, real
+from ._arguments import Arrays, as_array_list, in_order_of, positive_int, real
 from .amp import LossScaler
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "StepReport"]
@@ -64,7 +64,7 @@ class _Optimizer:
         self.state = {name: [None] * len(self._params) for name in self._state_names}
 
     @property
-    def params(self):
+    def params(self) -> list:
         """The parameters this optimiser updates (a new list; the arrays themselves)."""
         return list(self._params)
 
@@ -77,7 +77,7 @@ class _Optimizer:
         return self._state_names
 
     # -- state -----------------------------------------------------------------------------
-    def state_dict(self):
+    def state_dict(self) -> dict:
         """Kind, hyperparameters, max_grad_norm, step count and state buffers (copies), enough to resume exactly."""
         return {
             "kind": type(self).__name__,
@@ -87,7 +87,7 @@ class _Optimizer:
             "state": {name: [None if b is None else b.copy() for b in buffers] for name, buffers in self.state.items()},
         }
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Mapping) -> None:
         """Restore a state_dict() of the same kind of optimiser over parameters of the same shapes.
 
         Everything is validated first (the constructor's rules for the
@@ -148,7 +148,9 @@ class _Optimizer:
         self.hyper, self.max_grad_norm, self.step_count, self.state = hyper, max_grad_norm, step, buffers
 
     # -- the step ------------------------------------------------------------------------------
-    def step(self, grads, loss_scaler: Optional[LossScaler] = None, return_report=False):
+    def step(
+        self, grads: Arrays, loss_scaler: Optional[LossScaler] = None, return_report: bool = False
+    ) -> Union[Optional[float], StepReport]:
         """Apply one update.
 
         grads: a list matching params by position, or a dict; when the

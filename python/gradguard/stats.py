@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 
 from . import _core
-from ._arguments import as_array_list
+from ._arguments import Arrays, as_array_list
 
 __all__ = ["grad_stats", "GradStats"]
 
@@ -51,18 +51,18 @@ class GradStats:
     def __len__(self):
         return len(self.numel)
 
-    def row(self, key):
+    def row(self, key: Union[int, str]) -> dict:
         """The statistics of one array, by index or name, as a dict."""
         index = self.names.index(key) if isinstance(key, str) and self.names is not None else int(key)
         return {field: getattr(self, field)[index].item() for field in _FIELDS}
 
-    def nonfinite(self):
+    def nonfinite(self) -> tuple:
         """Indices (or names) of the arrays holding NaN or inf."""
         indices = np.flatnonzero((self.n_nan > 0) | (self.n_inf > 0))
         return tuple(self.names[i] for i in indices) if self.names is not None else tuple(indices.tolist())
 
 
-def grad_stats(arrays):
+def grad_stats(arrays: Arrays) -> GradStats:
     """Statistics of every array from ONE read of memory (see GradStats for the formulas).
 
     Args:
