@@ -109,3 +109,9 @@ def test_torch_and_gradguard_in_one_process():
     torch.set_num_threads(2)
     assert gg.global_norm([tensor.numpy()]) == 1000.0
     assert float(tensor.sum()) == 1_000_000.0
+
+
+def test_one_version_from_pyproject_to_the_package():
+    from importlib.metadata import version
+
+    assert gg.__version__ == _core.__version__ == version("gradguard")

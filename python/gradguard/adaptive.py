@@ -13,17 +13,18 @@ from collections import deque
 import numpy as np
 
 from . import _core
+from .clip import clip_with_norm_
 from ._arguments import Arrays, as_array_list, positive_int, real
 
 __all__ = ["AutoClip", "ZClip"]
 
 
 def _norm_for_clipping(arrays):
-    """(array list, names, global L2 norm): the arrays are checked as for an
-    in-place call first, so a clipper refuses bad input before it changes its state."""
+    """(arrays as a list or dict, global L2 norm): the arrays are checked as for
+    an in-place call first, so a clipper refuses bad input before it changes its state."""
     array_list, names = as_array_list(arrays)
     norm, _ = _core.global_norm(array_list, 2.0, names, True)
-    return array_list, names, norm
+    return (dict(zip(names, array_list)) if names is not None else array_list), norm
 
 
 class AutoClip:
@@ -48,14 +49,14 @@ class AutoClip:
         )
 
     def __call__(self, arrays: Arrays) -> tuple:
-        array_list, names, norm = _norm_for_clipping(arrays)
+        arrays, norm = _norm_for_clipping(arrays)
         if math.isfinite(norm):
             self._norms.append(norm)
         if not self._norms:
             return norm, math.inf
         threshold = float(np.percentile(np.fromiter(self._norms, float), self.percentile))
         # clip_by_global_norm(g, threshold)'s rule: coef = threshold / (norm + 1e-6), applied when below 1.
-        _core.clip_with_norm(array_list, threshold, norm, 1e-6, names)
+        clip_with_norm_(arrays, threshold, norm)
         return norm, threshold
 
     def state_dict(self):
@@ -105,7 +106,7 @@ class ZClip:
         )
 
     def __call__(self, arrays: Arrays) -> tuple:
-        array_list, names, norm = _norm_for_clipping(arrays)
+        arrays, norm = _norm_for_clipping(arrays)
         cap = math.inf if self.max_grad_norm is None else self.max_grad_norm
         if self.mean is None:
             self._warmup.append(norm)
@@ -113,25 +114,25 @@ class ZClip:
                 values = np.asarray(self._warmup, dtype=np.float64)
                 self.mean, self.var = float(values.mean()), float(values.var())
                 self._warmup = []
-            self._clip(array_list, names, norm, cap)
+            self._clip(arrays, norm, cap)
             return norm, cap
         std = math.sqrt(self.var)
         z = (norm - self.mean) / (std + self.eps)
         spike = z > self.z_thresh
         adaptive = self.mean + self.z_thresh * std / (z / self.z_thresh) if spike else norm
         threshold = min(adaptive, cap)
-        self._clip(array_list, names, norm, threshold)
+        self._clip(arrays, norm, threshold)
         observed = adaptive if spike else norm
         self.mean = self.alpha * self.mean + (1 - self.alpha) * observed
         self.var = self.alpha * self.var + (1 - self.alpha) * (observed - self.mean) ** 2
         return norm, threshold
 
     @staticmethod
-    def _clip(array_list, names, norm, threshold):
+    def _clip(arrays, norm, threshold):
         """Scale by threshold / (norm + 1e-6) when norm > threshold (the ZClip authors'
         rule: a norm at the threshold costs no write pass)."""
         if norm > threshold:
-            _core.clip_with_norm(array_list, threshold, norm, 1e-6, names)
+            clip_with_norm_(arrays, threshold, norm)
 
     def state_dict(self):
         return {
