@@ -13,8 +13,8 @@ from collections import deque
 import numpy as np
 
 from . import _core
-from .clip import clip_with_norm_
 from ._arguments import Arrays, as_array_list, positive_int, real
+from .clip import clip_with_norm_
 
 __all__ = ["AutoClip", "ZClip"]
 
