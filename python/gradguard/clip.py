@@ -93,7 +93,9 @@ def clip_by_global_norm(
         arrays[i] *= clip_coef   for every i, when clip_coef < 1
 
     With ``eps=0`` this is TensorFlow's ``tf.clip_by_global_norm`` and Optax's
-    ``clip_by_global_norm`` rule: arrays[i] * max_norm / max(total, max_norm).
+    ``clip_by_global_norm`` rule: arrays[i] * max_norm / max(total, max_norm),
+    for every finite total (an infinite total follows torch, below; TensorFlow
+    sets every entry to NaN then).
 
     One pass reads every array for the norm; a second pass scales in place only
     when clipping happens (the multiply is done in float32 for 16-bit arrays,

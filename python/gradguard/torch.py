@@ -41,6 +41,9 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     for compatibility and ignored (gradguard always works on the whole list)."""
     if isinstance(parameters, _torch.Tensor):
         parameters = [parameters]
+    # torch takes 0-dim tensors for the scalars too (float() of them, as torch does).
+    max_norm = float(max_norm) if isinstance(max_norm, _torch.Tensor) else max_norm
+    norm_type = float(norm_type) if isinstance(norm_type, _torch.Tensor) else norm_type
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return _torch.tensor(0.0)
