@@ -259,6 +259,16 @@ void* buffer_of(const py::object& object, const char* argument, DType dtype, int
 
 DType compute_dtype(DType dtype) { return dtype == DType::float64 ? DType::float64 : DType::float32; }
 
+// rows x features, refused when negative or beyond int64 (the core's own
+// arguments, but never trusted to be consistent).
+int64_t element_count(int64_t rows, int64_t features) {
+  int64_t size = 0;
+  if (rows < 0 || features < 1 || __builtin_mul_overflow(rows, features, &size))
+    throw py::value_error("rows (" + std::to_string(rows) + ") x features (" + std::to_string(features) +
+                          ") is not a valid array size");
+  return size;
+}
+
 bool same_shape(const py::handle& left, const py::handle& right) {
   const py::array a = py::reinterpret_borrow<py::array>(left), b = py::reinterpret_borrow<py::array>(right);
   if (a.ndim() != b.ndim()) return false;
@@ -442,7 +452,7 @@ PYBIND11_MODULE(_core, m) {
                                     double eps, bool rms) {
     const DType dtype = element_type(x, "x", kLoneArray, py::none());
     const DType compute = compute_dtype(dtype);
-    const int64_t size = rows * features;
+    const int64_t size = element_count(rows, features);
     NormalizationForward args{};
     args.x = buffer_of(x, "x", dtype, size, false);
     args.residual = buffer_of(residual, "residual", dtype, size, false);
@@ -469,7 +479,7 @@ PYBIND11_MODULE(_core, m) {
                                      int64_t features, bool rms) {
     const DType dtype = element_type(x, "x", kLoneArray, py::none());
     const DType compute = compute_dtype(dtype);
-    const int64_t size = rows * features;
+    const int64_t size = element_count(rows, features);
     NormalizationBackward args{};
     args.dy = buffer_of(dy, "dy", dtype, size, false);
     args.x = buffer_of(x, "x", dtype, size, false);
@@ -537,6 +547,8 @@ PYBIND11_MODULE(_core, m) {
     TensorList grad_list = to_tensors(grads, names, "grads", Access::read);
     require_c_order(grad_list, "grads", names, true);
     check_pairs(param_list, "params", grad_list, "grads", names);
+    if (states.size() != 3 || state_names.size() != 3)
+      throw py::value_error("optimizer_step: states and state_names hold three entries (None where unused)");
     std::vector<TensorList> state_lists(3);
     std::vector<std::string> state_labels(3);
     std::vector<MemorySpan> spans = param_list.spans;
