@@ -538,10 +538,13 @@ PYBIND11_MODULE(_core, m) {
   // states: three entries, each None or a list of buffers like params, named
   // by state_names. max_norm NaN: no clipping. With skip_nonfinite, a
   // non-finite norm skips the update. Returns (norm of the unscaled gradients
-  // or None, coefficient, skipped, indices of non-finite gradients).
+  // or None, coefficient, skipped, indices of non-finite gradients, and with
+  // want_step_norms the per-parameter norms of the update applied and of the
+  // new parameters, from the same pass, else None twice).
   m.def("optimizer_step", [](const py::list& params, const py::list& grads, const py::list& states,
                              const py::list& state_names, OptimizerStep step, double max_norm, double clip_eps,
-                             double inverse_scale, bool want_norm, bool skip_nonfinite, const py::object& names) {
+                             double inverse_scale, bool want_norm, bool skip_nonfinite, bool want_step_norms,
+                             const py::object& names) {
     TensorList param_list = to_tensors(params, names, "params", Access::write);
     require_c_order(param_list, "params", names, false);
     TensorList grad_list = to_tensors(grads, names, "grads", Access::read);
@@ -588,6 +591,7 @@ PYBIND11_MODULE(_core, m) {
     }
     refuse_overlaps(spans);
     GlobalNorm norm;
+    StepNorms step_norms;
     double coefficient = 1.0;
     bool skipped = false;
     {
@@ -605,11 +609,17 @@ PYBIND11_MODULE(_core, m) {
       }
       if (!skipped) {
         step.grad_scale = coefficient * inverse_scale;
-        optimizer_step(tensors, step);
+        optimizer_step(tensors, step, want_step_norms ? &step_norms : nullptr);
       }
     }
     py::object reported = want_norm ? py::object(py::float_(norm.total * inverse_scale)) : py::object(py::none());
-    return py::make_tuple(reported, coefficient, skipped, want_norm ? nonfinite_indices(norm) : py::list());
+    py::object update_norms = py::none(), param_norms = py::none();
+    if (want_step_norms && !skipped) {
+      update_norms = py::array_t<double>(static_cast<py::ssize_t>(step_norms.update.size()), step_norms.update.data());
+      param_norms = py::array_t<double>(static_cast<py::ssize_t>(step_norms.param.size()), step_norms.param.data());
+    }
+    return py::make_tuple(reported, coefficient, skipped, want_norm ? nonfinite_indices(norm) : py::list(),
+                          update_norms, param_norms);
   });
 
   // Unit-wise adaptive clipping (NFNets), the whole list in one call: every

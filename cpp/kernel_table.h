@@ -114,8 +114,9 @@ struct OptimizerStep {
 
 // state: SGD {momentum}; Adam {exp_avg, exp_avg_sq, max_exp_avg_sq};
 // RMSprop {square_avg, momentum_buffer, grad_avg}; unused ones are null.
+// norms: null, or two float64 slots that receive sum (p_new - p_old)^2 and sum p_new^2.
 using OptimizerFn = void (*)(const OptimizerStep& step, void* param, const void* grad, void* const* state,
-                             int64_t count);
+                             int64_t count, double* norms);
 // data *= factor, returning whether any input value was NaN or inf.
 using ScaleCheckFn = bool (*)(void* data, int64_t count, double factor);
 

@@ -458,15 +458,19 @@ void tensor_stats(const std::vector<TensorRef>& tensors, const StatsColumns& col
   if (!rescue.empty()) rescue_stats(tensors, rescue, columns);
 }
 
-void optimizer_step(const std::vector<OptimizerTensor>& tensors, const OptimizerStep& step) {
+void optimizer_step(const std::vector<OptimizerTensor>& tensors, const OptimizerStep& step, StepNorms* norms) {
   const KernelTable& kernels = active_kernels();
   std::vector<TensorRef> refs;
   refs.reserve(tensors.size());
   for (const auto& tensor : tensors) refs.push_back({tensor.param, tensor.count, tensor.param_dtype});
   static thread_local Plan reusable_plan;
-  const ReleaseIfLarge release(reusable_plan);
+  static thread_local std::vector<double> reusable_partials;
+  std::vector<double>& partials = reusable_partials;  // two per piece, the caller's buffer also in the workers
+  const ReleaseIfLarge release(reusable_plan, partials);
+  const Plan& plan = make_plan(refs, reusable_plan);
+  if (norms != nullptr) partials.assign(2 * plan.pieces.size(), 0.0);
   // Pieces are planned over the parameters; gradient and state pieces sit at the same element offsets.
-  multi_tensor_apply(refs, reusable_plan, false, [&](int64_t, const Piece& piece, const TensorRef&, char* param) {
+  apply_to_pieces(refs, plan, false, [&](int64_t index, const Piece& piece, const TensorRef&, char* param) {
     const OptimizerTensor& tensor = tensors[piece.tensor];
     const int param_size = element_size(tensor.param_dtype);
     void* state[3];
@@ -475,8 +479,21 @@ void optimizer_step(const std::vector<OptimizerTensor>& tensors, const Optimizer
     const OptimizerFn kernel =
         kernels.optimizer[tensor.param_dtype == DType::float64 ? 1 : 0][static_cast<int>(tensor.grad_dtype)];
     kernel(step, param, static_cast<const char*>(tensor.grad) + piece.offset * element_size(tensor.grad_dtype), state,
-           piece.count);
+           piece.count, norms != nullptr ? &partials[2 * index] : nullptr);
   });
+  if (norms == nullptr) return;
+  // Piece partials folded in piece order: the norms do not depend on the thread count.
+  norms->update.assign(tensors.size(), 0.0);
+  norms->param.assign(tensors.size(), 0.0);
+  for (size_t tensor = 0; tensor < tensors.size(); ++tensor) {
+    double update = 0.0, param = 0.0;
+    for (int64_t piece = plan.tensor_first_piece[tensor]; piece < plan.tensor_first_piece[tensor + 1]; ++piece) {
+      update += partials[2 * piece];
+      param += partials[2 * piece + 1];
+    }
+    norms->update[tensor] = std::sqrt(update);
+    norms->param[tensor] = std::sqrt(param);
+  }
 }
 
 bool scale_and_check(const std::vector<TensorRef>& tensors, double factor) {

@@ -101,8 +101,16 @@ struct OptimizerTensor {
   int64_t count;
 };
 
-// Applies one optimiser step to every parameter, pieces spread over the pool.
-void optimizer_step(const std::vector<OptimizerTensor>& tensors, const OptimizerStep& step);
+// Per parameter, the L2 norm of the update actually applied (||p_new - p_old||)
+// and of the new parameter, from the step's own pass.
+struct StepNorms {
+  std::vector<double> update;
+  std::vector<double> param;
+};
+
+// Applies one optimiser step to every parameter, pieces spread over the pool;
+// fills `norms` when it is not null.
+void optimizer_step(const std::vector<OptimizerTensor>& tensors, const OptimizerStep& step, StepNorms* norms = nullptr);
 
 // tensor[i] *= factor; returns whether any value was NaN or inf (before scaling).
 bool scale_and_check(const std::vector<TensorRef>& tensors, double factor);

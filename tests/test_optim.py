@@ -226,3 +226,38 @@ def test_bad_input_changes_nothing():
         gg.optim.SGD(params, lr=0.1, nesterov=True)
     with pytest.raises(TypeError, match="float32 or float64"):
         gg.optim.SGD([np.ones(3, np.float16)], lr=0.1)
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda params: gg.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=0.01),
+        lambda params: gg.optim.Adam(params, lr=0.01, amsgrad=True, max_grad_norm=1.0),
+        lambda params: gg.optim.AdamW(params, lr=0.01),
+        lambda params: gg.optim.RMSprop(params, lr=0.01, momentum=0.5, centered=True),
+    ],
+    ids=["sgd", "adam", "adamw", "rmsprop"],
+)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_step_reports_the_update_actually_applied(simd_target, make, dtype):
+    rng = np.random.default_rng(7)
+    sizes = [1, 7, 17, 100, 65537, 0]
+    params = [rng.standard_normal(n).astype(dtype) for n in sizes]
+    optimizer = make(params)
+    for _ in range(3):
+        before = [p.astype(np.float64) for p in params]
+        grads = [rng.standard_normal(n).astype(dtype) for n in sizes]
+        report = optimizer.step(grads, return_report=True)
+        expected_update = [np.linalg.norm(p.astype(np.float64) - b) for p, b in zip(params, before)]
+        expected_param = [np.linalg.norm(p.astype(np.float64)) for p in params]
+        np.testing.assert_allclose(report.update_norms, expected_update, rtol=1e-9, atol=1e-300)
+        np.testing.assert_allclose(report.param_norms, expected_param, rtol=1e-9, atol=1e-300)
+        ratio = report.update_ratio
+        assert np.isnan(ratio[-1]) and np.all(ratio[:-1] > 0)
+    assert optimizer.step(grads) is None or isinstance(optimizer.step(grads), float)
+
+
+def test_skipped_step_reports_no_update():
+    params = [np.ones(5, np.float32)]
+    report = gg.optim.SGD(params, lr=0.1).step([np.full(5, np.inf, np.float32)], gg.LossScaler(), return_report=True)
+    assert report.skipped and report.update_norms is None and report.update_ratio is None

@@ -29,16 +29,32 @@ _CLIP_EPS = 1e-6
 
 @dataclass(frozen=True)
 class StepReport:
-    """What one step did. grad_norm: the global L2 norm of the (unscaled) gradients
-    before clipping (None when neither clipping nor loss scaling asked for it);
-    clip_coef: the factor folded into the update; skipped: the step found inf/NaN
-    (with a LossScaler) and left every parameter untouched; nonfinite: the
-    gradients holding inf/NaN."""
+    """What one step did.
+
+    grad_norm: the global L2 norm of the (unscaled) gradients before clipping
+        (None when neither clipping nor loss scaling asked for it).
+    clip_coef: the factor folded into the update.
+    skipped: the step found inf/NaN (with a LossScaler) and left every parameter untouched.
+    nonfinite: the gradients holding inf/NaN.
+    update_norms, param_norms: per parameter, ||p_new - p_old||_2 (the update
+        actually applied) and ||p_new||_2, summed in float64 by the step's own
+        pass (None when the step was skipped).
+    """
 
     grad_norm: Optional[float]
     clip_coef: float
     skipped: bool
     nonfinite: tuple
+    update_norms: Optional[np.ndarray] = None
+    param_norms: Optional[np.ndarray] = None
+
+    @property
+    def update_ratio(self) -> Optional[np.ndarray]:
+        """||dw|| / ||w|| per parameter (NaN where the parameter is all zero), or None."""
+        if self.update_norms is None:
+            return None
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return np.where(self.param_norms > 0, self.update_norms / self.param_norms, np.nan)
 
 
 def _flag(value, argument):
@@ -164,7 +180,8 @@ class _Optimizer:
         anything is written: a refused step changes nothing.
 
         Returns the pre-clip gradient norm (None without clipping or scaling),
-        or a StepReport with return_report.
+        or a StepReport with return_report, which also carries each parameter's
+        update norm ||p_new - p_old|| and new norm ||p_new|| from the same pass.
         """
         grad_list, names = as_array_list(grads, "grads")
         grad_list = in_order_of(self._names, grad_list, names)
@@ -177,7 +194,7 @@ class _Optimizer:
         states += [None] * (3 - len(states))
         settings = self._settings(hyper, self.step_count + 1)
         max_norm = math.nan if self.max_grad_norm is None else self.max_grad_norm
-        norm, coefficient, skipped, nonfinite_indices = _core.optimizer_step(
+        norm, coefficient, skipped, nonfinite_indices, update_norms, param_norms = _core.optimizer_step(
             self._params,
             grad_list,
             states,
@@ -188,6 +205,7 @@ class _Optimizer:
             inverse_scale,
             want_norm,
             loss_scaler is not None,
+            bool(return_report),
             self._names,
         )
         nonfinite = tuple(self._names[i] for i in nonfinite_indices) if self._names else tuple(nonfinite_indices)
@@ -200,7 +218,7 @@ class _Optimizer:
             self.step_count += 1
             if loss_scaler is not None:
                 loss_scaler.update(False)
-        report = StepReport(norm, coefficient, skipped, nonfinite)
+        report = StepReport(norm, coefficient, skipped, nonfinite, update_norms, param_norms)
         return report if return_report else norm
 
     def _buffers_for(self, name):
