@@ -1,5 +1,11 @@
 """PyTorch adapters: gradguard on CPU tensors through zero-copy NumPy views.
 
+Drop-ins with torch.nn.utils' signatures and semantics (`clip_grad_norm_`,
+`clip_grad_value_`, `get_total_norm`, `clip_grads_with_norm_`): gradients
+that are None are skipped, any dense memory format (channels_last included)
+is worked on in place, other layouts through a copy written back. This build
+has no CUDA backend: CUDA tensors get a clear error.
+
 This module imports torch; gradguard's top level does not. Other frameworks
 (JAX, NumPy pytrees) pass a dict of arrays instead: flatten the pytree to
 {path: np.asarray(leaf)} (e.g. with jax.tree_util.tree_flatten_with_path) and
@@ -9,21 +15,38 @@ NumPy leaves, the clipping functions.
 
 from __future__ import annotations
 
+from functools import reduce
+
 try:
     import torch as _torch
 except ImportError as error:  # pragma: no cover - exercised only without torch
     raise ImportError("gradguard.torch needs PyTorch: pip install torch") from error
 
+from . import _core
+from ._arguments import real
+from .clip import clip_by_global_norm, clip_with_norm_, global_norm
 
-from .clip import clip_by_global_norm
+__all__ = [
+    "as_numpy",
+    "clip_grad_norm_",
+    "clip_grad_value_",
+    "get_total_norm",
+    "clip_grads_with_norm_",
+    "monitor_module",
+]
 
-__all__ = ["as_numpy", "clip_grad_norm_", "monitor_module"]
+
+def _check_cpu(tensor):
+    if tensor.device.type != "cpu":
+        raise ValueError(
+            f"gradguard works on CPU tensors and this build has no CUDA backend; got a tensor on {tensor.device} "
+            "(move it with .cpu(), or use torch.nn.utils for device tensors)"
+        )
 
 
 def as_numpy(tensor):
     """A NumPy array sharing the memory of a CPU tensor (bfloat16 through ml_dtypes)."""
-    if tensor.device.type != "cpu":
-        raise ValueError(f"gradguard works on CPU tensors; got one on {tensor.device}")
+    _check_cpu(tensor)
     tensor = tensor.detach()
     if tensor.dtype == _torch.bfloat16:
         try:
@@ -34,23 +57,112 @@ def as_numpy(tensor):
     return tensor.numpy()
 
 
-def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
-    """torch.nn.utils.clip_grad_norm_ computed by gradguard: same arguments, same
-    in-place result on the .grad of CPU parameters, returns the total norm as a
-    0-dim float32 tensor (float64 when the gradients are). `foreach` is accepted
-    for compatibility and ignored (gradguard always works on the whole list)."""
+def _dense_view(tensor):
+    """The tensor's memory as a C-contiguous tensor view, when its elements fill
+    one block in some order of its axes (contiguous, channels_last, a
+    transpose), else None. Element-wise work does not care about the order."""
+    if tensor.is_contiguous():
+        return tensor
+    order = sorted(range(tensor.dim()), key=lambda axis: -tensor.stride(axis))
+    permuted = tensor.permute(order)
+    return permuted if permuted.is_contiguous() else None
+
+
+class _InPlace:
+    """NumPy arrays to write the gradients through: views of dense gradients,
+    copies of the others, written back by `finish()`."""
+
+    def __init__(self, grads):
+        self.grads, self.arrays, self.copies = grads, [], []
+        for grad in grads:
+            _check_cpu(grad)
+            view = _dense_view(grad)
+            if view is None:
+                copy = grad.contiguous()
+                self.copies.append((grad, copy))
+                view = copy
+            self.arrays.append(as_numpy(view))
+
+    def finish(self):
+        for grad, copy in self.copies:
+            grad.copy_(copy)
+
+
+def _gradients(parameters):
     if isinstance(parameters, _torch.Tensor):
         parameters = [parameters]
-    # torch takes 0-dim tensors for the scalars too (float() of them, as torch does).
-    max_norm = float(max_norm) if isinstance(max_norm, _torch.Tensor) else max_norm
-    norm_type = float(norm_type) if isinstance(norm_type, _torch.Tensor) else norm_type
-    grads = [p.grad for p in parameters if p.grad is not None]
+    return [p.grad for p in parameters if p.grad is not None]
+
+
+def _scalar(value):
+    """float() of torch's scalar arguments, which may be 0-dim tensors."""
+    return float(value) if isinstance(value, _torch.Tensor) else value
+
+
+def _norm_dtype(tensors):
+    """The dtype torch returns a total norm in: the promotion of the tensors' dtypes."""
+    return reduce(_torch.promote_types, (t.dtype for t in tensors))
+
+
+def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=None):
+    """torch.nn.utils.get_total_norm: the norm_type-norm of all tensors together
+    (NaN anywhere gives NaN, else inf gives inf), as a 0-dim tensor in the
+    tensors' (promoted) dtype; 0.0 for none. error_if_nonfinite raises a
+    RuntimeError. `foreach` is accepted and ignored (one multi-tensor pass always)."""
+    if isinstance(tensors, _torch.Tensor):
+        tensors = [tensors]
+    tensors = list(tensors)
+    if not tensors:
+        return _torch.tensor(0.0)
+    arrays = [as_numpy(t) for t in tensors]
+    total = global_norm(arrays, ord=_scalar(norm_type))
+    if error_if_nonfinite and not _torch.isfinite(_torch.tensor(total)):
+        raise RuntimeError(
+            f"The total norm of order {float(_scalar(norm_type))} for gradients from `parameters` is non-finite, "
+            "so it cannot be clipped. To disable this error and scale the gradients by the non-finite norm "
+            "anyway, set `error_if_nonfinite=False`"
+        )
+    return _torch.tensor(total, dtype=_norm_dtype(tensors))
+
+
+def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None):
+    """torch.nn.utils.clip_grads_with_norm_: every .grad *= min(1, max_norm / (total_norm + 1e-6))."""
+    grads = _gradients(parameters)
+    if not grads:
+        return
+    in_place = _InPlace(grads)
+    clip_with_norm_(in_place.arrays, _scalar(max_norm), _scalar(total_norm))
+    in_place.finish()
+
+
+def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=False, foreach=None):
+    """torch.nn.utils.clip_grad_norm_ computed by gradguard: same arguments, same
+    in-place result on the .grad of CPU parameters (None gradients skipped, any
+    memory format), returns the total norm as a 0-dim tensor in the gradients'
+    dtype. `foreach` is accepted for compatibility and ignored (gradguard always
+    works on the whole list)."""
+    grads = _gradients(parameters)
     if not grads:
         return _torch.tensor(0.0)
-    arrays = [as_numpy(g) for g in grads]
-    total = clip_by_global_norm(arrays, max_norm, ord=norm_type, error_if_nonfinite=error_if_nonfinite)
-    dtype = _torch.float64 if all(g.dtype == _torch.float64 for g in grads) else _torch.float32
-    return _torch.tensor(total, dtype=dtype)
+    in_place = _InPlace(grads)
+    total = clip_by_global_norm(
+        in_place.arrays, _scalar(max_norm), ord=_scalar(norm_type), error_if_nonfinite=error_if_nonfinite
+    )
+    in_place.finish()
+    return _torch.tensor(total, dtype=_norm_dtype(grads))
+
+
+def clip_grad_value_(parameters, clip_value, foreach=None):
+    """torch.nn.utils.clip_grad_value_: every .grad clamped to [-clip_value, clip_value]
+    (clamp_min then clamp_max, as torch does, so a negative clip_value gives -|clip_value|
+    everywhere); NaN stays NaN."""
+    grads = _gradients(parameters)
+    if not grads:
+        return
+    bound = real(_scalar(clip_value), "clip_value")
+    in_place = _InPlace(grads)
+    _core.clip_by_value(in_place.arrays, -bound, bound, None)
+    in_place.finish()
 
 
 def monitor_module(monitor, module, step=None, with_params=True):
