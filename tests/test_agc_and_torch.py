@@ -78,7 +78,9 @@ def test_torch_adapter_matches_torch():
     if BFLOAT16 is not None:
         weights = torch.nn.Parameter(torch.ones(8, dtype=torch.bfloat16))
         weights.grad = torch.full((8,), 3.0, dtype=torch.bfloat16)
-        assert float(clip_grad_norm_([weights], 1.0)) == pytest.approx(3.0 * 8**0.5, rel=1e-6)
+        total = clip_grad_norm_([weights], 1.0)
+        assert total.dtype == torch.bfloat16  # torch returns the norm in the gradients' dtype
+        assert float(total) == pytest.approx(3.0 * 8**0.5, rel=1e-2)
         assert float(weights.grad.float().norm()) == pytest.approx(1.0, rel=1e-2)
 
 
