@@ -550,9 +550,9 @@ def main(argv=None):
         "--sections",
         nargs="+",
         default=["clip", "norm", "optim"],
-        choices=["clip", "norm", "optim"],
+        choices=["clip", "norm", "optim", "detection"],
         help="clip: norms, clipping and statistics of the workloads; norm: layer norm; "
-        "optim: fused optimiser steps on gpt2-small",
+        "optim: fused optimiser steps on gpt2-small; detection: the monitor on labelled training runs",
     )
     arguments = parser.parse_args(argv)
     if "clip" in arguments.sections:
@@ -570,4 +570,9 @@ def main(argv=None):
             torch.set_num_threads(arguments.threads)
         print()
         print(format_optimizer_table(run_optimizers(max(3, arguments.repeat // 2))))
+    if "detection" in arguments.sections:
+        from .detection import main_section
+
+        print()
+        main_section()
     return 0

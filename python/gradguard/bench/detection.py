@@ -1,0 +1,434 @@
+"""The detection benchmark: real training runs with known ground truth, and
+the score of a gradient monitor on them (`python -m gradguard bench --sections
+detection`).
+
+Every run trains a NumPy network (gradguard.demo.mlp: forward and backward by
+hand) with gradguard's own optimisers, deterministically from its seed. A run
+is healthy, or sick with a cause injected at an onset step into named layers.
+Ground truth is defined here and checked against the run's own record: a
+healthy run must really train (its loss falls, nothing is non-finite), and a
+sick run must really show its sickness in its recorded gradient norms
+(`Run.verify`), or the benchmark refuses to score it.
+
+The score, per monitor: false findings per healthy run (by kind); for each
+sick run whether a finding of the expected kind lands on a truly affected
+layer within the allowed delay of the onset, the delay, and the layer
+precision (the share of layers flagged after the onset that are truly
+affected).
+
+This first version holds fully connected networks (plain, residual with layer
+norm at depth 30, sigmoid, tanh) on two data sets with SGD-momentum and Adam,
+warm-up + cosine schedules, a plateau, and zero-initialised biases; recurrent,
+convolutional and attention models are still to come.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+import numpy as np
+
+from .. import init
+from ..demo.mlp import MLP, two_spirals
+from ..monitor import GradientMonitor
+from ..optim import SGD, Adam
+
+__all__ = ["Run", "RunRecord", "corpus", "run", "score", "format_score"]
+
+
+# ---- data -------------------------------------------------------------------------
+
+
+def blobs(points, features=16, classes=4, seed=0):
+    """Gaussian blobs labelled by a random linear teacher: an easy task a net learns fast."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((points, features)).astype(np.float32)
+    teacher = rng.standard_normal((features, classes))
+    return x, np.argmax(x @ teacher, axis=1).astype(np.int64)
+
+
+DATASETS = {"spirals": lambda seed: two_spirals(2048, seed=seed), "blobs": lambda seed: blobs(2048, seed=seed)}
+
+
+# ---- runs --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the corpus.
+
+    sickness: None (healthy), or one of "lr_explosion", "late_explosion",
+    "vanishing", "dead", "nonfinite", "decay", "spike". onset: the step it
+    starts; layer: the layer it is injected into (index of a weight), where
+    that applies. expected: the finding kinds that count as detecting it.
+    """
+
+    name: str
+    dataset: str
+    depth: int
+    width: int
+    activation: str
+    initialiser: str  # "he", "xavier", "normal0.01", "he_residual"
+    optimiser: str  # "sgd" (momentum 0.9) or "adam"
+    lr: float
+    steps: int
+    residual: bool = False
+    layer_norm: bool = False
+    schedule: str = "constant"  # or "warmup_cosine"
+    sickness: Optional[str] = None
+    onset: int = 0
+    layer: int = 0
+    expected: tuple = ()
+    allowed_delay: int = 10
+    seed: int = 0
+
+    @property
+    def healthy(self):
+        return self.sickness is None
+
+
+@dataclass
+class RunRecord:
+    """What one run recorded: per step the loss, each weight's gradient norm, the findings."""
+
+    run: Run
+    layers: list
+    losses: list = field(default_factory=list)
+    norms: list = field(default_factory=list)  # steps x layers
+    findings: list = field(default_factory=list)
+    affected: tuple = ()
+
+    def verify(self):
+        """Raise AssertionError unless the run shows what its ground truth says."""
+        run, losses = self.run, np.asarray(self.losses)
+        norms = np.asarray(self.norms)
+        if run.healthy:
+            assert np.all(np.isfinite(losses)) and np.all(np.isfinite(norms)), f"{run.name}: non-finite values"
+            first, last = losses[:10].mean(), losses[-10:].mean()
+            assert last < 0.7 * first, f"{run.name}: the loss did not fall ({first:.3g} -> {last:.3g})"
+            return
+        assert self.affected, f"{run.name}: no affected layer"
+        onset = run.onset
+        total = np.sqrt(np.nansum(np.where(np.isfinite(norms), norms, 0.0) ** 2, axis=1))
+        if run.sickness in ("lr_explosion", "late_explosion"):
+            before = np.median(total[max(0, onset - 20) : onset])
+            window = norms[onset : onset + run.allowed_delay + 1]
+            grew = ~np.all(np.isfinite(window)) or total[onset : onset + run.allowed_delay + 1].max() > 100 * before
+            assert grew, f"{run.name}: no explosion within {run.allowed_delay} steps of {onset}"
+        elif run.sickness == "vanishing":
+            assert all(norms[0, i] < 1e-3 * norms[0, -1] for i in self.affected), f"{run.name}: not vanishing"
+        elif run.sickness == "dead":
+            assert np.all(norms[onset + 1 :, list(self.affected)] == 0.0), f"{run.name}: the layers are not dead"
+        elif run.sickness == "nonfinite":
+            assert not np.isfinite(norms[onset, run.layer]), f"{run.name}: no non-finite gradient"
+        elif run.sickness == "decay":
+            assert norms[onset + 20, run.layer] < 1e-3 * norms[onset, run.layer], f"{run.name}: no decay"
+        elif run.sickness == "spike":
+            before = np.median(total[max(0, onset - 20) : onset])
+            assert total[onset] > 10 * before, f"{run.name}: no spike"
+
+
+def corpus():
+    """The runs, healthy and sick (deterministic)."""
+    healthy = [
+        Run("relu-he-adam-cosine", "blobs", 4, 64, "relu", "he", "adam", 3e-3, 200, schedule="warmup_cosine"),
+        Run("tanh-xavier-sgd", "spirals", 6, 32, "tanh", "xavier", "sgd", 0.05, 300),
+        Run(
+            "preln-residual-depth30",
+            "spirals",
+            30,
+            32,
+            "relu",
+            "he_residual",
+            "adam",
+            2e-3,
+            300,
+            residual=True,
+            layer_norm=True,
+            schedule="warmup_cosine",
+        ),
+        Run("sigmoid-xavier-adam", "blobs", 3, 64, "sigmoid", "xavier", "adam", 1e-2, 200),
+        Run("relu-plateau-sgd", "blobs", 3, 64, "relu", "he", "sgd", 0.05, 400, seed=1),
+        Run("layernorm-relu-sgd", "blobs", 8, 32, "relu", "he", "sgd", 0.05, 200, layer_norm=True, seed=2),
+    ]
+    sick = [
+        Run(
+            "lr-x100-at-60",
+            "blobs",
+            4,
+            64,
+            "relu",
+            "he",
+            "sgd",
+            0.05,
+            120,
+            sickness="lr_explosion",
+            onset=60,
+            expected=("exploding",),
+        ),
+        Run(
+            "late-explosion-at-150",
+            "spirals",
+            6,
+            32,
+            "relu",
+            "he",
+            "sgd",
+            0.02,
+            200,
+            sickness="late_explosion",
+            onset=150,
+            expected=("exploding",),
+            allowed_delay=15,
+        ),
+        Run(
+            "deep-sigmoid-small-init",
+            "spirals",
+            12,
+            32,
+            "sigmoid",
+            "normal0.01",
+            "sgd",
+            0.1,
+            60,
+            sickness="vanishing",
+            expected=("vanishing",),
+        ),
+        Run(
+            "relu-layer-killed-at-80",
+            "blobs",
+            5,
+            64,
+            "relu",
+            "he",
+            "adam",
+            1e-3,
+            140,
+            sickness="dead",
+            onset=80,
+            layer=2,
+            expected=("dead", "vanishing"),
+        ),
+        Run(
+            "inf-in-layer-2-at-50",
+            "blobs",
+            4,
+            64,
+            "relu",
+            "he",
+            "adam",
+            1e-3,
+            80,
+            sickness="nonfinite",
+            onset=50,
+            layer=2,
+            expected=("exploding",),
+        ),
+        Run(
+            "layer-1-decays-from-60",
+            "spirals",
+            6,
+            32,
+            "tanh",
+            "xavier",
+            "sgd",
+            0.05,
+            140,
+            sickness="decay",
+            onset=60,
+            layer=1,
+            expected=("vanishing",),
+            allowed_delay=25,
+        ),
+        Run(
+            "one-batch-spike-at-90",
+            "blobs",
+            4,
+            64,
+            "relu",
+            "he",
+            "adam",
+            1e-3,
+            140,
+            sickness="spike",
+            onset=90,
+            expected=("exploding",),
+        ),
+    ]
+    return healthy + sick
+
+
+# ---- training ----------------------------------------------------------------------
+
+
+def _build(run, rng, features, classes):
+    net = MLP([features] + [run.width] * run.depth + [classes], run.activation, run.residual, run.layer_norm)
+    for index, weight in enumerate(net.weights):
+        last = index == len(net.weights) - 1
+        if run.initialiser == "normal0.01":
+            init.normal_(weight, 0.0, 0.01, rng)
+        elif run.initialiser == "xavier":
+            init.xavier_normal_(weight, init.calculate_gain(run.activation) if not last else 1.0, rng)
+        else:
+            init.kaiming_normal_(weight, 0.0, "fan_in", "relu" if not last else "linear", rng)
+            if run.initialiser == "he_residual" and 0 < index and not last:
+                weight /= math.sqrt(run.depth)  # residual branches scaled by 1/sqrt(L)
+    return net
+
+
+def _learning_rate(run, step, base):
+    if run.schedule == "warmup_cosine":
+        warmup = max(1, run.steps // 10)
+        if step < warmup:
+            return base * (step + 1) / warmup
+        progress = (step - warmup) / max(1, run.steps - warmup)
+        return base * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return base
+
+
+class _Training:
+    """One run in progress: the network, its optimiser and monitor, and the record."""
+
+    def __init__(self, spec, make_monitor, batch):
+        self.spec, self.batch = spec, batch
+        self.rng = np.random.default_rng(1000 + spec.seed)
+        self.x, self.y = DATASETS[spec.dataset](spec.seed)
+        self.net = _build(spec, self.rng, self.x.shape[1], int(self.y.max()) + 1)
+        self.params = self.net.parameters()
+        self.weight_names = [name for name in self.params if name.endswith("weight")]
+        if spec.optimiser == "sgd":
+            self.optimiser = SGD(self.params, lr=spec.lr, momentum=0.9)
+        else:
+            self.optimiser = Adam(self.params, lr=spec.lr)
+        self.monitor = (make_monitor or (lambda names: GradientMonitor(names=names)))(list(self.params))
+        self.record = RunRecord(spec, self.weight_names)
+        self.base_lr = spec.lr
+
+    def step(self, step):
+        spec, net = self.spec, self.net
+        rows = self.rng.integers(0, len(self.x), self.batch)
+        inputs = self.x[rows]
+        if spec.sickness == "spike" and step == spec.onset:
+            inputs = inputs * 1000.0  # one corrupted batch
+        if spec.sickness == "dead" and step == spec.onset:
+            net.biases[spec.layer][...] = -1e4  # every unit of the layer off from now on
+        if spec.sickness == "lr_explosion" and step == spec.onset:
+            self.base_lr = spec.lr * 100.0
+        if spec.sickness == "late_explosion" and step >= spec.onset:
+            self.base_lr *= 1.8
+        loss, _, grads = net.loss_and_gradients(inputs, self.y[rows])
+        if spec.sickness == "nonfinite" and step == spec.onset:
+            grads[self.weight_names[spec.layer]].reshape(-1)[0] = np.inf
+        if spec.sickness == "decay" and step >= spec.onset:
+            factor = np.float32(0.6 ** (step - spec.onset))
+            for suffix in ("weight", "bias"):
+                grads[f"layer{spec.layer:03d}.{suffix}"] *= factor
+        self.record.losses.append(loss)
+        self.record.norms.append([float(np.linalg.norm(grads[name].astype(np.float64))) for name in self.weight_names])
+        self.record.findings.extend(self.monitor.update(grads, params=self.params, step=step))
+        self.optimiser.hyper["lr"] = _learning_rate(spec, step, self.base_lr)
+        if all(np.all(np.isfinite(g)) for g in grads.values()):
+            self.optimiser.step(grads)
+        else:
+            # what a non-finite gradient does to an unguarded step: the parameters become NaN
+            for value in self.params.values():
+                value[...] = np.nan
+
+    def affected(self):
+        """The truly affected layers (indices of weights), by the run's definition and record."""
+        spec, norms, layers = self.spec, np.asarray(self.record.norms), len(self.weight_names)
+        if spec.sickness in ("lr_explosion", "late_explosion", "spike"):
+            return tuple(range(layers))
+        if spec.sickness == "vanishing":
+            return tuple(i for i in range(layers) if norms[0, i] < 1e-3 * norms[0, -1])
+        if spec.sickness == "dead":
+            return tuple(range(spec.layer + 1))  # the layer, and every layer before it, gets no signal
+        if spec.sickness in ("nonfinite", "decay"):
+            return (spec.layer,)
+        return ()
+
+
+def run(spec: Run, make_monitor: Callable[[list], object] = None, batch=64) -> RunRecord:
+    """Train one run, feeding the monitor (default: GradientMonitor(names=...)) every step;
+    returns its record (ground truth checked by record.verify())."""
+    training = _Training(spec, make_monitor, batch)
+    with np.errstate(all="ignore"):  # a diverging run overflows: that is its result, not a warning
+        for step in range(spec.steps):
+            training.step(step)
+    training.record.affected = training.affected()
+    return training.record
+
+
+# ---- scoring -----------------------------------------------------------------------
+
+
+def _layer_index(record, name):
+    """The weight index a parameter name belongs to (its bias counts as the same layer)."""
+    for index in range(len(record.layers)):
+        if name in (f"layer{index:03d}.weight", f"layer{index:03d}.bias"):
+            return index
+    return None
+
+
+def _score_sick(record):
+    spec, norms = record.run, np.asarray(record.norms)
+    window = [f for f in record.findings if spec.onset <= f.step <= spec.onset + spec.allowed_delay]
+
+    def truly_affected(finding):
+        # affected by definition, or (after a non-finite step) holding NaN/inf itself at that step
+        index = _layer_index(record, finding.layer)
+        return index in record.affected or (index is not None and not np.isfinite(norms[finding.step, index]))
+
+    hits = [f for f in window if f.kind in spec.expected and truly_affected(f)]
+    flagged = {f.layer for f in window}
+    correct = {f.layer for f in window if truly_affected(f)}
+    return {
+        "run": spec.name,
+        "healthy": False,
+        "detected": bool(hits),
+        "delay": (min(f.step for f in hits) - spec.onset) if hits else None,
+        "precision": len(correct) / len(flagged) if flagged else math.nan,
+    }
+
+
+def score(records):
+    """One row per run: healthy runs count their (false) findings by kind; sick runs
+    say whether they were detected in time on a truly affected layer, the delay,
+    and the layer precision."""
+    rows = []
+    for record in records:
+        if record.run.healthy:
+            kinds = {}
+            for finding in record.findings:
+                kinds[finding.kind] = kinds.get(finding.kind, 0) + 1
+            rows.append({"run": record.run.name, "healthy": True, "false_findings": kinds})
+        else:
+            rows.append(_score_sick(record))
+    return rows
+
+
+def format_score(rows):
+    lines = ["detection benchmark (NumPy MLP runs; default GradientMonitor)", "", f"{'run':<28} {'kind':<8} result"]
+    for row in rows:
+        if row["healthy"]:
+            found = ", ".join(f"{k} {n}" for k, n in sorted(row["false_findings"].items())) or "none"
+            lines.append(f"{row['run']:<28} {'healthy':<8} false findings: {found}")
+        else:
+            delay = "-" if row["delay"] is None else str(row["delay"])
+            lines.append(
+                f"{row['run']:<28} {'sick':<8} detected: {'yes' if row['detected'] else 'NO '}  "
+                f"delay: {delay:>3}  layer precision: {row['precision']:.2f}"
+            )
+    return "\n".join(lines)
+
+
+def main_section():
+    """Run the corpus with the default monitor and print the score table."""
+    records = []
+    for spec in corpus():
+        record = run(spec)
+        record.verify()
+        records.append(record)
+    print(format_score(score(records)))
