@@ -16,7 +16,8 @@ def layer_with_norm(rng, norm, zero_fraction=0.0):
     values = rng.standard_normal(ELEMENTS)
     if zero_fraction:
         values[: int(round(zero_fraction * ELEMENTS))] = 0.0
-    return (values * (norm / np.linalg.norm(values))).astype(np.float32)
+    length = np.linalg.norm(values)
+    return (values * (norm / length) if length > 0 else values).astype(np.float32)
 
 
 def run(norms, zero_fractions=None, **settings):
@@ -91,27 +92,71 @@ def test_dead_units():
     rng = np.random.default_rng(6)
     norms = stationary(rng, 200, 3)
     zeros = np.zeros((200, 3))
-    zeros[100:, 1] = 0.95
+    zeros[100:, 1] = 1.0  # the whole layer's gradient exactly zero: a layer behind dead units
+    zeros[100:, 2] = 0.95  # a sparse gradient (an embedding's untouched rows) is not dead by default
     _, findings = run(norms, zeros)
     assert [(f.layer, f.kind, f.step) for f in findings] == [("layer1", "dead", 104)]
+    assert "leaky activation" in findings[0].message and findings[0].evidence["remedy"]
+    _, findings = run(norms, zeros, dead_fraction=0.9)
+    assert [(f.layer, f.kind) for f in findings] == [("layer1", "dead"), ("layer2", "dead")]
 
 
-def test_update_ratio_and_exports(tmp_path):
-    rng = np.random.default_rng(7)
+def test_one_finding_per_cause_and_no_re_reporting_while_flapping():
+    rng = np.random.default_rng(12)
+    norms = stationary(rng, 120, 4)
+    zeros = np.zeros((120, 4))
+    norms[50:, 0] = 0.0  # dead (all zero) is also below every vanishing threshold: reported once, as dead
+    zeros[50:, 0] = 1.0
+    # below 1e-4 x the median layer for 5 steps, above it for 2: one report, not one per cycle
+    norms[20:, 3] = np.where(np.arange(100) % 7 < 5, 0.5e-4, 2e-4)
+    _, findings = run(norms, zeros)
+    assert [(f.layer, f.kind) for f in findings if f.layer == "layer0"] == [("layer0", "dead")]
+    assert [(f.layer, f.kind, f.step) for f in findings if f.layer == "layer3"] == [("layer3", "vanishing", 24)]
+
+
+def test_exploding_from_the_first_step_without_history():
+    rng = np.random.default_rng(13)
+    norms = stationary(rng, 10, 6)
+    norms[:, 2] = 1e19  # e.g. a recurrent layer with spectral radius > 1, from step 0
+    _, findings = run(norms)
+    assert [(f.layer, f.kind, f.step) for f in findings] == [("layer2", "exploding", 0)]
+    assert "clip" in findings[0].message
+
+
+def test_deep_geometric_decay_is_vanishing_not_exploding():
+    rng = np.random.default_rng(14)
+    norms = stationary(rng, 10, 13, sigma=0.01) * 10.0 ** -np.arange(12, -1, -2.0).repeat(2)[:13]
+    _, findings = run(norms)
+    assert {f.kind for f in findings} == {"vanishing"}
+
+
+def test_update_ratio_of_the_update_actually_applied(tmp_path):
+    params = {"w": np.full((8, 8), 10.0, np.float32), "b": np.ones(8, np.float32)}
+    optimizer = gg.optim.SGD(params, lr=1.0)
     monitor = gg.GradientMonitor()
-    params = {"w": np.ones(64, np.float32) * 10, "b": np.ones(8, np.float32)}
     for step in range(10):
-        grads = {"w": layer_with_norm(rng, 1e-3), "b": (np.ones(8, np.float32) * (5.0 if step >= 2 else 1e-3))}
-        monitor.update(grads, params=params)
-    assert [(f.layer, f.kind, f.step) for f in monitor.findings] == [("b", "update_ratio", 6)]
+        grads = {"w": np.full((8, 8), 5.0 if step >= 2 else 1e-3, np.float32), "b": np.full(8, 50.0, np.float32)}
+        report = optimizer.step(grads, return_report=True)
+        monitor.update(grads, step_report=report)
+    # the bias moves by far more than 10% a step too, but vectors are not judged
+    assert [(f.layer, f.kind, f.step) for f in monitor.findings] == [("w", "update_ratio", 6)]
+    assert monitor.history()["update_ratio"][-1, 1] != monitor.history()["update_ratio"][-1, 1]  # NaN for b
     summary = monitor.summary()
-    assert summary["steps"] == 10 and summary["flagged"] == {"b": ["update_ratio"]}
+    assert summary["steps"] == 10 and summary["flagged"] == {"w": ["update_ratio"]}
     assert "update_ratio" in monitor.report()
     monitor.to_csv(tmp_path / "history.csv")
     monitor.to_jsonl(tmp_path / "findings.jsonl")
     rows = (tmp_path / "history.csv").read_text().splitlines()
     assert rows[0].startswith("step,layer,norm") and len(rows) == 1 + 10 * 2
-    assert json.loads((tmp_path / "findings.jsonl").read_text().splitlines()[0])["layer"] == "b"
+    assert json.loads((tmp_path / "findings.jsonl").read_text().splitlines()[0])["layer"] == "w"
+
+
+def test_without_the_update_the_ratio_rule_is_off():
+    monitor = gg.GradientMonitor()
+    params = {"w": np.full((8, 8), 1e-3, np.float32)}
+    for _ in range(10):
+        monitor.update({"w": np.full((8, 8), 100.0, np.float32)}, params=params)
+    assert monitor.findings == []
 
 
 def reference_autoclip(norms, percentile, history=None):

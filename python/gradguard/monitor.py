@@ -22,6 +22,27 @@ from .stats import stats_of
 __all__ = ["GradientMonitor", "Finding"]
 
 _SERIES = ("norm", "abs_mean", "std", "zero_fraction", "update_ratio")
+_STATE_COUNTERS = (
+    "vanishing_streak",
+    "vanishing_since",
+    "vanishing_clear",
+    "dead_streak",
+    "dead_since",
+    "dead_clear",
+    "ratio_streak",
+    "ratio_since",
+    "ratio_clear",
+    "growth_streak",
+)
+# The least robust spread of a layer's log norm: a history with a MAD near 0
+# (two alternating levels, a plateau) must not turn ordinary jumps into spikes.
+_MIN_SPREAD = 0.3
+_REMEDIES = {
+    "exploding": "clip the global norm (or use AutoClip/ZClip) or lower the learning rate",
+    "vanishing": "add residual connections or normalisation, or use an initialisation suited to the activation",
+    "dead": "use a leaky activation or a lower learning rate",
+    "update_ratio": "adjust this layer's learning rate",
+}
 
 
 @dataclass(frozen=True)
@@ -54,18 +75,37 @@ class _StepView:
 class GradientMonitor:
     """Tracks per-layer gradient statistics and flags layers in trouble.
 
+    Each condition is reported once, when it has held for `patience` steps (or
+    at once for the checks that need no history), with the step its streak
+    began, the numbers behind it and the remedy they point to; it is reported
+    again only after it has cleared for `patience` steps. A layer gets one
+    finding per cause: exploding outranks dead, dead outranks vanishing, and
+    either outranks an update-ratio finding.
+
     Defaults (all keyword arguments, all documented in findings' evidence):
       window=256        steps of history kept (memory independent of run length)
       patience=5        consecutive steps a vanishing / dead / update-ratio condition must hold
       vanishing_floor=1e-10       norm below this is vanishing outright
-      vanishing_ratio=1e-4        ... or this far below the median layer of the step (4 orders)
+      vanishing_ratio=1e-4        ... or this far below the step's median layer (4 orders)
       decay_ratio=1e-3            ... or this far below the layer's own median history
+      explode_ratio=1e4, explode_floor=1e3   exploding at once, with no history needed: a norm
+                        above explode_floor and explode_ratio times the median of the layers
+                        at or below explode_floor (the floor keeps the healthy top of a deep
+                        net whose lower layers vanish from looking "far above the median",
+                        and the exploding layers out of the median they are compared with)
       spike_z=8.0       exploding: robust z-score of log(norm) against the layer's history
-                        (median and 1.4826 x MAD of the kept window, MAD at least 0.05)
+                        (median and 1.4826 x MAD of the kept window, at least 0.3: a
+                        norm that flips between two levels has a MAD near 0, and a jump
+                        must be more than ~11x its median to count as a spike)
       min_history=20    steps of history before the z-score and decay tests apply
       growth_factor=2.0, growth_steps=5   exploding: norm at least doubling 5 steps in a row
-      dead_fraction=0.9 dead: at least this fraction of exact zeros (dead ReLUs)
-      update_ratio_high=0.1, update_ratio_low=1e-7   ||g|| / ||w|| bounds, when params are given
+      dead_fraction=1.0 dead: this fraction of the gradient exactly zero (1.0: the whole
+                        layer, as a layer behind dead units gets; a sparse embedding whose
+                        untouched rows are zero is not dead)
+      update_ratio_high=0.1, update_ratio_low=1e-7   bounds of ||w_new - w_old|| / ||w_new||,
+                        the update actually applied: given by `step_report=` (gg.optim's
+                        StepReport); without it the rule is off. Vectors (biases, norm
+                        gains) and all-zero weights are not judged.
       baseline_refresh=16   steps between recomputations of each layer's history median and MAD
     Non-finite gradients are reported as exploding at once. The detectors run on
     NumPy arrays over all layers; only layers with something to report cost Python time.
@@ -80,11 +120,13 @@ class GradientMonitor:
         vanishing_floor=1e-10,
         vanishing_ratio=1e-4,
         decay_ratio=1e-3,
+        explode_ratio=1e4,
+        explode_floor=1e3,
         spike_z=8.0,
         min_history=20,
         growth_factor=2.0,
         growth_steps=5,
-        dead_fraction=0.9,
+        dead_fraction=1.0,
         update_ratio_high=0.1,
         update_ratio_low=1e-7,
         baseline_refresh=16,
@@ -105,6 +147,8 @@ class GradientMonitor:
             vanishing_floor,
             vanishing_ratio,
             decay_ratio,
+            explode_ratio,
+            explode_floor,
             spike_z,
             growth_factor,
             dead_fraction,
@@ -116,6 +160,8 @@ class GradientMonitor:
                 ("vanishing_floor", vanishing_floor),
                 ("vanishing_ratio", vanishing_ratio),
                 ("decay_ratio", decay_ratio),
+                ("explode_ratio", explode_ratio),
+                ("explode_floor", explode_floor),
                 ("spike_z", spike_z),
                 ("growth_factor", growth_factor),
                 ("dead_fraction", dead_fraction),
@@ -131,6 +177,8 @@ class GradientMonitor:
             vanishing_floor=vanishing_floor,
             vanishing_ratio=vanishing_ratio,
             decay_ratio=decay_ratio,
+            explode_ratio=explode_ratio,
+            explode_floor=explode_floor,
             spike_z=spike_z,
             min_history=min_history,
             growth_factor=growth_factor,
@@ -151,14 +199,20 @@ class GradientMonitor:
         self._last_step = -1
 
     # -- updating -------------------------------------------------------------------------
-    def update(self, grads: Arrays, params: Optional[Arrays] = None, step: Optional[int] = None) -> list:
+    def update(
+        self, grads: Arrays, params: Optional[Arrays] = None, step: Optional[int] = None, *, step_report=None
+    ) -> list:
         """Record one step's gradients and return its findings.
 
         grads: a dict name -> array, or a list. Once the monitor knows its
         layers' names (from `names=` or a first dict), a dict is matched by
         name (different key sets raise a ValueError naming the missing and
-        unexpected layers); a list pairs by position. params, when given, is
-        matched the same way. A refused update changes nothing.
+        unexpected layers); a list pairs by position. params is accepted (and
+        matched the same way) for compatibility; the update-ratio rule needs
+        the update actually applied, which `step_report=` gives: the
+        StepReport of a gg.optim step (`step(..., return_report=True)`) over
+        these layers, matched by name when both sides have names, else by
+        position. A refused update changes nothing.
         """
         array_list, names = as_array_list(grads, "grads")
         known = self.names if self._series is not None or self.names is not None else None
@@ -168,7 +222,6 @@ class GradientMonitor:
         array_list = in_order_of(known if self._named else None, array_list, names, "grads")
         step = self._last_step + 1 if step is None else int(step)
         stats = stats_of(array_list, labels, "grads")
-        ratio = None
         if params is not None:
             param_list, param_names = as_array_list(params, "params")
             param_list = in_order_of(
@@ -176,30 +229,18 @@ class GradientMonitor:
             )
             if len(param_list) != len(array_list):
                 raise ValueError(f"{len(param_list)} params for {len(array_list)} gradients")
-            weights = stats_of(param_list, labels, "params").l2
+        layer_names = labels if labels is not None else [str(i) for i in range(len(array_list))]
+        ratio = self._update_ratios(step_report, layer_names, array_list)
         if self._series is None:
-            self.names = labels if labels is not None else [str(i) for i in range(len(array_list))]
+            self.names = layer_names
             self._named = self._named or names is not None
             self._series = {name: np.full((self.window, len(self.names)), np.nan) for name in _SERIES}
             layers = len(self.names)
-            self._states = {
-                name: np.zeros(layers, dtype=np.int64)
-                for name in (
-                    "vanishing_streak",
-                    "vanishing_since",
-                    "dead_streak",
-                    "dead_since",
-                    "ratio_streak",
-                    "ratio_since",
-                    "growth_streak",
-                )
-            }
-            self._states["exploding"] = np.zeros(layers, dtype=bool)
+            self._states = {name: np.zeros(layers, dtype=np.int64) for name in _STATE_COUNTERS}
+            for flag in ("exploding", "vanishing_reported", "dead_reported", "ratio_reported"):
+                self._states[flag] = np.zeros(layers, dtype=bool)
         numel = np.maximum(stats.numel, 1)
         norm = np.where((stats.n_nan + stats.n_inf) > 0, np.nan, stats.l2)
-        ratio = np.full(len(self.names), np.nan)
-        if params is not None:
-            ratio = np.divide(norm, weights, out=np.full_like(norm, np.nan), where=weights > 0)
         row = self._count % self.window
         previous = self._series["norm"][(self._count - 1) % self.window].copy() if self._count else None
         baseline = self._current_baseline()
@@ -220,9 +261,33 @@ class GradientMonitor:
         self.findings.extend(new[: max(room, 0)])
         return new
 
+    @staticmethod
+    def _update_ratios(step_report, layer_names, array_list):
+        """||w_new - w_old|| / ||w_new|| per layer from a StepReport (NaN where unknown,
+        for vectors, and for all-zero weights)."""
+        ratio = np.full(len(array_list), np.nan)
+        if step_report is None or getattr(step_report, "update_norms", None) is None:
+            return ratio
+        update, weight = np.asarray(step_report.update_norms), np.asarray(step_report.param_norms)
+        report_names = getattr(step_report, "names", None)
+        if report_names is not None:
+            position = {name: index for index, name in enumerate(report_names)}
+            order = [position.get(name) for name in layer_names]
+        elif len(update) == len(array_list):
+            order = list(range(len(array_list)))
+        else:
+            raise ValueError(
+                f"step_report holds {len(update)} parameters for {len(array_list)} gradients and no names to match"
+            )
+        for layer, index in enumerate(order):
+            if index is None or np.ndim(array_list[layer]) < 2 or not weight[index] > 0:
+                continue
+            ratio[layer] = update[index] / weight[index]
+        return ratio
+
     def _current_baseline(self):
         """Per layer, over the kept norms before this step: (count of positive finite
-        norms, median of log norm, robust spread = max(1.4826 MAD, 0.05)).
+        norms, median of log norm, robust spread = max(1.4826 MAD, _MIN_SPREAD)).
         Recomputed every baseline_refresh steps."""
         if self._baseline is not None and self._baseline_age < self.baseline_refresh:
             self._baseline_age += 1
@@ -239,16 +304,17 @@ class GradientMonitor:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: layers with no history yet
                 center = np.nanmedian(logs, axis=0)
-                spread = np.maximum(1.4826 * np.nanmedian(np.abs(logs - center), axis=0), 0.05)
+                spread = np.maximum(1.4826 * np.nanmedian(np.abs(logs - center), axis=0), _MIN_SPREAD)
         else:
             center = np.full(len(self.names), np.nan)
-            spread = np.full(len(self.names), 0.05)
+            spread = np.full(len(self.names), _MIN_SPREAD)
         self._baseline = (count, center, spread)
         self._baseline_age = 1
         return self._baseline
 
     def _detect(self, step, norm, zero_fraction, ratio, stats, previous, baseline):
-        """The step's findings, one detector per kind, each on all layers at once."""
+        """The step's findings, one detector per kind over all layers at once, in
+        order of priority: a layer flagged by one is not flagged by the next."""
         count, center, spread = baseline
         finite = np.isfinite(norm)
         positive = finite & (norm > 0)
@@ -269,17 +335,37 @@ class GradientMonitor:
             count >= self.settings["min_history"],
         )
         findings = []
-        for detector in (self._exploding, self._vanishing, self._dead, self._update_ratio):
-            detector(view, findings)
+        exploding = self._exploding(view, findings)
+        dead = self._dead(view, findings, blocked=exploding)
+        vanishing = self._vanishing(view, findings, blocked=exploding | dead, exploding=exploding)
+        self._update_ratio(view, findings, blocked=exploding | dead | vanishing)
         return findings
 
     def _report(self, findings, step, mask, kind, evidence_of, message_of):
         for index in np.flatnonzero(mask):
             layer = self.names[index]
-            findings.append(Finding(step, layer, kind, evidence_of(index), message_of(index).replace("{layer}", layer)))
+            evidence = dict(evidence_of(index), remedy=_REMEDIES[kind])
+            message = f"{message_of(index).replace('{layer}', layer)}; remedy: {_REMEDIES[kind]}"
+            findings.append(Finding(step, layer, kind, evidence, message))
+
+    def _streak(self, condition, name, step, blocked):
+        """Advance a kind's streaks; return the layers to report now: held for
+        `patience` steps, not reported in this episode, not taken by a
+        higher-priority finding. An episode ends after `patience` clear steps."""
+        state, patience = self._states, self.settings["patience"]
+        streak, since, clear = state[f"{name}_streak"], state[f"{name}_since"], state[f"{name}_clear"]
+        state[f"{name}_since"] = np.where(condition & (streak == 0), step, since)
+        state[f"{name}_streak"] = np.where(condition, streak + 1, 0)
+        state[f"{name}_clear"] = np.where(condition, 0, clear + 1)
+        reported = state[f"{name}_reported"] & (state[f"{name}_clear"] < patience)
+        due = (state[f"{name}_streak"] >= patience) & ~reported & ~blocked
+        state[f"{name}_reported"] = reported | due
+        return due
 
     def _exploding(self, view, findings):
-        """Non-finite values, a spike (robust z-score of log norm), or geometric growth; each reported as it starts."""
+        """Non-finite values, far above the step's median layer (both from step 0),
+        a spike (robust z-score of log norm) or geometric growth; each reported as
+        it starts. Returns the layers exploding this step."""
         s, state, norm = self.settings, self._states, view.norm
         already = state["exploding"]
         self._report(
@@ -290,19 +376,33 @@ class GradientMonitor:
             lambda i: {"n_nan": int(view.stats.n_nan[i]), "n_inf": int(view.stats.n_inf[i])},
             lambda i: f"{{layer}}: gradient holds NaN/inf since step {view.step}",
         )
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", divide="ignore"):
             z = (view.logs - view.center) / view.spread
             spike = view.has_history & view.positive & (z > s["spike_z"])
             if view.previous is None:
                 grew = np.zeros(len(norm), dtype=bool)
             else:
                 grew = view.positive & (view.previous > 0) & (norm >= s["growth_factor"] * view.previous)
+            # The reference is the median of the plausible layers (norm at most explode_floor):
+            # layers that are themselves exploding must not drag it up.
+            plausible = view.positive & (norm <= s["explode_floor"])
+            median = float(np.median(norm[plausible])) if plausible.any() else np.nan
+            above = view.positive & (norm > s["explode_floor"]) & (norm > s["explode_ratio"] * median)
         state["growth_streak"] = np.where(grew, state["growth_streak"] + 1, 0)
         growing = state["growth_streak"] >= s["growth_steps"]
         self._report(
             findings,
             view.step,
-            spike & ~already,
+            above & ~already,
+            "exploding",
+            lambda i: {"norm": float(norm[i]), "median_layer_norm": median},
+            lambda i: f"{{layer}}: norm {norm[i]:.3g} is {norm[i] / median:.3g}x the median layer's",
+        )
+        new_spike = spike & ~above & ~already
+        self._report(
+            findings,
+            view.step,
+            new_spike,
             "exploding",
             lambda i: {"norm": float(norm[i]), "z": float(z[i]), "median_norm": float(np.exp(view.center[i]))},
             lambda i: (
@@ -313,7 +413,7 @@ class GradientMonitor:
         self._report(
             findings,
             view.step,
-            growing & ~spike & ~already,
+            growing & ~spike & ~above & ~already,
             "exploding",
             lambda i: {"norm": float(norm[i]), "growth_steps": int(state["growth_streak"][i])},
             lambda i: (
@@ -321,18 +421,39 @@ class GradientMonitor:
                 f"{state['growth_streak'][i]} steps, now {norm[i]:.3g}"
             ),
         )
-        state["exploding"] = ~view.finite | spike | growing
+        state["exploding"] = ~view.finite | above | spike | growing
+        return state["exploding"].copy()
 
-    def _vanishing(self, view, findings):
-        """Below an absolute floor, far below the step's median layer, or far below
-        the layer's own history, for `patience` steps running."""
+    def _dead(self, view, findings, blocked):
+        """At least dead_fraction of the gradient exactly zero for `patience` steps running."""
+        s, state, zero_fraction = self.settings, self._states, view.zero_fraction
+        condition = view.finite & (zero_fraction >= s["dead_fraction"])
+        due = self._streak(condition, "dead", view.step, blocked)
+        self._report(
+            findings,
+            view.step,
+            due,
+            "dead",
+            lambda i: {"zero_fraction": float(zero_fraction[i])},
+            lambda i: (
+                f"{{layer}}: {zero_fraction[i]:.0%} of its gradient is exactly 0 since step "
+                f"{state['dead_since'][i]} (dead units)"
+            ),
+        )
+        return condition
+
+    def _vanishing(self, view, findings, blocked, exploding):
+        """Below an absolute floor, far below the step's median layer (taken over the
+        layers not exploding), or far below the layer's own history, for `patience` steps."""
         s, state, norm, finite = self.settings, self._states, view.norm, view.finite
-        median_layer = float(np.median(norm[finite])) if finite.any() else np.nan
+        calm = finite & ~exploding
+        median_layer = float(np.median(norm[calm])) if calm.any() else np.nan
         below_floor = finite & (norm < s["vanishing_floor"])
         below_median = finite & (median_layer > 0) & (norm < s["vanishing_ratio"] * median_layer)
         with np.errstate(invalid="ignore"):
             decayed = finite & view.has_history & (norm < s["decay_ratio"] * np.exp(view.center))
-        self._streak(below_floor | below_median | decayed, "vanishing", view.step)
+        condition = below_floor | below_median | decayed
+        due = self._streak(condition, "vanishing", view.step, blocked)
         reasons = (("floor", below_floor), ("below median layer", below_median), ("decayed from its history", decayed))
 
         def reasons_of(i):
@@ -341,7 +462,7 @@ class GradientMonitor:
         self._report(
             findings,
             view.step,
-            state["vanishing_streak"] == s["patience"],
+            due,
             "vanishing",
             lambda i: {"norm": float(norm[i]), "median_layer_norm": median_layer, "reasons": reasons_of(i)},
             lambda i: (
@@ -349,46 +470,27 @@ class GradientMonitor:
                 f"norm {norm[i]:.3g} ({', '.join(reasons_of(i))})"
             ),
         )
+        return condition
 
-    def _dead(self, view, findings):
-        """At least dead_fraction exact zeros (dead units) for `patience` steps running."""
-        s, state, zero_fraction = self.settings, self._states, view.zero_fraction
-        self._streak(view.finite & (zero_fraction >= s["dead_fraction"]), "dead", view.step)
-        self._report(
-            findings,
-            view.step,
-            state["dead_streak"] == s["patience"],
-            "dead",
-            lambda i: {"zero_fraction": float(zero_fraction[i])},
-            lambda i: (
-                f"{{layer}}: {zero_fraction[i]:.0%} of its gradient is exactly 0 since step "
-                f"{state['dead_since'][i]} (dead units)"
-            ),
-        )
-
-    def _update_ratio(self, view, findings):
-        """||g|| / ||w|| outside [update_ratio_low, update_ratio_high] for `patience` steps running."""
+    def _update_ratio(self, view, findings, blocked):
+        """||w_new - w_old|| / ||w_new|| outside [update_ratio_low, update_ratio_high]
+        for `patience` steps running (only where a StepReport gave the update)."""
         s, state, ratio = self.settings, self._states, view.ratio
         with np.errstate(invalid="ignore"):
             off = np.isfinite(ratio) & ((ratio > s["update_ratio_high"]) | (ratio < s["update_ratio_low"]))
-        self._streak(off & view.finite, "ratio", view.step)
+        due = self._streak(off & view.finite, "ratio", view.step, blocked)
         self._report(
             findings,
             view.step,
-            state["ratio_streak"] == s["patience"],
+            due,
             "update_ratio",
             lambda i: {"ratio": float(ratio[i])},
             lambda i: (
-                f"{{layer}}: |g|/|w| = {ratio[i]:.3g} too "
+                f"{{layer}}: update / weight = {ratio[i]:.3g}, too "
                 f"{'large' if ratio[i] > s['update_ratio_high'] else 'small'} "
                 f"since step {state['ratio_since'][i]}"
             ),
         )
-
-    def _streak(self, condition, name, step):
-        streak, since = self._states[f"{name}_streak"], self._states[f"{name}_since"]
-        self._states[f"{name}_since"] = np.where(condition & (streak == 0), step, since)
-        self._states[f"{name}_streak"] = np.where(condition, streak + 1, 0)
 
     # -- reading -------------------------------------------------------------------------
     def history(self) -> dict:

@@ -38,7 +38,8 @@ class StepReport:
     nonfinite: the gradients holding inf/NaN.
     update_norms, param_norms: per parameter, ||p_new - p_old||_2 (the update
         actually applied) and ||p_new||_2, summed in float64 by the step's own
-        pass (None when the step was skipped).
+        pass (None when the step was skipped). names: the parameters' names
+        (None for a list). GradientMonitor.update(..., step_report=) reads these.
     """
 
     grad_norm: Optional[float]
@@ -47,6 +48,7 @@ class StepReport:
     nonfinite: tuple
     update_norms: Optional[np.ndarray] = None
     param_norms: Optional[np.ndarray] = None
+    names: Optional[tuple] = None  # the parameters' names, when they were given as a dict
 
     @property
     def update_ratio(self) -> Optional[np.ndarray]:
@@ -218,7 +220,15 @@ class _Optimizer:
             self.step_count += 1
             if loss_scaler is not None:
                 loss_scaler.update(False)
-        report = StepReport(norm, coefficient, skipped, nonfinite, update_norms, param_norms)
+        report = StepReport(
+            norm,
+            coefficient,
+            skipped,
+            nonfinite,
+            update_norms,
+            param_norms,
+            tuple(self._names) if self._names is not None else None,
+        )
         return report if return_report else norm
 
     def _buffers_for(self, name):

@@ -120,7 +120,7 @@ class RunRecord:
         elif run.sickness == "vanishing":
             assert all(norms[0, i] < 1e-3 * norms[0, -1] for i in self.affected), f"{run.name}: not vanishing"
         elif run.sickness == "dead":
-            assert np.all(norms[onset + 1 :, list(self.affected)] == 0.0), f"{run.name}: the layers are not dead"
+            assert run.layer in self.affected, f"{run.name}: the killed layer still has gradients"
         elif run.sickness == "nonfinite":
             assert not np.isfinite(norms[onset, run.layer]), f"{run.name}: no non-finite gradient"
         elif run.sickness == "decay":
@@ -327,14 +327,15 @@ class _Training:
                 grads[f"layer{spec.layer:03d}.{suffix}"] *= factor
         self.record.losses.append(loss)
         self.record.norms.append([float(np.linalg.norm(grads[name].astype(np.float64))) for name in self.weight_names])
-        self.record.findings.extend(self.monitor.update(grads, params=self.params, step=step))
         self.optimiser.hyper["lr"] = _learning_rate(spec, step, self.base_lr)
+        report = None
         if all(np.all(np.isfinite(g)) for g in grads.values()):
-            self.optimiser.step(grads)
+            report = self.optimiser.step(grads, return_report=True)
         else:
             # what a non-finite gradient does to an unguarded step: the parameters become NaN
             for value in self.params.values():
                 value[...] = np.nan
+        self.record.findings.extend(self.monitor.update(grads, params=self.params, step=step, step_report=report))
 
     def affected(self):
         """The truly affected layers (indices of weights), by the run's definition and record."""
@@ -344,7 +345,9 @@ class _Training:
         if spec.sickness == "vanishing":
             return tuple(i for i in range(layers) if norms[0, i] < 1e-3 * norms[0, -1])
         if spec.sickness == "dead":
-            return tuple(range(spec.layer + 1))  # the layer, and every layer before it, gets no signal
+            # the killed layer, every layer before it (no signal comes back) and the next
+            # layer's weight (its input is all zero): whatever gets exactly zero gradients
+            return tuple(i for i in range(layers) if np.all(norms[spec.onset + 1 :, i] == 0.0))
         if spec.sickness in ("nonfinite", "decay"):
             return (spec.layer,)
         return ()
