@@ -540,10 +540,12 @@ PYBIND11_MODULE(_core, m) {
   // non-finite norm skips the update. Returns (norm of the unscaled gradients
   // or None, coefficient, skipped, indices of non-finite gradients, and with
   // want_step_norms the per-parameter norms of the update applied and of the
-  // new parameters, from the same pass, else None twice).
+  // new parameters, from the same pass, else None twice). known_norm: the
+  // gradients' global L2 norm when the caller has it (NaN: compute it).
   m.def("optimizer_step", [](const py::list& params, const py::list& grads, const py::list& states,
                              const py::list& state_names, OptimizerStep step, double max_norm, double clip_eps,
                              double inverse_scale, bool want_norm, bool skip_nonfinite, bool want_step_norms,
+                             double known_norm,
                              const py::object& names) {
     TensorList param_list = to_tensors(params, names, "params", Access::write);
     require_c_order(param_list, "params", names, false);
@@ -597,7 +599,10 @@ PYBIND11_MODULE(_core, m) {
     {
       py::gil_scoped_release released;
       if (want_norm) {
-        norm = global_norm(grad_list.tensors, NormOrder::from(2.0));
+        // A norm the caller has just computed (the guard's, the adaptive clipper's) is
+        // not recomputed: the step then reads the gradients once.
+        if (std::isnan(known_norm)) norm = global_norm(grad_list.tensors, NormOrder::from(2.0));
+        else norm.total = known_norm;
         const double unscaled = norm.total * inverse_scale;
         if (skip_nonfinite && !std::isfinite(norm.total)) {
           skipped = true;

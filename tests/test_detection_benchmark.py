@@ -37,3 +37,10 @@ def test_a_silent_monitor_detects_nothing():
     sick = [s for s in detection.corpus() if not s.healthy]
     rows = detection.score([detection.run(spec, make_monitor=lambda names: Silent()) for spec in sick[:2]])
     assert not any(row["detected"] for row in rows)
+
+
+def test_the_guard_rescues_runs_that_blow_up():
+    specs = [s for s in detection.corpus() if s.sickness in ("lr_explosion", "nonfinite")]
+    rows = detection.guard_comparison(specs)
+    assert all(without and not with_guard for _, without, with_guard in rows)
+    assert "with it" in detection.format_guard_comparison(rows)

@@ -22,6 +22,7 @@ from .clip import (
     global_norm,
 )
 from .config import config, get_num_threads, set_num_threads, show_config, simd_target
+from .guard import Guard, GuardAction
 from .monitor import Finding, GradientMonitor
 from .norm import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 from .stats import GradStats, grad_stats
@@ -51,6 +52,8 @@ __all__ = [
     "LossScaler",
     "GradientMonitor",
     "Finding",
+    "Guard",
+    "GuardAction",
     "AutoClip",
     "ZClip",
     "agc",

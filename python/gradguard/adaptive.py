@@ -50,14 +50,22 @@ class AutoClip:
 
     def __call__(self, arrays: Arrays) -> tuple:
         arrays, norm = _norm_for_clipping(arrays)
-        if math.isfinite(norm):
-            self._norms.append(norm)
-        if not self._norms:
-            return norm, math.inf
-        threshold = float(np.percentile(np.fromiter(self._norms, float), self.percentile))
-        # clip_by_global_norm(g, threshold)'s rule: coef = threshold / (norm + 1e-6), applied when below 1.
-        clip_with_norm_(arrays, threshold, norm)
+        threshold = self.observe(norm)
+        if math.isfinite(threshold):
+            # clip_by_global_norm(g, threshold)'s rule: coef = threshold / (norm + 1e-6), applied when below 1.
+            clip_with_norm_(arrays, threshold, norm)
         return norm, threshold
+
+    def observe(self, norm: float) -> float:
+        """Record a step's global norm (non-finite ones are not recorded) and return
+        the threshold to clip it at (inf before any finite norm): the state update of
+        __call__ without touching arrays, for a caller that clips elsewhere (gg.Guard,
+        an optimiser's max_grad_norm)."""
+        if math.isfinite(norm):
+            self._norms.append(float(norm))
+        if not self._norms:
+            return math.inf
+        return float(np.percentile(np.fromiter(self._norms, float), self.percentile))
 
     def state_dict(self):
         return {"percentile": self.percentile, "history": self.history, "norms": np.fromiter(self._norms, float)}
@@ -107,6 +115,14 @@ class ZClip:
 
     def __call__(self, arrays: Arrays) -> tuple:
         arrays, norm = _norm_for_clipping(arrays)
+        threshold = self.observe(norm)
+        self._clip(arrays, norm, threshold)
+        return norm, threshold
+
+    def observe(self, norm: float) -> float:
+        """Record a step's global norm and return the threshold to clip it at: the
+        state update of __call__ without touching arrays, for a caller that clips
+        elsewhere (gg.Guard, an optimiser's max_grad_norm)."""
         cap = math.inf if self.max_grad_norm is None else self.max_grad_norm
         if self.mean is None:
             self._warmup.append(norm)
@@ -114,18 +130,15 @@ class ZClip:
                 values = np.asarray(self._warmup, dtype=np.float64)
                 self.mean, self.var = float(values.mean()), float(values.var())
                 self._warmup = []
-            self._clip(arrays, norm, cap)
-            return norm, cap
+            return cap
         std = math.sqrt(self.var)
         z = (norm - self.mean) / (std + self.eps)
         spike = z > self.z_thresh
         adaptive = self.mean + self.z_thresh * std / (z / self.z_thresh) if spike else norm
-        threshold = min(adaptive, cap)
-        self._clip(arrays, norm, threshold)
         observed = adaptive if spike else norm
         self.mean = self.alpha * self.mean + (1 - self.alpha) * observed
         self.var = self.alpha * self.var + (1 - self.alpha) * (observed - self.mean) ** 2
-        return norm, threshold
+        return min(adaptive, cap)
 
     @staticmethod
     def _clip(arrays, norm, threshold):

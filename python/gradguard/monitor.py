@@ -190,6 +190,7 @@ class GradientMonitor:
         self.max_findings = max_findings
         self.baseline_refresh = int(baseline_refresh)
         self.findings = []
+        self.actions = []  # what a gg.Guard did, for the report (bounded like the findings)
         self._baseline = None
         self._baseline_age = 0
         self._steps = np.full(self.window, -1, dtype=np.int64)
@@ -492,6 +493,11 @@ class GradientMonitor:
             ),
         )
 
+    def note_action(self, action) -> None:
+        """Record an action taken on the run (gg.Guard calls this), shown by report()."""
+        if len(self.actions) < self.max_findings:
+            self.actions.append(action)
+
     # -- reading -------------------------------------------------------------------------
     def history(self) -> dict:
         """The kept window as NumPy arrays: 'step' (steps,), and steps x layers arrays
@@ -550,6 +556,10 @@ class GradientMonitor:
                 change = np.log10(np.median(finite[half:]) / np.median(finite[:half]))
                 trend = f"{change:+.1f} dec"
             lines.append(f"{layer:<{width}}  {current:>10.3g}  {trend:>8}  {', '.join(flagged.get(layer, [])) or '-'}")
+        if self.actions:
+            lines.append("")
+            lines.append("actions taken:")
+            lines.extend(f"  step {a.step}: {a.action} ({a.cause}) {a.detail}" for a in self.actions)
         return "\n".join(lines)
 
     def to_csv(self, path) -> None:

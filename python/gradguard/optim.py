@@ -167,7 +167,13 @@ class _Optimizer:
 
     # -- the step ------------------------------------------------------------------------------
     def step(
-        self, grads: Arrays, loss_scaler: Optional[LossScaler] = None, return_report: bool = False
+        self,
+        grads: Arrays,
+        loss_scaler: Optional[LossScaler] = None,
+        return_report: bool = False,
+        *,
+        skip_nonfinite: bool = False,
+        grad_norm: Optional[float] = None,
     ) -> Union[Optional[float], StepReport]:
         """Apply one update.
 
@@ -181,6 +187,11 @@ class _Optimizer:
         untouched) and the scaler backs off. Every array is validated before
         anything is written: a refused step changes nothing.
 
+        skip_nonfinite: skip the step (nothing changes) when the gradients hold
+        inf/NaN, as with a LossScaler, without one. grad_norm: the gradients'
+        global L2 norm (unscaled by any loss scale) when the caller has just
+        computed it: the step then does not read the gradients a second time.
+
         Returns the pre-clip gradient norm (None without clipping or scaling),
         or a StepReport with return_report, which also carries each parameter's
         update norm ||p_new - p_old|| and new norm ||p_new|| from the same pass.
@@ -189,7 +200,8 @@ class _Optimizer:
         grad_list = in_order_of(self._names, grad_list, names)
         hyper = self._check_hyper(self.hyper)
         inverse_scale = 1.0 if loss_scaler is None else 1.0 / loss_scaler.get_scale()
-        want_norm = self.max_grad_norm is not None or loss_scaler is not None
+        want_norm = self.max_grad_norm is not None or loss_scaler is not None or skip_nonfinite
+        known = math.nan if grad_norm is None else real(grad_norm, "grad_norm", low=0.0) / inverse_scale
         active = self._active_states_for(hyper)
         # New buffers are committed to self.state only once the step has been accepted.
         states = [self._buffers_for(name) if name in active else None for name in self._state_names]
@@ -206,13 +218,15 @@ class _Optimizer:
             _CLIP_EPS,
             inverse_scale,
             want_norm,
-            loss_scaler is not None,
+            loss_scaler is not None or bool(skip_nonfinite),
             bool(return_report),
+            known,
             self._names,
         )
         nonfinite = tuple(self._names[i] for i in nonfinite_indices) if self._names else tuple(nonfinite_indices)
         if skipped:
-            loss_scaler.update(True)
+            if loss_scaler is not None:
+                loss_scaler.update(True)
         else:
             for name, buffers in zip(self._state_names, states):
                 if buffers is not None:

@@ -32,6 +32,7 @@ import numpy as np
 
 from .. import init
 from ..demo.mlp import MLP, two_spirals
+from ..guard import Guard
 from ..monitor import GradientMonitor
 from ..optim import SGD, Adam
 
@@ -99,6 +100,13 @@ class RunRecord:
     norms: list = field(default_factory=list)  # steps x layers
     findings: list = field(default_factory=list)
     affected: tuple = ()
+
+    @property
+    def diverged(self):
+        """The run ended with a non-finite loss, or a loss above where it started."""
+        losses = np.asarray(self.losses)
+        last = losses[-10:]
+        return not np.all(np.isfinite(last)) or last.mean() > losses[:10].mean()
 
     def verify(self):
         """Raise AssertionError unless the run shows what its ground truth says."""
@@ -291,7 +299,7 @@ def _learning_rate(run, step, base):
 class _Training:
     """One run in progress: the network, its optimiser and monitor, and the record."""
 
-    def __init__(self, spec, make_monitor, batch):
+    def __init__(self, spec, make_monitor, batch, guard=False):
         self.spec, self.batch = spec, batch
         self.rng = np.random.default_rng(1000 + spec.seed)
         self.x, self.y = DATASETS[spec.dataset](spec.seed)
@@ -305,6 +313,7 @@ class _Training:
         self.monitor = (make_monitor or (lambda names: GradientMonitor(names=names)))(list(self.params))
         self.record = RunRecord(spec, self.weight_names)
         self.base_lr = spec.lr
+        self.guard = Guard(self.optimiser, clip="zclip", monitor=self.monitor, snapshot_every=10) if guard else None
 
     def step(self, step):
         spec, net = self.spec, self.net
@@ -327,6 +336,12 @@ class _Training:
                 grads[f"layer{spec.layer:03d}.{suffix}"] *= factor
         self.record.losses.append(loss)
         self.record.norms.append([float(np.linalg.norm(grads[name].astype(np.float64))) for name in self.weight_names])
+        if self.guard is not None:
+            self.guard.set_lr(_learning_rate(spec, step, self.base_lr))
+            count = len(self.monitor.findings)
+            self.guard.step(grads, loss=loss)
+            self.record.findings.extend(self.monitor.findings[count:])
+            return
         self.optimiser.hyper["lr"] = _learning_rate(spec, step, self.base_lr)
         report = None
         if all(np.all(np.isfinite(g)) for g in grads.values()):
@@ -353,10 +368,12 @@ class _Training:
         return ()
 
 
-def run(spec: Run, make_monitor: Callable[[list], object] = None, batch=64) -> RunRecord:
+def run(spec: Run, make_monitor: Callable[[list], object] = None, batch=64, guard=False) -> RunRecord:
     """Train one run, feeding the monitor (default: GradientMonitor(names=...)) every step;
-    returns its record (ground truth checked by record.verify())."""
-    training = _Training(spec, make_monitor, batch)
+    returns its record (ground truth checked by record.verify()). With guard=True the
+    optimiser runs under gg.Guard (ZClip, snapshots every 10 good steps) and the record
+    also says whether the run diverged."""
+    training = _Training(spec, make_monitor, batch, guard)
     with np.errstate(all="ignore"):  # a diverging run overflows: that is its result, not a warning
         for step in range(spec.steps):
             training.step(step)
@@ -427,11 +444,37 @@ def format_score(rows):
     return "\n".join(lines)
 
 
+def guard_comparison(specs=None):
+    """For each sick run: (name, failed without the guard, failed with it); a run fails
+    when it ends non-finite or with its loss above where it started."""
+    rows = []
+    for spec in specs or [s for s in corpus() if not s.healthy]:
+        rows.append((spec.name, run(spec).diverged, run(spec, guard=True).diverged))
+    return rows
+
+
+def format_guard_comparison(rows):
+    lines = [
+        "gg.Guard (ZClip, non-finite steps skipped, lr backoff, snapshots) on the sick runs",
+        "",
+        f"{'run':<28} {'unguarded':<10} guarded",
+    ]
+    for name, without, with_guard in rows:
+        lines.append(f"{name:<28} {'fails' if without else 'trains':<10} {'fails' if with_guard else 'trains'}")
+    lines.append(
+        f"failed (non-finite, or the loss did not fall): {sum(r[1] for r in rows)} of {len(rows)} "
+        f"without the guard, {sum(r[2] for r in rows)} with it"
+    )
+    return "\n".join(lines)
+
+
 def main_section():
-    """Run the corpus with the default monitor and print the score table."""
+    """Run the corpus with the default monitor and print the score table, then the guard's effect."""
     records = []
     for spec in corpus():
         record = run(spec)
         record.verify()
         records.append(record)
     print(format_score(score(records)))
+    print()
+    print(format_guard_comparison(guard_comparison()))

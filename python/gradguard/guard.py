@@ -1,0 +1,223 @@
+"""gg.Guard: training-stability policies around a gg.optim optimiser.
+
+"Track the gradients; if they explode, clip; if they vanish, change the
+model": the guard makes the first half automatic. Each step it reads the
+gradients once for their global norm, then hands that norm to the optimiser's
+fused step (which does not read them again), and acts:
+
+- a step whose gradients hold inf/NaN is skipped (nothing changes);
+- the norm is clipped at a fixed bound, or at the threshold of an adaptive
+  clipper (gg.ZClip, gg.AutoClip) that follows the run's own norms;
+- an explosion (non-finite gradients, or a norm above `explosion_factor`
+  times the median of the recent finite norms) counts; `backoff_after` of
+  them within `window` steps multiply the learning rate by `lr_backoff`, which
+  then grows back to its base by equal factors over `recovery_steps` calm
+  steps;
+- optionally (`snapshot_every`), the parameters and optimiser state are kept
+  every so many good steps (one copy: bounded memory) and restored after
+  `restore_after` explosions in a row, or a non-finite loss.
+
+Every action is recorded as a GuardAction (step, cause, action, detail), in
+`guard.actions` and, when a monitor is attached, in its report.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import numpy as np
+
+from . import _core
+from ._arguments import Arrays, as_array_list, positive_int, real
+from .adaptive import AutoClip, ZClip
+
+__all__ = ["Guard", "GuardAction"]
+
+
+@dataclass(frozen=True)
+class GuardAction:
+    step: int
+    cause: str  # "nonfinite", "explosion", "divergence", "calm"
+    action: str  # "skipped step", "lr backoff", "lr restored", "restored snapshot"
+    detail: str = ""
+
+
+class Guard:
+    """Wraps a gg.optim optimiser (SGD, Adam, AdamW, RMSprop) with stability policies.
+
+    Args:
+        optimizer: the optimiser; its learning rate is hyper["lr"] (a schedule sets
+            it through guard.set_lr, so that a backoff in force stays in force).
+        clip: None, a fixed max norm (float), or an adaptive clipper (gg.ZClip(),
+            gg.AutoClip()); "zclip" / "autoclip" make one with its defaults.
+        monitor: an optional GradientMonitor fed every step with the step's report.
+        skip_nonfinite: skip steps whose gradients hold inf/NaN (default on).
+        explosion_factor, window: an explosion is a non-finite step or a norm above
+            explosion_factor x the median of the last `window` finite norms
+            (once 5 are known).
+        backoff_after, lr_backoff, recovery_steps: that many explosions within
+            `window` steps multiply the learning rate by lr_backoff (never below
+            lr_floor x base); it returns to base over recovery_steps calm steps.
+        snapshot_every, restore_after: keep a snapshot every snapshot_every good
+            steps (None: never), and restore it after restore_after explosions in
+            a row or a non-finite loss.
+    """
+
+    def __init__(
+        self,
+        optimizer,
+        clip: Union[None, float, str, ZClip, AutoClip] = None,
+        monitor=None,
+        *,
+        skip_nonfinite: bool = True,
+        explosion_factor: float = 10.0,
+        window: int = 50,
+        backoff_after: int = 2,
+        lr_backoff: float = 0.5,
+        lr_floor: float = 1e-3,
+        recovery_steps: int = 100,
+        snapshot_every: Optional[int] = None,
+        restore_after: int = 3,
+    ):
+        if clip == "zclip":
+            clip = ZClip()
+        elif clip == "autoclip":
+            clip = AutoClip()
+        elif clip is not None and not isinstance(clip, (ZClip, AutoClip)):
+            clip = real(clip, "clip", low=0.0)
+        self.optimizer, self.clip, self.monitor = optimizer, clip, monitor
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.explosion_factor = real(explosion_factor, "explosion_factor", low=1.0, allow_inf=False)
+        self.window = positive_int(window, "window")
+        self.backoff_after = positive_int(backoff_after, "backoff_after")
+        self.lr_backoff = real(lr_backoff, "lr_backoff", low=0.0, high=1.0, low_open=True, high_open=True)
+        self.lr_floor = real(lr_floor, "lr_floor", low=0.0, high=1.0)
+        self.recovery_steps = positive_int(recovery_steps, "recovery_steps")
+        self.snapshot_every = None if snapshot_every is None else positive_int(snapshot_every, "snapshot_every")
+        self.restore_after = positive_int(restore_after, "restore_after")
+        self.base_lr = float(optimizer.hyper["lr"])
+        self.lr_scale = 1.0  # the backoff in force: the optimiser runs at base_lr x lr_scale
+        self.actions = []
+        self.step_count = 0
+        self._norms = deque(maxlen=self.window)
+        self._explosions = deque()
+        self._in_a_row = 0
+        self._good_steps = 0
+        self._snapshot = None
+
+    # -- the learning rate --------------------------------------------------------------------
+    def set_lr(self, lr: float) -> None:
+        """Set the base learning rate (a schedule calls this each step); the
+        optimiser runs at it times the backoff in force."""
+        self.base_lr = real(lr, "lr", low=0.0, allow_inf=False)
+        self.optimizer.hyper["lr"] = self.base_lr * self.lr_scale
+
+    def _scale_lr(self, scale):
+        self.lr_scale = scale
+        self.optimizer.hyper["lr"] = self.base_lr * scale
+
+    # -- the step --------------------------------------------------------------------------
+    def step(self, grads: Arrays, loss: Optional[float] = None):
+        """One guarded step: returns the optimiser's StepReport (None when the step
+        was skipped or replaced by a restore)."""
+        step = self.step_count
+        self.step_count += 1
+        array_list, names = as_array_list(grads, "grads")
+        norm, _ = _core.global_norm(array_list, 2.0, names)
+        nonfinite = not math.isfinite(norm) or (loss is not None and not math.isfinite(loss))
+        explosion = nonfinite or self._is_spike(norm)
+        report = None
+        if explosion:
+            self._note_explosion(step, "nonfinite" if nonfinite else "explosion", norm)
+        if self._in_a_row >= self.restore_after or (loss is not None and not math.isfinite(loss)):
+            if self._restore(step, norm):
+                return None
+        if nonfinite and self.skip_nonfinite:
+            self._act(step, "nonfinite", "skipped step", f"global norm {norm:.3g}")
+        else:
+            if self.clip is not None:
+                threshold = self.clip if isinstance(self.clip, float) else self.clip.observe(norm)
+                self.optimizer.max_grad_norm = threshold if math.isfinite(threshold) else None
+            report = self.optimizer.step(
+                grads,
+                return_report=True,
+                skip_nonfinite=self.skip_nonfinite,
+                grad_norm=norm if math.isfinite(norm) else None,
+            )
+            if not explosion:
+                self._calm_step(step, norm)
+        if self.monitor is not None:
+            self.monitor.update(grads, step=step, step_report=report)
+        return report
+
+    # -- policies ----------------------------------------------------------------------------
+    def _is_spike(self, norm):
+        if len(self._norms) < 5:
+            return False
+        return norm > self.explosion_factor * float(np.median(np.fromiter(self._norms, float)))
+
+    def _note_explosion(self, step, cause, norm):
+        self._in_a_row += 1
+        self._explosions.append(step)
+        while self._explosions and self._explosions[0] <= step - self.window:
+            self._explosions.popleft()
+        if len(self._explosions) >= self.backoff_after:
+            scale = max(self.lr_scale * self.lr_backoff, self.lr_floor)
+            if scale < self.lr_scale:
+                self._scale_lr(scale)
+                self._act(
+                    step,
+                    cause,
+                    "lr backoff",
+                    f"lr x{scale:.3g} of its base after "
+                    f"{len(self._explosions)} explosions in {self.window} steps (norm {norm:.3g})",
+                )
+            self._explosions.clear()
+
+    def _calm_step(self, step, norm):
+        self._in_a_row = 0
+        self._norms.append(norm)
+        if self.lr_scale < 1.0:
+            grown = self.lr_scale * (1.0 / self.lr_backoff) ** (1.0 / self.recovery_steps)
+            if grown >= 1.0 - 1e-9:  # the last factor lands on the base, up to rounding
+                grown = 1.0
+            self._scale_lr(grown)
+            if grown == 1.0:
+                self._act(step, "calm", "lr restored", f"lr back to its base {self.base_lr:.3g}")
+        self._good_steps += 1
+        if self.snapshot_every is not None and self._good_steps % self.snapshot_every == 0:
+            self._snapshot = ([p.copy() for p in self.optimizer.params], self.optimizer.state_dict())
+
+    def _restore(self, step, norm):
+        if self._snapshot is None:
+            return False
+        params, state = self._snapshot
+        for target, saved in zip(self.optimizer.params, params):
+            target[...] = saved
+        self.optimizer.load_state_dict(state)
+        self._scale_lr(max(self.lr_scale * self.lr_backoff, self.lr_floor))
+        self._in_a_row = 0
+        self._act(
+            step,
+            "divergence",
+            "restored snapshot",
+            f"parameters and optimiser state of {self._good_steps} good steps ago at most; "
+            f"lr {self.optimizer.hyper['lr']:.3g} (norm {norm:.3g})",
+        )
+        return True
+
+    def _act(self, step, cause, action, detail):
+        entry = GuardAction(step, cause, action, detail)
+        self.actions.append(entry)
+        if self.monitor is not None and hasattr(self.monitor, "note_action"):
+            self.monitor.note_action(entry)
+
+    def summary(self) -> dict:
+        """Counts of actions by kind, and the learning rate now."""
+        counts = {}
+        for entry in self.actions:
+            counts[entry.action] = counts.get(entry.action, 0) + 1
+        return {"steps": self.step_count, "actions": counts, "lr": float(self.optimizer.hyper["lr"])}
