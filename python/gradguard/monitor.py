@@ -98,7 +98,10 @@ class GradientMonitor:
                         norm that flips between two levels has a MAD near 0, and a jump
                         must be more than ~11x its median to count as a spike)
       min_history=20    steps of history before the z-score and decay tests apply
-      growth_factor=2.0, growth_steps=5   exploding: norm at least doubling 5 steps in a row
+      growth_factor=2.0, growth_steps=5   exploding: norm at least doubling 5 steps in a row, and
+                        (once there is history) above growth_over_history=10 times the
+                        layer's history median: a tiny gradient recovering near convergence
+                        is not an explosion
       dead_fraction=1.0 dead: this fraction of the gradient exactly zero (1.0: the whole
                         layer, as a layer behind dead units gets; a sparse embedding whose
                         untouched rows are zero is not dead)
@@ -126,6 +129,7 @@ class GradientMonitor:
         min_history=20,
         growth_factor=2.0,
         growth_steps=5,
+        growth_over_history=10.0,
         dead_fraction=1.0,
         update_ratio_high=0.1,
         update_ratio_low=1e-7,
@@ -151,6 +155,7 @@ class GradientMonitor:
             explode_floor,
             spike_z,
             growth_factor,
+            growth_over_history,
             dead_fraction,
             update_ratio_high,
             update_ratio_low,
@@ -164,6 +169,7 @@ class GradientMonitor:
                 ("explode_floor", explode_floor),
                 ("spike_z", spike_z),
                 ("growth_factor", growth_factor),
+                ("growth_over_history", growth_over_history),
                 ("dead_fraction", dead_fraction),
                 ("update_ratio_high", update_ratio_high),
                 ("update_ratio_low", update_ratio_low),
@@ -183,6 +189,7 @@ class GradientMonitor:
             min_history=min_history,
             growth_factor=growth_factor,
             growth_steps=growth_steps,
+            growth_over_history=growth_over_history,
             dead_fraction=dead_fraction,
             update_ratio_high=update_ratio_high,
             update_ratio_low=update_ratio_low,
@@ -390,7 +397,9 @@ class GradientMonitor:
             median = float(np.median(norm[plausible])) if plausible.any() else np.nan
             above = view.positive & (norm > s["explode_floor"]) & (norm > s["explode_ratio"] * median)
         state["growth_streak"] = np.where(grew, state["growth_streak"] + 1, 0)
-        growing = state["growth_streak"] >= s["growth_steps"]
+        with np.errstate(invalid="ignore", over="ignore"):
+            well_above = ~view.has_history | (norm > s["growth_over_history"] * np.exp(view.center))
+        growing = (state["growth_streak"] >= s["growth_steps"]) & well_above
         self._report(
             findings,
             view.step,

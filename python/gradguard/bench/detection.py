@@ -84,6 +84,7 @@ class Run:
     expected: tuple = ()
     allowed_delay: int = 10
     seed: int = 0
+    model: str = "mlp"  # or, built with torch: "lstm", "rnn", "cnn", "transformer"
 
     @property
     def healthy(self):
@@ -133,6 +134,9 @@ class RunRecord:
             assert not np.isfinite(norms[onset, run.layer]), f"{run.name}: no non-finite gradient"
         elif run.sickness == "decay":
             assert norms[onset + 20, run.layer] < 1e-3 * norms[onset, run.layer], f"{run.name}: no decay"
+        elif run.sickness == "rnn_exploding":
+            head = self.layers.index("head.weight")
+            assert max(norms[0, i] for i in self.affected) > 1e4 * norms[0, head], f"{run.name}: not exploding"
         elif run.sickness == "spike":
             before = np.median(total[max(0, onset - 20) : onset])
             assert total[onset] > 10 * before, f"{run.name}: no spike"
@@ -265,7 +269,34 @@ def corpus():
             expected=("exploding",),
         ),
     ]
-    return healthy + sick
+    return healthy + sick + _torch_runs()
+
+
+def _torch_runs():
+    """The torch-built runs, when torch is installed (width: the sequence length for recurrent models)."""
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return []
+    return [
+        Run("torch-lstm-adding", "adding", 1, 20, "tanh", "torch", "adam", 3e-3, 300, model="lstm"),
+        Run("torch-cnn-quadrants", "quadrants", 2, 8, "relu", "torch", "adam", 3e-3, 150, model="cnn"),
+        Run("torch-preln-transformer", "tokens", 2, 32, "gelu", "torch", "adam", 1e-3, 300, model="transformer"),
+        Run(
+            "torch-tanh-rnn-radius-3",
+            "adding",
+            1,
+            100,
+            "tanh",
+            "torch",
+            "adam",
+            1e-3,
+            30,
+            model="rnn",
+            sickness="rnn_exploding",
+            expected=("exploding",),
+        ),
+    ]
 
 
 # ---- training ----------------------------------------------------------------------
@@ -373,6 +404,8 @@ def run(spec: Run, make_monitor: Callable[[list], object] = None, batch=64, guar
     returns its record (ground truth checked by record.verify()). With guard=True the
     optimiser runs under gg.Guard (ZClip, snapshots every 10 good steps) and the record
     also says whether the run diverged."""
+    if spec.model != "mlp":
+        return _run_torch(spec, make_monitor)
     training = _Training(spec, make_monitor, batch, guard)
     with np.errstate(all="ignore"):  # a diverging run overflows: that is its result, not a warning
         for step in range(spec.steps):
@@ -384,8 +417,25 @@ def run(spec: Run, make_monitor: Callable[[list], object] = None, batch=64, guar
 # ---- scoring -----------------------------------------------------------------------
 
 
+def _run_torch(spec, make_monitor):
+    import torch
+
+    from .detection_torch import TorchTraining
+
+    record = RunRecord(spec, [])
+    training = TorchTraining(spec, make_monitor or (lambda names: GradientMonitor(names=names)), record)
+    record.layers = list(training.names)
+    with np.errstate(all="ignore"), torch.random.fork_rng():
+        for step in range(spec.steps):
+            training.step(step)
+    record.affected = training.affected()
+    return record
+
+
 def _layer_index(record, name):
-    """The weight index a parameter name belongs to (its bias counts as the same layer)."""
+    """The layer index a parameter name belongs to (for the NumPy runs, a bias counts as its weight's layer)."""
+    if name in record.layers:
+        return record.layers.index(name)
     for index in range(len(record.layers)):
         if name in (f"layer{index:03d}.weight", f"layer{index:03d}.bias"):
             return index
@@ -430,7 +480,11 @@ def score(records):
 
 
 def format_score(rows):
-    lines = ["detection benchmark (NumPy MLP runs; default GradientMonitor)", "", f"{'run':<28} {'kind':<8} result"]
+    lines = [
+        "detection benchmark (NumPy MLPs, and torch-built models when torch is installed; default GradientMonitor)",
+        "",
+        f"{'run':<28} {'kind':<8} result",
+    ]
     for row in rows:
         if row["healthy"]:
             found = ", ".join(f"{k} {n}" for k, n in sorted(row["false_findings"].items())) or "none"
@@ -445,10 +499,10 @@ def format_score(rows):
 
 
 def guard_comparison(specs=None):
-    """For each sick run: (name, failed without the guard, failed with it); a run fails
-    when it ends non-finite or with its loss above where it started."""
+    """For each sick NumPy run: (name, failed without the guard, failed with it); a run
+    fails when it ends non-finite or with its loss above where it started."""
     rows = []
-    for spec in specs or [s for s in corpus() if not s.healthy]:
+    for spec in specs or [s for s in corpus() if not s.healthy and s.model == "mlp"]:
         rows.append((spec.name, run(spec).diverged, run(spec, guard=True).diverged))
     return rows
 
