@@ -102,3 +102,49 @@ def test_settings_are_validated(bad):
     _, optimizer = params_and_optimizer()
     with pytest.raises((ValueError, TypeError)):
         gg.Guard(optimizer, **bad)
+
+
+def test_torch_guard_clips_like_torch_and_skips_nonfinite_steps():
+    torch = pytest.importorskip("torch")
+    from gradguard.torch import Guard as TorchGuard
+
+    def model_and_optimizer():
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+        return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+    ours, our_optimizer = model_and_optimizer()
+    theirs, their_optimizer = model_and_optimizer()
+    monitor = gg.GradientMonitor()
+    guard = TorchGuard(our_optimizer, clip=0.5, monitor=monitor, names=[n for n, _ in ours.named_parameters()])
+    x, y = torch.randn(32, 6), torch.randn(32, 1)
+    for _ in range(3):
+        for model, optimizer in ((ours, our_optimizer), (theirs, their_optimizer)):
+            optimizer.zero_grad()
+            ((model(x) * 10 - y) ** 2).mean().backward()
+        guard.step()
+        torch.nn.utils.clip_grad_norm_(theirs.parameters(), 0.5)
+        their_optimizer.step()
+    for mine, reference in zip(ours.parameters(), theirs.parameters()):
+        torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-6)
+    assert monitor.names == [n for n, _ in ours.named_parameters()]
+    before = [p.detach().clone() for p in ours.parameters()]
+    our_optimizer.zero_grad()
+    ((ours(x) - y) ** 2).mean().backward()
+    next(ours.parameters()).grad[0, 0] = float("nan")
+    assert guard.step() is None
+    assert all(torch.equal(p, b) for p, b in zip(ours.parameters(), before))
+    assert guard.actions[-1].action == "skipped step"
+
+
+def test_torch_guard_backs_off_every_group():
+    torch = pytest.importorskip("torch")
+    from gradguard.torch import Guard as TorchGuard
+
+    weight, bias = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.zeros(4))
+    optimizer = torch.optim.SGD([{"params": [weight], "lr": 0.1}, {"params": [bias], "lr": 0.01}], lr=0.1)
+    guard = TorchGuard(optimizer, backoff_after=1, lr_backoff=0.5)
+    for scale in (1.0,) * 5 + (1e4,):
+        weight.grad, bias.grad = torch.full((4,), scale), torch.full((4,), scale)
+        guard.step()
+    assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.05, 0.005])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -37,6 +38,8 @@ _STATE_COUNTERS = (
 # The least robust spread of a layer's log norm: a history with a MAD near 0
 # (two alternating levels, a plateau) must not turn ordinary jumps into spikes.
 _MIN_SPREAD = 0.3
+# Weights whose root mean square is below this count as zero for the update ratio.
+_NEAR_ZERO_RMS = 1e-8
 _REMEDIES = {
     "exploding": "clip the global norm (or use AutoClip/ZClip) or lower the learning rate",
     "vanishing": "add residual connections or normalisation, or use an initialisation suited to the activation",
@@ -288,7 +291,10 @@ class GradientMonitor:
                 f"step_report holds {len(update)} parameters for {len(array_list)} gradients and no names to match"
             )
         for layer, index in enumerate(order):
-            if index is None or np.ndim(array_list[layer]) < 2 or not weight[index] > 0:
+            # vectors (biases, norm gains and shifts) and (near-)zero weights are not judged:
+            # an update relative to almost nothing says nothing about the learning rate
+            size = max(np.size(array_list[layer]), 1)
+            if index is None or np.ndim(array_list[layer]) < 2 or not weight[index] > _NEAR_ZERO_RMS * math.sqrt(size):
                 continue
             ratio[layer] = update[index] / weight[index]
         return ratio

@@ -22,9 +22,13 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without torch
     raise ImportError("gradguard.torch needs PyTorch: pip install torch") from error
 
+import copy
+
 from . import _core
 from ._arguments import real
 from .clip import clip_by_global_norm, clip_with_norm_, global_norm
+from .guard import Guard as _Guard
+from .optim import StepReport
 
 __all__ = [
     "as_numpy",
@@ -78,14 +82,14 @@ class _InPlace:
             _check_cpu(grad)
             view = _dense_view(grad)
             if view is None:
-                copy = grad.contiguous()
-                self.copies.append((grad, copy))
-                view = copy
+                contiguous = grad.contiguous()
+                self.copies.append((grad, contiguous))
+                view = contiguous
             self.arrays.append(as_numpy(view))
 
     def finish(self):
-        for grad, copy in self.copies:
-            grad.copy_(copy)
+        for grad, contiguous in self.copies:
+            grad.copy_(contiguous)
 
 
 def _gradients(parameters):
@@ -172,3 +176,89 @@ def monitor_module(monitor, module, step=None, with_params=True):
     grads = {name: as_numpy(p.grad) for name, p in named}
     params = {name: as_numpy(p) for name, p in named} if with_params else None
     return monitor.update(grads, params=params, step=step)
+
+
+class _LearningRate:
+    """hyper["lr"] of a torch optimiser: reads the first group's, and a new value
+    scales every group by the same factor (so groups keep their ratios)."""
+
+    def __init__(self, optimizer):
+        self._optimizer = optimizer
+
+    def __getitem__(self, key):
+        if key != "lr":
+            raise KeyError(key)
+        return float(self._optimizer.param_groups[0]["lr"])
+
+    def __setitem__(self, key, value):
+        if key != "lr":
+            raise KeyError(key)
+        current = self["lr"]
+        factor = value / current if current > 0 else 0.0
+        for group in self._optimizer.param_groups:
+            group["lr"] = value if current <= 0 else group["lr"] * factor
+
+
+class _TorchStep:
+    """A torch optimiser seen through gg.optim's interface, for gg.Guard."""
+
+    def __init__(self, optimizer):
+        self.optimizer = optimizer
+        self.hyper = _LearningRate(optimizer)
+        self.max_grad_norm = None
+        self._tensors = [p for group in optimizer.param_groups for p in group["params"]]
+
+    @property
+    def params(self):
+        return [as_numpy(p.data) for p in self._tensors]
+
+    def gradients(self):
+        return [p.grad for p in self._tensors if p.grad is not None]
+
+    def step(self, grads, return_report=False, skip_nonfinite=False, grad_norm=None):
+        coefficient = 1.0
+        if self.max_grad_norm is not None and grad_norm is not None:
+            coefficient = clip_with_norm_(grads, self.max_grad_norm, grad_norm)
+        self.optimizer.step()
+        return StepReport(grad_norm, coefficient, False, ())
+
+    def state_dict(self):
+        return copy.deepcopy(self.optimizer.state_dict())
+
+    def load_state_dict(self, state):
+        self.optimizer.load_state_dict(copy.deepcopy(state))
+
+
+class Guard(_Guard):
+    """gg.Guard around a torch optimiser: `guard.step()` after backward reads the
+    .grad of the optimiser's parameters through NumPy views (any dense memory
+    format; None gradients skipped), skips the step when they hold inf/NaN,
+    clips them in place at the guard's threshold, then calls optimizer.step().
+    Learning-rate backoff scales every parameter group alike; snapshots copy
+    the parameters and the optimiser's state_dict. `names` (e.g. a module's
+    named_parameters() names, in the optimiser's order) label the monitor's layers.
+    """
+
+    def __init__(self, optimizer, clip=None, monitor=None, *, names=None, **policies):
+        super().__init__(_TorchStep(optimizer), clip, monitor, **policies)
+        self._names = None if names is None else [str(name) for name in names]
+
+    def set_lr(self, lr: float) -> None:
+        """Set the base learning rate of the first group (the others keep their ratio to it)."""
+        super().set_lr(lr)
+
+    def step(self, loss=None):
+        adapter = self.optimizer
+        tensors = [p for p in adapter._tensors if p.grad is not None]
+        if not tensors:
+            return None
+        in_place = _InPlace([p.grad for p in tensors])
+        if self._names is not None:
+            index = {id(p): i for i, p in enumerate(adapter._tensors)}
+            grads = {self._names[index[id(p)]]: array for p, array in zip(tensors, in_place.arrays)}
+        else:
+            grads = in_place.arrays
+        loss_value = None if loss is None else float(loss.detach() if isinstance(loss, _torch.Tensor) else loss)
+        report = super().step(grads, loss=loss_value)
+        in_place.finish()
+        return report
