@@ -148,3 +148,15 @@ def test_torch_guard_backs_off_every_group():
         weight.grad, bias.grad = torch.full((4,), scale), torch.full((4,), scale)
         guard.step()
     assert [group["lr"] for group in optimizer.param_groups] == pytest.approx([0.05, 0.005])
+
+
+def test_nonfinite_norms_never_enter_the_clippers_history():
+    params, optimizer = params_and_optimizer()
+    zclip = gg.ZClip(warmup_steps=2)
+    guard = gg.Guard(optimizer, clip=zclip, skip_nonfinite=False)
+    bad = grads()
+    bad["w"][0, 0] = np.inf
+    guard.step(bad)
+    guard.step(grads(1.0))
+    guard.step(grads(1.0))
+    assert zclip.mean is not None and math.isfinite(zclip.mean)

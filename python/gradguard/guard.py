@@ -138,7 +138,7 @@ class Guard:
         if nonfinite and self.skip_nonfinite:
             self._act(step, "nonfinite", "skipped step", f"global norm {norm:.3g}")
         else:
-            if self.clip is not None:
+            if self.clip is not None and math.isfinite(norm):  # a non-finite norm must not enter the clipper's history
                 threshold = self.clip if isinstance(self.clip, float) else self.clip.observe(norm)
                 self.optimizer.max_grad_norm = threshold if math.isfinite(threshold) else None
             report = self.optimizer.step(

@@ -423,9 +423,9 @@ def _run_torch(spec, make_monitor):
     from .detection_torch import TorchTraining
 
     record = RunRecord(spec, [])
-    training = TorchTraining(spec, make_monitor or (lambda names: GradientMonitor(names=names)), record)
-    record.layers = list(training.names)
-    with np.errstate(all="ignore"), torch.random.fork_rng():
+    with np.errstate(all="ignore"), torch.random.fork_rng():  # the run's seeding leaves the caller's RNG alone
+        training = TorchTraining(spec, make_monitor or (lambda names: GradientMonitor(names=names)), record)
+        record.layers = list(training.names)
         for step in range(spec.steps):
             training.step(step)
     record.affected = training.affected()
