@@ -327,14 +327,6 @@ PYBIND11_MODULE(_core, m) {
     return py::make_tuple(norm.total, nonfinite_indices(norm));
   }, py::arg("arrays"), py::arg("ord"), py::arg("names"), py::arg("for_writing") = false);
 
-  m.def("clip_coefficient", &clip_coefficient);
-
-  // The checks of an in-place call alone (for objects that keep arrays to write later).
-  m.def("check_writable", [](const py::list& arrays, const py::object& names, const char* argument) {
-    TensorList list = to_tensors(arrays, names, argument, Access::write);
-    refuse_overlaps(list.spans);
-  });
-
   // An optimiser's parameters, checked once at construction: writable,
   // aligned, C-contiguous, separate, float32 or float64.
   m.def("check_parameters", [](const py::list& arrays, const py::object& names) {

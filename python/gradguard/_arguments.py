@@ -48,8 +48,9 @@ def in_order_of(expected, array_list, names, argument="grads"):
     if names == expected:
         return array_list
     position = {name: index for index, name in enumerate(names)}
+    wanted = set(expected)
     missing = [name for name in expected if name not in position]
-    unexpected = [name for name in names if name not in set(expected)]
+    unexpected = [name for name in names if name not in wanted]
     if missing or unexpected:
         parts = []
         if missing:

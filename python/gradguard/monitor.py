@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -281,23 +280,24 @@ class GradientMonitor:
             return ratio
         update, weight = np.asarray(step_report.update_norms), np.asarray(step_report.param_norms)
         report_names = getattr(step_report, "names", None)
-        if report_names is not None:
+        if report_names is not None and list(report_names) != list(layer_names):
             position = {name: index for index, name in enumerate(report_names)}
-            order = [position.get(name) for name in layer_names]
+            order = np.array([position.get(name, -1) for name in layer_names], dtype=np.int64)
         elif len(update) == len(array_list):
-            order = list(range(len(array_list)))
+            order = np.arange(len(array_list))
         else:
             raise ValueError(
                 f"step_report holds {len(update)} parameters for {len(array_list)} gradients and no names to match"
             )
-        for layer, index in enumerate(order):
-            # vectors (biases, norm gains and shifts) and (near-)zero weights are not judged:
-            # an update relative to almost nothing says nothing about the learning rate
-            size = max(np.size(array_list[layer]), 1)
-            if index is None or np.ndim(array_list[layer]) < 2 or not weight[index] > _NEAR_ZERO_RMS * math.sqrt(size):
-                continue
-            ratio[layer] = update[index] / weight[index]
-        return ratio
+        known = order >= 0
+        update, weight = np.where(known, update[order], np.nan), np.where(known, weight[order], np.nan)
+        # vectors (biases, norm gains and shifts) and (near-)zero weights are not judged:
+        # an update relative to almost nothing says nothing about the learning rate
+        matrices = np.array([np.ndim(array) >= 2 for array in array_list], dtype=bool)
+        sizes = np.array([max(np.size(array), 1) for array in array_list], dtype=np.float64)
+        judged = known & matrices & (weight > _NEAR_ZERO_RMS * np.sqrt(sizes))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(judged, update / weight, ratio)
 
     def _current_baseline(self):
         """Per layer, over the kept norms before this step: (count of positive finite

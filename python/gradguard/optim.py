@@ -18,7 +18,7 @@ from typing import Optional, Union
 import numpy as np
 
 from . import _core
-from ._arguments import Arrays, as_array_list, in_order_of, positive_int, real
+from ._arguments import Arrays, as_array_list, in_order_of, name_of, positive_int, real
 from .amp import LossScaler
 
 __all__ = ["SGD", "Adam", "AdamW", "RMSprop", "StepReport"]
@@ -91,9 +91,6 @@ class _Optimizer:
     def _check_hyper(cls, hyper):  # pragma: no cover - every subclass defines it
         raise NotImplementedError
 
-    def _active_states(self):
-        return self._state_names
-
     # -- state -----------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """Kind, hyperparameters, max_grad_norm, step count and state buffers (copies), enough to resume exactly."""
@@ -159,7 +156,7 @@ class _Optimizer:
                     raise TypeError(f"state {name!r}[{index}] must be a real floating-point NumPy array, got {what}")
                 if buffer.shape != param.shape:
                     raise ValueError(
-                        f"state {name!r}[{index}] has shape {buffer.shape}, {_label(index, self._names)} {param.shape}"
+                        f"state {name!r}[{index}] has shape {buffer.shape}, {name_of(index, self._names, 'params')} {param.shape}"
                     )
                 converted.append(np.array(buffer, dtype=param.dtype, order="C", copy=True))
             buffers[name] = converted
@@ -250,13 +247,6 @@ class _Optimizer:
             np.zeros(param.shape, dtype=param.dtype) if buffer is None else buffer
             for buffer, param in zip(self.state[name], self._params)
         ]
-
-    def _active_states(self):
-        return self._active_states_for(self.hyper)
-
-
-def _label(index, names):
-    return f"params[{index}]" if names is None else f"params[{index}] ({names[index]!r})"
 
 
 class SGD(_Optimizer):

@@ -30,7 +30,6 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from .. import init
 from ..demo.mlp import MLP, two_spirals
 from ..guard import Guard
 from ..monitor import GradientMonitor
@@ -71,7 +70,7 @@ class Run:
     depth: int
     width: int
     activation: str
-    initialiser: str  # "he", "xavier", "normal0.01", "he_residual"
+    initialiser: str  # a scheme of MLP.initialise: "he", "he_scaled", "xavier", "normal0.01"
     optimiser: str  # "sgd" (momentum 0.9) or "adam"
     lr: float
     steps: int
@@ -153,7 +152,7 @@ def corpus():
             30,
             32,
             "relu",
-            "he_residual",
+            "he_scaled",
             "adam",
             2e-3,
             300,
@@ -304,16 +303,7 @@ def _torch_runs():
 
 def _build(run, rng, features, classes):
     net = MLP([features] + [run.width] * run.depth + [classes], run.activation, run.residual, run.layer_norm)
-    for index, weight in enumerate(net.weights):
-        last = index == len(net.weights) - 1
-        if run.initialiser == "normal0.01":
-            init.normal_(weight, 0.0, 0.01, rng)
-        elif run.initialiser == "xavier":
-            init.xavier_normal_(weight, init.calculate_gain(run.activation) if not last else 1.0, rng)
-        else:
-            init.kaiming_normal_(weight, 0.0, "fan_in", "relu" if not last else "linear", rng)
-            if run.initialiser == "he_residual" and 0 < index and not last:
-                weight /= math.sqrt(run.depth)  # residual branches scaled by 1/sqrt(L)
+    net.initialise(run.initialiser, rng, run.depth)
     return net
 
 

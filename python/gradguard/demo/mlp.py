@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import init
 from ..norm import layer_norm, layer_norm_backward
 
 ACTIVATIONS = {
@@ -26,6 +27,29 @@ class MLP:
         self.use_layer_norm = use_layer_norm
         self.weights = [np.zeros((self.widths[i + 1], self.widths[i]), dtype) for i in range(len(self.widths) - 1)]
         self.biases = [np.zeros(self.widths[i + 1], dtype) for i in range(len(self.widths) - 1)]
+
+    def initialise(self, scheme, rng, depth=None):
+        """Fill the weights (biases stay 0) by a named scheme, the last layer linear:
+        "normal0.01" N(0, 0.01); "xavier" Xavier normal with the activation's gain;
+        "he" Kaiming normal; "he_scaled" He with the hidden layers after the first
+        divided by sqrt(depth) (residual branches: the sum of L branches keeps unit
+        variance); "orthogonal" orthogonal with the activation's gain."""
+        depth = len(self.weights) - 1 if depth is None else depth
+        for index, weight in enumerate(self.weights):
+            last = index == len(self.weights) - 1
+            gain = init.calculate_gain(self.activation) if not last else 1.0
+            if scheme == "normal0.01":
+                init.normal_(weight, 0.0, 0.01, rng)
+            elif scheme == "xavier":
+                init.xavier_normal_(weight, gain, rng)
+            elif scheme in ("he", "he_scaled"):
+                init.kaiming_normal_(weight, 0.0, "fan_in", "relu" if not last else "linear", rng)
+                if scheme == "he_scaled" and not last and index > 0:
+                    weight /= np.sqrt(depth)
+            elif scheme == "orthogonal":
+                init.orthogonal_(weight, gain, rng)
+            else:
+                raise ValueError(f"unknown initialisation scheme {scheme!r}")
 
     def parameters(self):
         """dict name -> array, in layer order (weights and biases)."""

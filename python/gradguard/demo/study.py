@@ -48,19 +48,7 @@ CONFIGS = [
 
 def build(config, depth, width, rng, data):
     net = MLP([2] + [width] * depth + [2], config.activation, config.residual, config.layer_norm)
-    for index, weight in enumerate(net.weights):
-        last = index == len(net.weights) - 1
-        if config.init == "normal0.01":
-            init.normal_(weight, 0.0, 0.01, rng)
-        elif config.init == "xavier":
-            init.xavier_normal_(weight, init.calculate_gain(config.activation) if not last else 1.0, rng)
-        elif config.init in ("he", "he_scaled"):
-            init.kaiming_normal_(weight, 0.0, "fan_in", "relu" if not last else "linear", rng)
-            if config.init == "he_scaled" and not last and index > 0:
-                # residual branches scaled by 1/sqrt(depth): the sum of L branches keeps unit variance
-                weight /= math.sqrt(depth)
-        elif config.init in ("orthogonal", "lsuv"):
-            init.orthogonal_(weight, init.calculate_gain(config.activation) if not last else 1.0, rng)
+    net.initialise("orthogonal" if config.init == "lsuv" else config.init, rng, depth)
     if config.init == "lsuv":
         init.lsuv_(net.weights[:-1], net.pre_activations, data[:512], orthogonal_start=False, rng=rng)
     return net
