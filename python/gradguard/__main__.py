@@ -1,28 +1,68 @@
-"""`python -m gradguard COMMAND` (also the `gradguard` console script)."""
+"""`gradguard COMMAND` (also `python -m gradguard COMMAND`): demo, bench, config."""
 
+from __future__ import annotations
+
+import argparse
+import shlex
 import sys
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are one line on stderr (exit status 2), never a traceback."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def build_parser():
+    from . import __version__
+    from .bench.tables import add_arguments as bench_arguments
+    from .demo.cli import add_arguments as demo_arguments
+
+    parser = _Parser(prog="gradguard", description="gradguard: numerically healthy training, at memory speed.")
+    parser.add_argument("--version", action="version", version=f"gradguard {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="{demo,bench,config}", parser_class=_Parser)
+    demo = commands.add_parser(
+        "demo",
+        help="train deep and recurrent networks with and without each remedy, over several seeds",
+        description=(
+            "Every classic remedy for vanishing and exploding gradients, measured over several seeds with "
+            "gradguard's own pieces, with a verdict on each claim. Writes results.json, report.md and PNGs."
+        ),
+    )
+    demo_arguments(demo)
+    bench = commands.add_parser(
+        "bench",
+        help="time gradguard against NumPy and torch on the standard workloads",
+        description="Time gradguard against NumPy and torch on the standard workloads.",
+    )
+    bench_arguments(bench)
+    commands.add_parser("config", help="print the SIMD target, threads and build", description="Print the build.")
+    return parser
+
+
 def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    commands = {
-        "demo": "train deep networks with and without each remedy, and measure their gradients",
-        "bench": "time gradguard against NumPy and torch on the standard workloads",
-        "config": "print the SIMD target, threads and build",
-    }
-    if not argv or argv[0] not in commands:
-        print("usage: python -m gradguard {" + ",".join(commands) + "} [options]\n")
-        for name, text in commands.items():
-            print(f"  {name:<8}{text}")
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    if argv[0] == "demo":
-        from .demo import main as demo
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    arguments = parser.parse_args(argv)
+    if arguments.command is None:
+        parser.print_help()
+        return 2
+    if arguments.command == "demo":
+        from .demo.cli import run_from_arguments
 
-        return demo(argv[1:])
-    if argv[0] == "bench":
-        from .bench import main as bench
+        try:
+            return run_from_arguments(arguments, "gradguard " + " ".join(shlex.quote(a) for a in argv))
+        except OSError as error:
+            print(f"gradguard demo: error: {error}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("\ngradguard demo: interrupted", file=sys.stderr)
+            return 130
+    if arguments.command == "bench":
+        from .bench.tables import run_from_arguments
 
-        return bench(argv[1:])
+        return run_from_arguments(arguments)
     from .config import show_config
 
     show_config()

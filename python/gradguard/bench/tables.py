@@ -538,14 +538,15 @@ def format_table(rows, threads):
     return "\n".join(lines)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(
-        prog="python -m gradguard bench",
-        description="Time gradguard against NumPy and torch on the standard workloads.",
-    )
+def add_arguments(parser):
+    """The options of `gradguard bench`."""
     parser.add_argument("--workloads", nargs="+", default=workload_names(), choices=workload_names())
-    parser.add_argument("--repeat", type=int, default=7, help="timed calls per measurement (median reported)")
-    parser.add_argument("--threads", type=int, default=get_num_threads(), help="threads for gradguard and torch")
+    parser.add_argument(
+        "--repeat", type=positive_count, default=7, help="timed calls per measurement (median reported)"
+    )
+    parser.add_argument(
+        "--threads", type=positive_count, default=get_num_threads(), help="threads for gradguard and torch"
+    )
     parser.add_argument(
         "--sections",
         nargs="+",
@@ -554,7 +555,29 @@ def main(argv=None):
         help="clip: norms, clipping and statistics of the workloads; norm: layer norm; "
         "optim: fused optimiser steps on gpt2-small; detection: the monitor on labelled training runs",
     )
-    arguments = parser.parse_args(argv)
+
+
+def positive_count(text):
+    """argparse type: an int >= 1 (a one-line error otherwise)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def main(argv=None):
+    """`gradguard bench` on its own (python -m gradguard.bench.tables)."""
+    parser = argparse.ArgumentParser(
+        prog="gradguard bench", description="Time gradguard against NumPy and torch on the standard workloads."
+    )
+    add_arguments(parser)
+    return run_from_arguments(parser.parse_args(argv))
+
+
+def run_from_arguments(arguments):
     if "clip" in arguments.sections:
         rows = run(arguments.workloads, arguments.repeat, arguments.threads)
         print(format_table(rows, arguments.threads))

@@ -1,8 +1,9 @@
-"""The main job and its models (not part of the library's API): deep NumPy
-networks whose backward passes feed gradguard's monitor, initialisers, norms
-and clipping (`gradguard demo`)."""
+"""The main job (not part of the library's API): deep and recurrent NumPy
+networks whose backward passes feed gradguard's monitor, initialisers, norms,
+clipping and guard (`gradguard demo`)."""
 
+from .cli import main
 from .mlp import MLP, two_spirals
-from .study import main
+from .recurrent import Recurrent, adding_problem
 
-__all__ = ["main", "MLP", "two_spirals"]
+__all__ = ["main", "MLP", "two_spirals", "Recurrent", "adding_problem"]
