@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass
+from itertools import product
 
 import numpy as np
 
@@ -101,56 +102,31 @@ class Settings:
 
 def init_runs(settings):
     """Initialisation x activation: a plain network of INIT_DEPTH hidden layers, SGD."""
-    runs = []
-    for activation in ACTIVATIONS:
-        for initialiser in INITIALISERS:
-            for seed in settings.seeds:
-                runs.append(
-                    Run(
-                        "init",
-                        f"{activation} + {initialiser}",
-                        seed,
-                        settings.steps,
-                        depth=INIT_DEPTH,
-                        activation=activation,
-                        initialiser=initialiser,
-                    )
-                )
-    return runs
+    return [
+        Run("init", f"{activation} + {scheme}", seed, settings.steps, depth=INIT_DEPTH, activation=activation,
+            initialiser=scheme)
+        for activation, scheme, seed in product(ACTIVATIONS, INITIALISERS, settings.seeds)
+    ]  # fmt: skip
 
 
 def depth_runs(settings):
     """Depth x architecture: ReLU, He initialisation, SGD and Adam, at each depth."""
-    runs = []
-    for architecture in ARCHITECTURE_LABELS:
-        for optimiser, (_, lr) in OPTIMISERS.items():
-            for depth in settings.depths:
-                for seed in settings.seeds:
-                    runs.append(
-                        Run(
-                            "depth",
-                            ARCHITECTURE_LABELS[architecture],
-                            seed,
-                            settings.steps,
-                            optimiser=optimiser,
-                            lr=lr,
-                            depth=depth,
-                            architecture=architecture,
-                        )
-                    )
-    return runs
+    return [
+        Run("depth", ARCHITECTURE_LABELS[architecture], seed, settings.steps, optimiser, OPTIMISERS[optimiser][1],
+            depth=depth, architecture=architecture)
+        for architecture, optimiser, depth, seed in product(
+            ARCHITECTURE_LABELS, OPTIMISERS, settings.depths, settings.seeds
+        )
+    ]  # fmt: skip
 
 
 def recurrent_runs(settings):
     """Vanilla tanh RNN against LSTM on the adding problem, Adam with clipping."""
-    runs = []
-    for cell, label in (("rnn", "tanh RNN"), ("lstm", "LSTM")):
-        for length in settings.lengths:
-            for seed in settings.seeds:
-                runs.append(
-                    Run("recurrent", label, seed, settings.sequence_steps, "adam", 1e-2, length=length, cell=cell)
-                )
-    return runs
+    return [
+        Run("recurrent", label, seed, settings.sequence_steps, "adam", 1e-2, length=length, cell=cell)
+        for (cell, label), length, seed in product((("rnn", "tanh RNN"), ("lstm", "LSTM")), settings.lengths,
+                                                   settings.seeds)
+    ]  # fmt: skip
 
 
 EXPLODING_LENGTH = 50
@@ -291,6 +267,12 @@ def _all_finite(arrays):
     return all(np.isfinite(a).all() for a in arrays)
 
 
+def _weights_finite(report):
+    """Whether the step left every parameter finite, from the norms the step's own pass
+    summed (a skipped step, report None, changed nothing)."""
+    return report is None or report.param_norms is None or bool(np.isfinite(report.param_norms).all())
+
+
 def _train_spirals(run):
     (train_x, train_y), (test_x, test_y) = spirals(run.seed)
     rng = np.random.default_rng([run.seed, 1])
@@ -314,7 +296,7 @@ def _train_spirals(run):
         for finding in monitor.update(weight_grads, step=step, step_report=report):
             if first_finding is None and finding.kind in ("vanishing", "exploding"):
                 first_finding = finding
-        if not _all_finite(params.values()):
+        if not _weights_finite(report):
             break
     finite = math.isfinite(losses[-1]) and _all_finite(params.values())
     test_loss, accuracy = net.evaluate_loss(test_x, test_y) if finite else (math.nan, math.nan)
@@ -360,7 +342,7 @@ def _train_sequence(run):
         for finding in monitor.update(watched, step=step, step_report=report):
             if first_finding is None and finding.kind in ("vanishing", "exploding"):
                 first_finding = finding
-        if not _all_finite(net.params.values()):
+        if not _weights_finite(report):
             break
     finite = math.isfinite(losses[-1]) and _all_finite(net.params.values())
     mse = float(np.mean((net.predict(test_x) - test_y) ** 2)) if finite else math.nan

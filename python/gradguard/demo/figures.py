@@ -54,91 +54,75 @@ def _heatmap(axes, figure, rows, labels, title):
     bar.set_label(f"log10 ||dL/dW|| (clipped to [{LOG_FLOOR:g}, {LOG_CEILING:g}])", fontsize=7)
 
 
+def _panels(out, name, panels, height):
+    """One figure with a row per panel (a function drawing on an axes); None without panels."""
+    if not panels:
+        return None
+    figure = _figure(11, height * len(panels))
+    for row, draw in enumerate(panels, start=1):
+        draw(figure, figure.add_subplot(len(panels), 1, row))
+    figure.tight_layout()
+    path = out / name
+    figure.savefig(path)
+    return path
+
+
+def _over_steps(group_list, key, title, ylabel):
+    """A panel: each group's median per-step curve (diverged runs end early) on a log axis."""
+
+    def draw(figure, axes):
+        for group, curve in zip(group_list, _median_rows(group_list, key)):
+            axes.plot(np.linspace(0, _steps(group), len(curve)), curve, label=group.config, linewidth=1.2)
+        axes.set_yscale("log")
+        axes.set_title(title, fontsize=9)
+        axes.set_xlabel("step")
+        axes.set_ylabel(ylabel)
+        axes.legend(fontsize=7)
+
+    return draw
+
+
+def _deepest(group_list):
+    deepest = max(g.size for g in group_list)
+    return deepest, [g for g in group_list if g.size == deepest]
+
+
 def gradient_flow(records, out):
     all_groups = groups(records)
     init_groups = find(all_groups, "init")
     depth_groups = find(all_groups, "depth", optimiser="adam") or find(all_groups, "depth")
-    if not init_groups and not depth_groups:
-        return None
-    panels = [p for p in (init_groups, depth_groups) if p]
-    figure = _figure(11, 4.5 * len(panels))
-    row = 1
+    panels = []
     if init_groups:
-        axes = figure.add_subplot(len(panels), 1, row)
-        _heatmap(
-            axes,
-            figure,
-            _median_rows(init_groups, "init_grad_norms"),
-            [g.config for g in init_groups],
-            f"Gradient norm per layer at initialisation, depth {INIT_DEPTH}, median over seeds",
-        )
-        row += 1
+        title = f"Gradient norm per layer at initialisation, depth {INIT_DEPTH}, median over seeds"
+        rows = _median_rows(init_groups, "init_grad_norms")
+        labels = [g.config for g in init_groups]
+        panels.append(lambda figure, axes: _heatmap(axes, figure, rows, labels, title))
     if depth_groups:
-        deepest = max(g.size for g in depth_groups)
-        chosen = [g for g in depth_groups if g.size == deepest]
-        axes = figure.add_subplot(len(panels), 1, row)
-        _heatmap(
-            axes,
-            figure,
-            _median_rows(chosen, "init_grad_norms"),
-            [g.config for g in chosen],
-            f"Gradient norm per layer at initialisation, depth {deepest}, ReLU + He",
-        )
-    figure.tight_layout()
-    path = out / "gradient_flow_at_init.png"
-    figure.savefig(path)
-    return path
+        deepest, chosen = _deepest(depth_groups)
+        deep_title = f"Gradient norm per layer at initialisation, depth {deepest}, ReLU + He"
+        deep_rows = _median_rows(chosen, "init_grad_norms")
+        deep_labels = [g.config for g in chosen]
+        panels.append(lambda figure, axes: _heatmap(axes, figure, deep_rows, deep_labels, deep_title))
+    return _panels(out, "gradient_flow_at_init.png", panels, 4.5)
 
 
 def loss_curves(records, out):
     all_groups = groups(records)
     high_lr = find(all_groups, "high_lr")
     depth_groups = find(all_groups, "depth", optimiser="adam")
-    panels = [p for p in (high_lr, depth_groups) if p]
-    if not panels:
-        return None
-    figure = _figure(11, 4 * len(panels))
-    row = 1
+    panels = []
     if high_lr:
-        axes = figure.add_subplot(len(panels), 1, row)
-        for group, curve in zip(high_lr, _median_rows(high_lr, "loss_curve")):
-            axes.plot(np.linspace(0, _steps(group), len(curve)), curve, label=group.config, linewidth=1.2)
-        axes.set_yscale("log")
-        axes.set_title(
-            f"Too high a learning rate: training loss, median over seeds (depth {high_lr[0].size})", fontsize=9
-        )
-        axes.set_xlabel("step")
-        axes.set_ylabel("training loss")
-        axes.legend(fontsize=7)
-        row += 1
+        title = f"Too high a learning rate: training loss, median over seeds (depth {high_lr[0].size})"
+        panels.append(_over_steps(high_lr, "loss_curve", title, "training loss"))
     if depth_groups:
-        deepest = max(g.size for g in depth_groups)
-        chosen = [g for g in depth_groups if g.size == deepest]
-        axes = figure.add_subplot(len(panels), 1, row)
-        for group, curve in zip(chosen, _median_rows(chosen, "loss_curve")):
-            axes.plot(np.linspace(0, _steps(group), len(curve)), curve, label=group.config, linewidth=1.2)
-        axes.set_yscale("log")
-        axes.set_title(f"Depth {deepest}, Adam: training loss, median over seeds", fontsize=9)
-        axes.set_xlabel("step")
-        axes.set_ylabel("training loss")
-        axes.legend(fontsize=7)
-    figure.tight_layout()
-    path = out / "loss_curves.png"
-    figure.savefig(path)
-    return path
+        deepest, chosen = _deepest(depth_groups)
+        title = f"Depth {deepest}, Adam: training loss, median over seeds"
+        panels.append(_over_steps(chosen, "loss_curve", title, "training loss"))
+    return _panels(out, "loss_curves.png", panels, 4)
 
 
-def recurrent_gradients(records, out):
-    all_groups = groups(records)
-    recurrent = find(all_groups, "recurrent")
-    exploding = find(all_groups, "exploding")
-    panels = [p for p in (recurrent, exploding) if p]
-    if not panels:
-        return None
-    figure = _figure(11, 4 * len(panels))
-    row = 1
-    if recurrent:
-        axes = figure.add_subplot(len(panels), 1, row)
+def _by_distance(recurrent):
+    def draw(figure, axes):
         for group, curve in zip(recurrent, _median_rows(recurrent, "grad_norm_by_distance")):
             style = "-" if group.config == "LSTM" else "--"
             axes.plot(range(len(curve)), curve / curve[0], style, label=f"{group.config}, length {group.size}")
@@ -147,24 +131,22 @@ def recurrent_gradients(records, out):
         axes.set_ylabel("||dL/dx_t|| / ||dL/dx_T||")
         axes.set_title("Gradient reaching the input t steps back, at initialisation, median over seeds", fontsize=9)
         axes.legend(fontsize=7, ncol=2)
-        row += 1
+
+    return draw
+
+
+def recurrent_gradients(records, out):
+    all_groups = groups(records)
+    recurrent = find(all_groups, "recurrent")
+    exploding = find(all_groups, "exploding")
+    panels = [_by_distance(recurrent)] if recurrent else []
     if exploding:
-        axes = figure.add_subplot(len(panels), 1, row)
-        for group, curve in zip(exploding, _median_rows(exploding, "grad_norm_curve")):
-            axes.plot(np.linspace(0, _steps(group), len(curve)), curve, label=group.config, linewidth=1.2)
-        axes.set_yscale("log")
-        axes.set_xlabel("step")
-        axes.set_ylabel("global gradient norm before clipping")
-        axes.set_title(
+        title = (
             f"Exploding RNN (length {EXPLODING_LENGTH}): gradient norm during training, median over seeds "
-            "(a diverged run ends its line)",
-            fontsize=9,
+            "(a diverged run ends its line)"
         )
-        axes.legend(fontsize=7)
-    figure.tight_layout()
-    path = out / "rnn_gradient_by_distance.png"
-    figure.savefig(path)
-    return path
+        panels.append(_over_steps(exploding, "grad_norm_curve", title, "global gradient norm before clipping"))
+    return _panels(out, "rnn_gradient_by_distance.png", panels, 4)
 
 
 def convergence_by_depth(records, out):

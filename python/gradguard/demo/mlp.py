@@ -15,7 +15,7 @@ Hidden layer l maps h to h' (z = h W_l^T + b_l, act the activation):
                  each layer starts close to the identity)
 
 The first hidden layer (input width != hidden width) is act(z) in every
-architecture: it cannot add h, and normalising it would throw away the scale
+architecture (the older flag spelling aside): it cannot add h, and normalising it would throw away the scale
 of the input (LN of W x is the same for x and 2x, so 2-D points would lose
 their radius). A final linear layer gives the logits; the loss
 is softmax cross-entropy. Batch norm normalises each feature over the batch
@@ -55,7 +55,8 @@ def _sigmoid(z):
 class MLP:
     """widths: input, hidden..., classes. `residual` and `use_layer_norm` are the
     older spelling of the architecture (both together: post-LN residual,
-    h' = h + act(LN(z)))."""
+    h' = h + act(LN(z))); that spelling normalises the first layer too, as the
+    detection benchmark's runs were built."""
 
     def __init__(
         self, widths, activation="relu", residual=False, use_layer_norm=False, dtype=np.float32, architecture=None
@@ -70,6 +71,7 @@ class MLP:
         self.residual = residual or architecture == "residual"
         self.use_layer_norm = use_layer_norm or architecture == "layer_norm"
         self.use_batch_norm = architecture == "batch_norm"
+        self.normalise_first_layer = bool(use_layer_norm) and architecture is None
         count = len(self.widths) - 1
         self.weights = [np.zeros((self.widths[i + 1], self.widths[i]), dtype) for i in range(count)]
         self.biases = [np.zeros(self.widths[i + 1], dtype) for i in range(count)]
@@ -143,7 +145,7 @@ class MLP:
     # -- forward -----------------------------------------------------------------------------
     def _normalise(self, z, index, training):
         """(normalised z, what the backward needs) for the post-activation layers."""
-        if self.widths[index] != self.widths[index + 1]:
+        if self.widths[index] != self.widths[index + 1] and not self.normalise_first_layer:
             return z, None
         if self.use_layer_norm:
             normalised, mean, rstd = layer_norm(z, eps=_EPS, return_stats=True)

@@ -110,72 +110,50 @@ def find(all_groups, experiment, config=None, size=None, optimiser=None):
 # ---- tables ----------------------------------------------------------------------------------
 
 
+def _columns(experiment):
+    """(header, cell of a group) for each column of an experiment's table."""
+    converged = lambda g: f"{g.converged}/{len(g.records)}"  # noqa: E731
+    diverged = lambda g: f"{g.diverged}/{len(g.records)}"  # noqa: E731
+    optimiser = lambda g: _optimiser_label(g.optimiser)  # noqa: E731
+    finding = ("first flag", Group.finding)
+    if experiment == "init":
+        return [
+            ("configuration", lambda g: g.config),
+            ("grad norm layer 1 / layer L at init", lambda g: g.spread("grad_ratio_first_last")),
+            ("converged", converged),
+            ("test accuracy", lambda g: g.spread("test_accuracy")),
+            ("test loss", lambda g: g.spread("final_loss")),
+            finding,
+        ]
+    if experiment in ("recurrent", "exploding"):
+        return [
+            ("network", lambda g: g.config),
+            ("length", lambda g: str(g.size)),
+            ("optimiser", optimiser),
+            ("solved", converged),
+            ("diverged", diverged),
+            ("test MSE", lambda g: g.spread("final_loss")),
+            ("max grad norm", lambda g: g.spread("max_grad_norm")),
+            finding,
+        ]
+    columns = [
+        ("configuration", lambda g: g.config),
+        ("depth", lambda g: str(g.size)),
+        ("optimiser", optimiser),
+        ("converged", converged),
+        ("diverged", diverged),
+        ("test accuracy", lambda g: g.spread("test_accuracy")),
+        ("test loss", lambda g: g.spread("final_loss")),
+        finding,
+    ]
+    return columns + ([("guard actions", _actions)] if experiment == "high_lr" else [])
+
+
 def table(all_groups, experiment):
     """(header, rows) of one experiment's table, as strings."""
-    chosen = find(all_groups, experiment)
-    if experiment == "init":
-        header = [
-            "configuration",
-            "|g| layer 1 / layer L at init",
-            "converged",
-            "test accuracy",
-            "test loss",
-            "first flag",
-        ]
-        rows = [
-            [
-                g.config,
-                g.spread("grad_ratio_first_last"),
-                f"{g.converged}/{len(g.records)}",
-                g.spread("test_accuracy"),
-                g.spread("final_loss"),
-                g.finding(),
-            ]
-            for g in chosen
-        ]
-    elif experiment in ("recurrent", "exploding"):
-        header = ["network", "length", "optimiser", "solved", "diverged", "test MSE", "max grad norm", "first flag"]
-        rows = [
-            [
-                g.config,
-                str(g.size),
-                _optimiser_label(g.optimiser),
-                f"{g.converged}/{len(g.records)}",
-                f"{g.diverged}/{len(g.records)}",
-                g.spread("final_loss"),
-                g.spread("max_grad_norm"),
-                g.finding(),
-            ]
-            for g in chosen
-        ]
-    else:
-        header = [
-            "configuration",
-            "depth",
-            "optimiser",
-            "converged",
-            "diverged",
-            "test accuracy",
-            "test loss",
-            "first flag",
-        ]
-        rows = [
-            [
-                g.config,
-                str(g.size),
-                _optimiser_label(g.optimiser),
-                f"{g.converged}/{len(g.records)}",
-                f"{g.diverged}/{len(g.records)}",
-                g.spread("test_accuracy"),
-                g.spread("final_loss"),
-                g.finding(),
-            ]
-            + ([_actions(g)] if experiment == "high_lr" else [])
-            for g in chosen
-        ]
-        if experiment == "high_lr":
-            header.append("guard actions")
-    return header, rows
+    columns = _columns(experiment)
+    rows = [[cell(g) for _, cell in columns] for g in find(all_groups, experiment)]
+    return [name for name, _ in columns], rows
 
 
 def _optimiser_label(key):
