@@ -17,7 +17,8 @@ from typing import Optional
 import numpy as np
 
 from ._arguments import Arrays, as_array_list, in_order_of, positive_int, real
-from .stats import stats_of
+from .stats import _FIELDS as _STAT_FIELDS
+from .stats import GradStats, stats_of
 
 __all__ = ["GradientMonitor", "Finding"]
 
@@ -56,6 +57,16 @@ class Finding:
     message: str = ""
 
 
+# The kept series that latest() and log_to() publish, and their tag prefixes.
+_LOGGED = (
+    ("norm", "grad_norm"),
+    ("abs_mean", "grad_abs_mean"),
+    ("std", "grad_std"),
+    ("zero_fraction", "grad_zero_fraction"),
+    ("update_ratio", "update_ratio"),
+)
+
+
 @dataclass(frozen=True)
 class _StepView:
     """One step's per-layer arrays, as the detectors read them."""
@@ -72,6 +83,21 @@ class _StepView:
     center: np.ndarray  # median log norm of each layer's history
     spread: np.ndarray  # robust spread of it
     has_history: np.ndarray
+    present: np.ndarray  # layers with a gradient this step
+
+
+def _spread_out(stats, present, names):
+    """GradStats of the present layers laid out over all of them: NaN moments and
+    zero counts where a layer is absent."""
+    fields = {}
+    for key in _STAT_FIELDS:
+        values = getattr(stats, key)
+        full = (
+            np.zeros(len(present), dtype=values.dtype) if values.dtype.kind in "iu" else np.full(len(present), np.nan)
+        )
+        full[present] = values
+        fields[key] = full
+    return GradStats(names=tuple(names), global_norm=stats.global_norm, **fields)
 
 
 class GradientMonitor:
@@ -200,6 +226,7 @@ class GradientMonitor:
         self.baseline_refresh = int(baseline_refresh)
         self.findings = []
         self.actions = []  # what a gg.Guard did, for the report (bounded like the findings)
+        self._logged_findings = 0  # findings already written by log_to
         self._baseline = None
         self._baseline_age = 0
         self._steps = np.full(self.window, -1, dtype=np.int64)
@@ -210,7 +237,13 @@ class GradientMonitor:
 
     # -- updating -------------------------------------------------------------------------
     def update(
-        self, grads: Arrays, params: Optional[Arrays] = None, step: Optional[int] = None, *, step_report=None
+        self,
+        grads: Arrays,
+        params: Optional[Arrays] = None,
+        step: Optional[int] = None,
+        *,
+        step_report=None,
+        allow_missing: bool = False,
     ) -> list:
         """Record one step's gradients and return its findings.
 
@@ -223,22 +256,39 @@ class GradientMonitor:
         StepReport of a gg.optim step (`step(..., return_report=True)`) over
         these layers, matched by name when both sides have names, else by
         position. A refused update changes nothing.
+
+        allow_missing: a dict may leave out some of the monitor's layers (a
+        frozen layer, an unused branch: a parameter without a gradient this
+        step). Their statistics are NaN for the step, nothing is detected on
+        them, and a streak they were on starts again. Names the monitor does
+        not know are still refused.
         """
         array_list, names = as_array_list(grads, "grads")
         known = self.names if self._series is not None or self.names is not None else None
         labels = known if known is not None else names
         if labels is not None and len(labels) != len(array_list) and names is None:
             raise ValueError(f"{len(array_list)} gradients; this monitor tracks {len(labels)} layers")
-        array_list = in_order_of(known if self._named else None, array_list, names, "grads")
+        present, subset = None, labels
+        if allow_missing and self._named and names is not None and len(names) < len(known):
+            given = set(names)
+            present = np.array([name in given for name in known], dtype=bool)
+            subset = [name for name in known if name in given]
+            array_list = in_order_of(subset, array_list, names, "grads")
+            stats = _spread_out(stats_of(array_list, subset, "grads"), present, known)
+            empty = np.empty(0)
+            slots = iter(array_list)
+            array_list = [next(slots) if here else empty for here in present]
+        else:
+            array_list = in_order_of(known if self._named else None, array_list, names, "grads")
+            stats = stats_of(array_list, labels, "grads")
         step = self._last_step + 1 if step is None else int(step)
-        stats = stats_of(array_list, labels, "grads")
         if params is not None:
             param_list, param_names = as_array_list(params, "params")
             param_list = in_order_of(
-                labels if (self._named or names is not None) else None, param_list, param_names, "params"
+                subset if (self._named or names is not None) else None, param_list, param_names, "params"
             )
-            if len(param_list) != len(array_list):
-                raise ValueError(f"{len(param_list)} params for {len(array_list)} gradients")
+            if len(param_list) != (len(array_list) if present is None else len(subset)):
+                raise ValueError(f"{len(param_list)} params for {len(subset)} gradients")
         layer_names = labels if labels is not None else [str(i) for i in range(len(array_list))]
         ratio = self._update_ratios(step_report, layer_names, array_list)
         if self._series is None:
@@ -266,7 +316,7 @@ class GradientMonitor:
         self._steps[row] = step
         self._count += 1
         self._last_step = step
-        new = self._detect(step, norm, values["zero_fraction"], ratio, stats, previous, baseline)
+        new = self._detect(step, norm, values["zero_fraction"], ratio, stats, previous, baseline, present)
         room = self.max_findings - len(self.findings)
         self.findings.extend(new[: max(room, 0)])
         return new
@@ -326,11 +376,14 @@ class GradientMonitor:
         self._baseline_age = 1
         return self._baseline
 
-    def _detect(self, step, norm, zero_fraction, ratio, stats, previous, baseline):
+    def _detect(self, step, norm, zero_fraction, ratio, stats, previous, baseline, present=None):
         """The step's findings, one detector per kind over all layers at once, in
-        order of priority: a layer flagged by one is not flagged by the next."""
+        order of priority: a layer flagged by one is not flagged by the next.
+        Layers absent this step (present False) count as finite, and their NaN
+        statistics meet no condition."""
         count, center, spread = baseline
-        finite = np.isfinite(norm)
+        present = np.ones(len(norm), dtype=bool) if present is None else present
+        finite = np.isfinite(norm) | ~present
         positive = finite & (norm > 0)
         with np.errstate(divide="ignore", invalid="ignore"):
             logs = np.where(positive, np.log(np.where(positive, norm, 1.0)), np.nan)
@@ -347,6 +400,7 @@ class GradientMonitor:
             center,
             spread,
             count >= self.settings["min_history"],
+            present,
         )
         findings = []
         exploding = self._exploding(view, findings)
@@ -462,7 +516,7 @@ class GradientMonitor:
         """Below an absolute floor, far below the step's median layer (taken over the
         layers not exploding), or far below the layer's own history, for `patience` steps."""
         s, state, norm, finite = self.settings, self._states, view.norm, view.finite
-        calm = finite & ~exploding
+        calm = finite & ~exploding & view.present
         median_layer = float(np.median(norm[calm])) if calm.any() else np.nan
         below_floor = finite & (norm < s["vanishing_floor"])
         below_median = finite & (median_layer > 0) & (norm < s["vanishing_ratio"] * median_layer)
@@ -576,6 +630,48 @@ class GradientMonitor:
             lines.append("actions taken:")
             lines.extend(f"  step {a.step}: {a.action} ({a.cause}) {a.detail}" for a in self.actions)
         return "\n".join(lines)
+
+    def latest(self) -> dict:
+        """The last recorded step as one flat dict, for wandb.log or any logger:
+
+            {"grad_norm/<layer>": ..., "grad_abs_mean/<layer>": ..., "grad_std/<layer>": ...,
+             "grad_zero_fraction/<layer>": ..., "update_ratio/<layer>": ...,
+             "gradguard/step": ..., "gradguard/findings": findings so far,
+             "gradguard/flagged_layers": layers flagged now}
+
+        Values a step did not have (an absent layer, an update ratio without a
+        StepReport) are left out rather than logged as NaN. {} before any step."""
+        if self._series is None or self._count == 0:
+            return {}
+        row = (self._count - 1) % self.window
+        flat = {}
+        for series, prefix in _LOGGED:
+            values = self._series[series][row]
+            for layer, value in zip(self.names, values):
+                if not np.isnan(value):
+                    flat[f"{prefix}/{layer}"] = float(value)
+        flat["gradguard/step"] = int(self._steps[row])
+        flat["gradguard/findings"] = len(self.findings)
+        flat["gradguard/flagged_layers"] = len(self.summary()["flagged"])
+        return flat
+
+    def log_to(self, writer, step: Optional[int] = None) -> None:
+        """Write the last step to a TensorBoard SummaryWriter (torch.utils.tensorboard
+        or tensorboardX; anything with add_scalar(tag, value, global_step) and
+        add_text(tag, text, global_step)): every value of latest() as a scalar,
+        and the findings made since the previous log_to as one text entry.
+        step: the global step to log at (default: the monitor's last step)."""
+        flat = self.latest()
+        if not flat:
+            return
+        global_step = flat["gradguard/step"] if step is None else int(step)
+        for tag, value in flat.items():
+            if tag != "gradguard/step":
+                writer.add_scalar(tag, value, global_step)
+        new = self.findings[self._logged_findings :]
+        if new:
+            writer.add_text("gradguard/findings", "\n\n".join(f.message for f in new), global_step)
+        self._logged_findings = len(self.findings)
 
     def to_csv(self, path) -> None:
         """The kept window, one row per step and layer."""

@@ -1,0 +1,146 @@
+"""gradguard.torch.GradGuardHook: the monitor fed by name at every optimiser step,
+missing gradients tolerated, clipping as torch's, and torch.amp.GradScaler."""
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+import gradguard as gg  # noqa: E402
+from gradguard.torch import GradGuardHook, monitor_module  # noqa: E402
+
+
+class TwoBranches(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3, padding=1)
+        self.used = torch.nn.Linear(4, 2)
+        self.unused = torch.nn.Linear(4, 2)
+        self.frozen = torch.nn.Linear(2, 2)
+        self.frozen.requires_grad_(False)
+
+    def forward(self, x, branch="used"):
+        h = self.conv(x).mean(dim=(2, 3))
+        return self.frozen(getattr(self, branch)(h))
+
+
+def _batch(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(8, 3, 6, 6, generator=generator).to(memory_format=torch.channels_last)
+    return x, torch.randn(8, 2, generator=generator)
+
+
+def test_hook_feeds_the_monitor_by_name_and_tolerates_missing_gradients():
+    torch.manual_seed(0)
+    model = TwoBranches().to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    hook = GradGuardHook(model, optimizer=optimizer)
+    assert "frozen.weight" not in hook.names and "unused.weight" in hook.names
+    for step in range(6):
+        optimizer.zero_grad(set_to_none=True)
+        x, y = _batch(step)
+        branch = "unused" if step == 4 else "used"
+        torch.nn.functional.mse_loss(model(x, branch), y).backward()
+        optimizer.step()
+    assert hook.steps == 6
+    history = hook.monitor.history()
+    column = {name: i for i, name in enumerate(history["layers"])}
+    assert np.isnan(history["norm"][0, column["unused.weight"]])
+    assert np.isfinite(history["norm"][4, column["unused.weight"]])
+    assert np.isnan(history["norm"][4, column["used.weight"]])
+    assert hook.monitor.findings == []  # absence is not a finding
+    # The recorded norms are those torch computes.
+    x, y = _batch(9)
+    optimizer.zero_grad(set_to_none=True)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    expected = model.conv.weight.grad.norm().item()
+    optimizer.step()
+    assert hook.monitor.history()["norm"][-1, column["conv.weight"]] == pytest.approx(expected, rel=1e-6)
+    hook.remove()
+    optimizer.step()
+    assert hook.steps == 7
+
+
+def test_hook_clips_as_clip_grad_norm_does_channels_last_included():
+    torch.manual_seed(1)
+    model = TwoBranches().to(memory_format=torch.channels_last)
+    twin = TwoBranches().to(memory_format=torch.channels_last)
+    twin.load_state_dict(model.state_dict())
+    x, y = _batch(3)
+    for net in (model, twin):
+        (1e3 * torch.nn.functional.mse_loss(net(x), y)).backward()
+    hook = GradGuardHook(model, max_norm=0.5)
+    hook()
+    expected = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.5)
+    assert hook.last_norm == pytest.approx(expected.item(), rel=1e-5)
+    assert model.conv.weight.grad.is_contiguous(memory_format=torch.channels_last)
+    for mine, theirs in zip(model.parameters(), twin.parameters()):
+        if mine.grad is not None:
+            torch.testing.assert_close(mine.grad, theirs.grad, rtol=1e-5, atol=1e-7)
+
+
+def test_hook_with_grad_scaler_sees_unscaled_gradients_and_skipped_steps_stay_skipped():
+    torch.manual_seed(2)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    reference = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 1))
+    reference.load_state_dict(model.state_dict())
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    hook = GradGuardHook(model, optimizer=optimizer, max_norm=1.0)
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    torch.nn.functional.mse_loss(reference(x), y).backward()
+    unscaled = math.sqrt(sum(p.grad.pow(2).sum().item() for p in reference.parameters()))
+    assert hook.steps == 1 and hook.last_norm == pytest.approx(unscaled, rel=1e-5)
+    # An overflowing step: the scaler skips it, the hook never runs, nothing moves.
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer.zero_grad()
+    loss = torch.nn.functional.mse_loss(model(x), y)
+    scaler.scale(loss * float("inf")).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    assert hook.steps == 1 and scaler.get_scale() < 2.0**10
+    for old, new in zip(before, model.parameters()):
+        torch.testing.assert_close(old, new.detach())
+    assert hook.monitor.findings == []
+
+
+def test_manual_hook_with_scaler_ignores_an_overflowed_step():
+    model = torch.nn.Linear(3, 1)
+    hook = GradGuardHook(model.named_parameters(), max_norm=1.0, scaler=object())
+    model.weight.grad = torch.full_like(model.weight, float("inf"))
+    model.bias.grad = torch.ones_like(model.bias)
+    assert hook() == [] and hook.steps == 0 and math.isinf(hook.last_norm)
+    assert torch.isinf(model.weight.grad).all()  # left for the scaler to skip, not clipped into zeros
+
+
+def test_hook_refuses_what_it_cannot_serve():
+    with pytest.raises(TypeError, match="named_parameters"):
+        GradGuardHook([torch.zeros(2, requires_grad=True)])
+    with pytest.raises(ValueError, match="requires a gradient"):
+        GradGuardHook(torch.nn.Linear(2, 2).requires_grad_(False))
+    with pytest.raises(ValueError, match="names"):
+        GradGuardHook(torch.nn.Linear(2, 2), monitor=gg.GradientMonitor())
+    with pytest.raises(ValueError, match="max_norm"):
+        GradGuardHook(torch.nn.Linear(2, 2), max_norm=-1.0)
+
+
+def test_monitor_module_skips_missing_gradients():
+    model = TwoBranches()
+    monitor = gg.GradientMonitor(names=[n for n, p in model.named_parameters() if p.requires_grad])
+    x, y = _batch(0)
+    torch.nn.functional.mse_loss(model(x), y).backward()
+    assert monitor_module(monitor, model) == []
+    assert monitor.summary()["steps"] == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here")
+def test_cuda_gradients_get_a_clear_error():  # pragma: no cover - no GPU on the CI machines
+    model = torch.nn.Linear(2, 2).cuda()
+    model(torch.ones(1, 2, device="cuda")).sum().backward()
+    with pytest.raises(ValueError, match="no CUDA backend"):
+        GradGuardHook(model)()
