@@ -527,6 +527,7 @@ PYBIND11_MODULE(_core, m) {
   // state written, gradients read, nothing overlapping a written array), then
   // the gradients' global norm when clipping or loss scaling asks for it, then
   // the update with grad_scale = clip coefficient x inverse_scale folded in.
+  // settings: one OptimizerStep per parameter group (settings_of[i] picks parameter i's; empty: all the first).
   // states: three entries, each None or a list of buffers like params, named
   // by state_names. max_norm NaN: no clipping. With skip_nonfinite, a
   // non-finite norm skips the update. Returns (norm of the unscaled gradients
@@ -535,7 +536,8 @@ PYBIND11_MODULE(_core, m) {
   // new parameters, from the same pass, else None twice). known_norm: the
   // gradients' global L2 norm when the caller has it (NaN: compute it).
   m.def("optimizer_step", [](const py::list& params, const py::list& grads, const py::list& states,
-                             const py::list& state_names, OptimizerStep step, double max_norm, double clip_eps,
+                             const py::list& state_names, std::vector<OptimizerStep> settings,
+                             const std::vector<int64_t>& settings_of, double max_norm, double clip_eps,
                              double inverse_scale, bool want_norm, bool skip_nonfinite, bool want_step_norms,
                              double known_norm,
                              const py::object& names) {
@@ -544,6 +546,11 @@ PYBIND11_MODULE(_core, m) {
     TensorList grad_list = to_tensors(grads, names, "grads", Access::read);
     require_c_order(grad_list, "grads", names, true);
     check_pairs(param_list, "params", grad_list, "grads", names);
+    if (settings.empty() || (!settings_of.empty() && settings_of.size() != param_list.tensors.size()))
+      throw py::value_error("optimizer_step: at least one settings, and none or one settings index per parameter");
+    for (int64_t chosen : settings_of)
+      if (chosen < 0 || chosen >= static_cast<int64_t>(settings.size()))
+        throw py::value_error("optimizer_step: a settings index is out of range");
     if (states.size() != 3 || state_names.size() != 3)
       throw py::value_error("optimizer_step: states and state_names hold three entries (None where unused)");
     std::vector<TensorList> state_lists(3);
@@ -582,6 +589,7 @@ PYBIND11_MODULE(_core, m) {
       tensor.count = param.count;
       for (int slot = 0; slot < 3; ++slot)
         tensor.state[slot] = state_lists[slot].tensors.empty() ? nullptr : state_lists[slot].tensors[index].data;
+      tensor.settings = &settings[settings_of.empty() ? 0 : settings_of[index]];
     }
     refuse_overlaps(spans);
     GlobalNorm norm;
@@ -605,8 +613,8 @@ PYBIND11_MODULE(_core, m) {
         }
       }
       if (!skipped) {
-        step.grad_scale = coefficient * inverse_scale;
-        optimizer_step(tensors, step, want_step_norms ? &step_norms : nullptr);
+        for (OptimizerStep& group : settings) group.grad_scale = coefficient * inverse_scale;
+        optimizer_step(tensors, settings[0], want_step_norms ? &step_norms : nullptr);
       }
     }
     py::object reported = want_norm ? py::object(py::float_(norm.total * inverse_scale)) : py::object(py::none());

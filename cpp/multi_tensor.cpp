@@ -478,7 +478,8 @@ void optimizer_step(const std::vector<OptimizerTensor>& tensors, const Optimizer
       state[slot] = tensor.state[slot] ? static_cast<char*>(tensor.state[slot]) + piece.offset * param_size : nullptr;
     const OptimizerFn kernel =
         kernels.optimizer[tensor.param_dtype == DType::float64 ? 1 : 0][static_cast<int>(tensor.grad_dtype)];
-    kernel(step, param, static_cast<const char*>(tensor.grad) + piece.offset * element_size(tensor.grad_dtype), state,
+    kernel(tensor.settings != nullptr ? *tensor.settings : step, param,
+           static_cast<const char*>(tensor.grad) + piece.offset * element_size(tensor.grad_dtype), state,
            piece.count, norms != nullptr ? &partials[2 * index] : nullptr);
   });
   if (norms == nullptr) return;

@@ -91,7 +91,9 @@ struct StatsColumns {
 void tensor_stats(const std::vector<TensorRef>& tensors, const StatsColumns& columns);
 
 // One parameter of an optimiser step: its data, gradient and state buffers
-// (same element count; state in the parameter's dtype, null when unused).
+// (same element count; state in the parameter's dtype, null when unused), and
+// its own settings when it belongs to a parameter group with other
+// hyperparameters or step count (null: the step's shared settings).
 struct OptimizerTensor {
   void* param;
   const void* grad;
@@ -99,6 +101,7 @@ struct OptimizerTensor {
   DType param_dtype;
   DType grad_dtype;
   int64_t count;
+  const OptimizerStep* settings = nullptr;
 };
 
 // Per parameter, the L2 norm of the update actually applied (||p_new - p_old||)

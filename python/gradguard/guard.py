@@ -49,7 +49,7 @@ class Guard:
     """Wraps a gg.optim optimiser (SGD, Adam, AdamW, RMSprop) with stability policies.
 
     Args:
-        optimizer: the optimiser; its learning rate is hyper["lr"] (a schedule sets
+        optimizer: the optimiser; its learning rates are its param_groups' "lr" (a schedule sets
             it through guard.set_lr, so that a backoff in force stays in force).
         clip: None, a fixed max norm (float), or an adaptive clipper (gg.ZClip(),
             gg.AutoClip()); "zclip" / "autoclip" make one with its defaults.
@@ -98,8 +98,9 @@ class Guard:
         self.recovery_steps = positive_int(recovery_steps, "recovery_steps")
         self.snapshot_every = None if snapshot_every is None else positive_int(snapshot_every, "snapshot_every")
         self.restore_after = positive_int(restore_after, "restore_after")
-        self.base_lr = float(optimizer.hyper["lr"])
-        self.lr_scale = 1.0  # the backoff in force: the optimiser runs at base_lr x lr_scale
+        # Each group's base rate; the backoff in force scales them alike: group i runs at base_i x lr_scale.
+        self._base_lrs = [float(group["lr"]) for group in optimizer.param_groups]
+        self.lr_scale = 1.0
         self.actions = []
         self.step_count = 0
         self._norms = deque(maxlen=self.window)
@@ -110,14 +111,23 @@ class Guard:
 
     # -- the learning rate --------------------------------------------------------------------
     def set_lr(self, lr: float) -> None:
-        """Set the base learning rate (a schedule calls this each step); the
-        optimiser runs at it times the backoff in force."""
-        self.base_lr = real(lr, "lr", low=0.0, allow_inf=False)
-        self.optimizer.hyper["lr"] = self.base_lr * self.lr_scale
+        """Set the base learning rate (a schedule calls this each step): the
+        first group's, the other groups keeping their ratio to it. The
+        optimiser runs at the base times the backoff in force."""
+        lr = real(lr, "lr", low=0.0, allow_inf=False)
+        first = self._base_lrs[0]
+        self._base_lrs = [lr] + [lr * base / first if first > 0 else lr for base in self._base_lrs[1:]]
+        self._scale_lr(self.lr_scale)
+
+    @property
+    def base_lr(self) -> float:
+        """The first group's base learning rate (before any backoff)."""
+        return self._base_lrs[0]
 
     def _scale_lr(self, scale):
         self.lr_scale = scale
-        self.optimizer.hyper["lr"] = self.base_lr * scale
+        for group, base in zip(self.optimizer.param_groups, self._base_lrs):
+            group["lr"] = base * scale
 
     # -- the step --------------------------------------------------------------------------
     def step(self, grads: Arrays, loss: Optional[float] = None):
@@ -205,7 +215,7 @@ class Guard:
             "divergence",
             "restored snapshot",
             f"parameters and optimiser state of {self._good_steps} good steps ago at most; "
-            f"lr {self.optimizer.hyper['lr']:.3g} (norm {norm:.3g})",
+            f"lr {self.optimizer.param_groups[0]['lr']:.3g} (norm {norm:.3g})",
         )
         return True
 
@@ -220,4 +230,4 @@ class Guard:
         counts = {}
         for entry in self.actions:
             counts[entry.action] = counts.get(entry.action, 0) + 1
-        return {"steps": self.step_count, "actions": counts, "lr": float(self.optimizer.hyper["lr"])}
+        return {"steps": self.step_count, "actions": counts, "lr": float(self.optimizer.param_groups[0]["lr"])}

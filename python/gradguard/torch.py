@@ -269,33 +269,12 @@ class GradGuardHook:
             self._handle = None
 
 
-class _LearningRate:
-    """hyper["lr"] of a torch optimiser: reads the first group's, and a new value
-    scales every group by the same factor (so groups keep their ratios)."""
-
-    def __init__(self, optimizer):
-        self._optimizer = optimizer
-
-    def __getitem__(self, key):
-        if key != "lr":
-            raise KeyError(key)
-        return float(self._optimizer.param_groups[0]["lr"])
-
-    def __setitem__(self, key, value):
-        if key != "lr":
-            raise KeyError(key)
-        current = self["lr"]
-        factor = value / current if current > 0 else 0.0
-        for group in self._optimizer.param_groups:
-            group["lr"] = value if current <= 0 else group["lr"] * factor
-
-
 class _TorchStep:
     """A torch optimiser seen through gg.optim's interface, for gg.Guard."""
 
     def __init__(self, optimizer):
         self.optimizer = optimizer
-        self.hyper = _LearningRate(optimizer)
+        self.param_groups = optimizer.param_groups  # torch's own dicts: gg.Guard scales their "lr"
         self.max_grad_norm = None
         self._tensors = [p for group in optimizer.param_groups for p in group["params"]]
 
@@ -333,10 +312,6 @@ class Guard(_Guard):
     def __init__(self, optimizer, clip=None, monitor=None, *, names=None, **policies):
         super().__init__(_TorchStep(optimizer), clip, monitor, **policies)
         self._names = None if names is None else [str(name) for name in names]
-
-    def set_lr(self, lr: float) -> None:
-        """Set the base learning rate of the first group (the others keep their ratio to it)."""
-        super().set_lr(lr)
 
     def step(self, loss=None):
         adapter = self.optimizer
