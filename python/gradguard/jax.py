@@ -1,0 +1,253 @@
+"""JAX and Optax adapters: pytrees in, gradguard's statistics out, and Optax
+gradient transformations that Optax does not have.
+
+The reading functions take any pytree of arrays (jax.Array, NumPy) and name
+each leaf by its tree path ("params/dense/kernel"). A jax.Array on the CPU is
+read through np.asarray, which shares its memory (no copy); JAX arrays are
+immutable, so clipping returns a new tree instead of writing in place.
+
+Optax transformations (usable inside jax.jit):
+- zclip(): ZClip's z-score clipping (Kumar et al., 2025), gg.ZClip's rule;
+- autoclip(): AutoClip's percentile clipping (Seetharaman et al., 2020) over a
+  fixed-size ring of past norms (jit needs a fixed shape);
+- monitor_tap(monitor): feeds a gg.GradientMonitor from inside a jitted update
+  through jax.debug.callback, the updates passed through unchanged.
+
+Needs jax (and optax for the transformations): pip install "gradguard[jax]".
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+try:
+    import jax
+    import jax.numpy as jnp
+except ImportError as error:  # pragma: no cover - exercised only without jax
+    raise ImportError('gradguard.jax needs JAX: pip install "gradguard[jax]"') from error
+
+import numpy as np
+
+from ._arguments import positive_int, real
+from .clip import global_norm as _global_norm
+from .stats import grad_stats as _grad_stats
+
+__all__ = [
+    "path_name",
+    "leaves_by_path",
+    "global_norm",
+    "grad_stats",
+    "clip_by_global_norm",
+    "monitor_update",
+    "zclip",
+    "autoclip",
+    "monitor_tap",
+    "ZClipState",
+    "AutoClipState",
+    "MonitorTapState",
+]
+
+
+def _key_name(key):
+    for attribute in ("key", "name", "idx"):
+        if hasattr(key, attribute):
+            return str(getattr(key, attribute))
+    return str(key)
+
+
+def path_name(path) -> str:
+    """A tree path as "a/b/0" (dict keys, attribute names and sequence indices joined by /)."""
+    return "/".join(_key_name(key) for key in path)
+
+
+def leaves_by_path(tree) -> dict:
+    """{path name: NumPy array} for every leaf of a pytree, in tree order. jax.Array
+    leaves on the CPU are shared, not copied (read-only views); leaves on another
+    device are refused, since this build has no CUDA backend."""
+    named = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        name = path_name(path)
+        devices = getattr(leaf, "devices", None)
+        if callable(devices) and any(device.platform != "cpu" for device in devices()):
+            raise ValueError(
+                f"leaf {name!r} lives on {sorted(d.platform for d in devices())}; gradguard reads CPU arrays and this "
+                "build has no CUDA backend (jax.device_get it, or use optax on the device)"
+            )
+        named[name] = np.asarray(leaf)
+    return named
+
+
+def global_norm(tree, ord=2.0) -> float:
+    """gg.global_norm of every leaf of a pytree: (sum_i sum_j |leaf_i_j|^p)^(1/p)."""
+    return _global_norm(leaves_by_path(tree), ord)
+
+
+def grad_stats(tree):
+    """gg.grad_stats of a pytree's leaves, named by tree path."""
+    return _grad_stats(leaves_by_path(tree))
+
+
+def clip_by_global_norm(tree, max_norm, eps=1e-6):
+    """(clipped tree, norm before clipping), torch's rule:
+    leaf * min(1, max_norm / (norm + eps)) for every leaf; the norm is taken by
+    gradguard's core on the shared CPU memory, the scaling by JAX."""
+    max_norm = real(max_norm, "max_norm", low=0.0)
+    norm = global_norm(tree)
+    coefficient = min(1.0, max_norm / (norm + eps)) if norm == norm else float("nan")
+    if coefficient == 1.0:
+        return tree, norm
+    return jax.tree_util.tree_map(lambda leaf: leaf * jnp.asarray(coefficient, leaf.dtype), tree), norm
+
+
+def monitor_update(monitor, grads, step=None, *, allow_missing=False):
+    """monitor.update with a pytree of gradients, layers named by tree path."""
+    return monitor.update(leaves_by_path(grads), step=step, allow_missing=allow_missing)
+
+
+# ---- Optax transformations -------------------------------------------------------------
+
+
+def _optax():
+    try:
+        import optax
+    except ImportError:  # pragma: no cover - exercised only without optax
+        raise ImportError('the Optax transformations need optax: pip install "gradguard[jax]"') from None
+    return optax
+
+
+def _tree_norm(updates):
+    """The global L2 norm of a pytree inside a traced function, in float32."""
+    leaves = jax.tree_util.tree_leaves(updates)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in leaves))
+
+
+def _scaled(updates, norm, threshold):
+    """updates * threshold / (norm + 1e-6) where norm > threshold (ZClip's and
+    AutoClip's rule), unchanged otherwise."""
+    factor = jnp.where(norm > threshold, threshold / (norm + 1e-6), 1.0)
+    return jax.tree_util.tree_map(lambda leaf: (leaf * factor).astype(leaf.dtype), updates)
+
+
+class ZClipState(NamedTuple):
+    count: jax.Array  # norms seen
+    mean: jax.Array  # warm-up: running mean (Welford); after: the EMA mean
+    var: jax.Array  # warm-up: running sum of squared deviations (Welford M2); after: the EMA variance
+
+
+def zclip(alpha=0.97, z_thresh=2.5, max_grad_norm=1.0, eps=1e-6, warmup_steps=25):
+    """ZClip as an Optax GradientTransformation, gg.ZClip's rule:
+
+    the first warmup_steps norms set mean and (population) variance, meanwhile
+    updates are clipped at max_grad_norm (if given); then with
+    z = (g - mean) / (sqrt(var) + eps):
+
+        threshold = mean + z_thresh * std / (z / z_thresh)   when z > z_thresh (a spike)
+        clip at min(threshold, max_grad_norm)                 (threshold = g otherwise)
+        mean = alpha mean + (1 - alpha) x;  var = alpha var + (1 - alpha) (x - mean)^2
+
+    x being the clipped norm on a spike and g otherwise. The norm is the
+    global L2 norm of the updates (float32); state is three scalars, so it runs under jit.
+    """
+    optax = _optax()
+    alpha = real(alpha, "alpha", low=0.0, high=1.0, low_open=True, high_open=True)
+    z_thresh = real(z_thresh, "z_thresh", low=0.0, low_open=True, allow_inf=False)
+    cap = real(max_grad_norm, "max_grad_norm", low=0.0, allow_none=True)
+    cap = float("inf") if cap is None else cap
+    eps = real(eps, "eps", low=0.0, allow_inf=False)
+    warmup_steps = positive_int(warmup_steps, "warmup_steps")
+
+    def init_fn(params):
+        del params
+        return ZClipState(jnp.zeros([], jnp.int32), jnp.zeros([], jnp.float32), jnp.zeros([], jnp.float32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        norm = _tree_norm(updates)
+        warming = state.count < warmup_steps
+        # Warm-up: Welford's running mean and M2; the last warm-up norm turns M2 into the variance.
+        count = state.count + 1
+        delta = norm - state.mean
+        welford_mean = state.mean + delta / count
+        welford_m2 = state.var + delta * (norm - welford_mean)
+        finishing = count == warmup_steps
+        warm_mean = welford_mean
+        warm_var = jnp.where(finishing, welford_m2 / count, welford_m2)
+        # After warm-up: ZClip's threshold and EMA update.
+        std = jnp.sqrt(state.var)
+        z = (norm - state.mean) / (std + eps)
+        spike = z > z_thresh
+        adaptive = jnp.where(spike, state.mean + z_thresh * std / (z / z_thresh), norm)
+        ema_mean = alpha * state.mean + (1 - alpha) * adaptive
+        ema_var = alpha * state.var + (1 - alpha) * (adaptive - ema_mean) ** 2
+        threshold = jnp.where(warming, cap, jnp.minimum(adaptive, cap))
+        new_state = ZClipState(
+            jnp.where(warming, count, state.count + 1),
+            jnp.where(warming, warm_mean, ema_mean),
+            jnp.where(warming, warm_var, ema_var),
+        )
+        return _scaled(updates, norm, threshold), new_state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class AutoClipState(NamedTuple):
+    norms: jax.Array  # ring of the last `history` norms, NaN where not yet filled
+    count: jax.Array  # finite norms seen
+
+
+def autoclip(percentile=10.0, history=1000):
+    """AutoClip as an Optax GradientTransformation, gg.AutoClip's rule over the
+    last `history` norms (a fixed-size ring, so that it runs under jit):
+
+        norms.append(||g||);  threshold = percentile(norms, p);  clip at threshold
+
+    Non-finite norms are not recorded; before any finite norm nothing is clipped.
+    """
+    optax = _optax()
+    percentile = real(percentile, "percentile", low=0.0, high=100.0)
+    history = positive_int(history, "history")
+
+    def init_fn(params):
+        del params
+        return AutoClipState(jnp.full([history], jnp.nan, jnp.float32), jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        norm = _tree_norm(updates)
+        finite = jnp.isfinite(norm)
+        slot = state.count % history
+        norms = jnp.where(finite, state.norms.at[slot].set(norm), state.norms)
+        count = state.count + finite.astype(jnp.int32)
+        seen = jnp.nanpercentile(norms, percentile)
+        threshold = jnp.where(count > 0, seen, jnp.inf)
+        return _scaled(updates, norm, threshold), AutoClipState(norms, count)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class MonitorTapState(NamedTuple):
+    step: jax.Array
+
+
+def monitor_tap(monitor, *, allow_missing: bool = False):
+    """An Optax GradientTransformation that passes the updates through unchanged
+    and feeds `monitor` (a gg.GradientMonitor) with them at every step, from
+    inside jit too (jax.debug.callback, ordered, so steps arrive in order).
+    Chain it first to see the raw gradients:
+    optax.chain(gradguard.jax.monitor_tap(monitor), optax.adam(1e-3)).
+    Layers are named by tree path."""
+    optax = _optax()
+
+    def record(updates, step):
+        monitor.update(leaves_by_path(updates), step=int(step), allow_missing=allow_missing)
+
+    def init_fn(params):
+        del params
+        return MonitorTapState(jnp.zeros([], jnp.int32))
+
+    def update_fn(updates, state, params=None):
+        del params
+        jax.debug.callback(record, updates, state.step, ordered=True)
+        return updates, MonitorTapState(state.step + 1)
+
+    return optax.GradientTransformation(init_fn, update_fn)

@@ -1,0 +1,135 @@
+"""gradguard.jax: pytrees read without copies, named by tree path; Optax's
+zclip/autoclip against gg.ZClip/gg.AutoClip; monitor_tap from inside jit."""
+
+import math
+
+import numpy as np
+import pytest
+
+import gradguard as gg
+
+jax = pytest.importorskip("jax")
+jnp = pytest.importorskip("jax.numpy")
+ggj = pytest.importorskip("gradguard.jax")
+
+
+def _tree(seed=0, scale=1.0):
+    rng = np.random.default_rng(seed)
+    return {
+        "dense": {"kernel": jnp.asarray(rng.standard_normal((5, 3)) * scale, jnp.float32), "bias": jnp.zeros(3)},
+        "blocks": [jnp.asarray(rng.standard_normal(7) * scale, jnp.float32)],
+    }
+
+
+def test_leaves_are_named_by_path_and_shared_not_copied():
+    tree = _tree()
+    leaves = ggj.leaves_by_path(tree)
+    assert list(leaves) == ["blocks/0", "dense/bias", "dense/kernel"]
+    assert np.shares_memory(leaves["dense/kernel"], np.asarray(tree["dense"]["kernel"]))
+    flat = np.concatenate([np.asarray(leaf, np.float64).ravel() for leaf in jax.tree_util.tree_leaves(tree)])
+    assert ggj.global_norm(tree) == pytest.approx(np.linalg.norm(flat), rel=1e-12)
+    assert ggj.global_norm(tree, "inf") == pytest.approx(np.abs(flat).max())
+    stats = ggj.grad_stats(tree)
+    assert stats.names == ("blocks/0", "dense/bias", "dense/kernel")
+    assert stats.l2[2] == pytest.approx(np.linalg.norm(np.asarray(tree["dense"]["kernel"], np.float64)), rel=1e-12)
+
+
+def test_clip_by_global_norm_returns_a_new_tree():
+    tree = _tree(scale=10.0)
+    clipped, norm = ggj.clip_by_global_norm(tree, 1.0)
+    assert norm > 1.0 and ggj.global_norm(clipped) == pytest.approx(1.0, rel=1e-5)
+    assert ggj.global_norm(tree) == pytest.approx(norm)  # the input is untouched (JAX arrays are immutable)
+    same, _ = ggj.clip_by_global_norm(tree, 1e6)
+    assert same is tree
+
+
+def test_monitor_update_and_refusals():
+    monitor = gg.GradientMonitor()
+    assert ggj.monitor_update(monitor, _tree()) == []
+    assert monitor.names == ["blocks/0", "dense/bias", "dense/kernel"]
+    with pytest.raises(ValueError, match="max_norm"):
+        ggj.clip_by_global_norm(_tree(), -1.0)
+
+
+optax = pytest.importorskip("optax")
+
+
+def _run(transform, scales, seed=0):
+    """The transformation, jitted, on a fixed tree scaled by each factor in turn:
+    (norms in, norms out)."""
+    base = _tree(seed)
+    state = transform.init(base)
+    update = jax.jit(transform.update)
+    norms_in, norms_out = [], []
+    for scale in scales:
+        grads = jax.tree_util.tree_map(lambda leaf: leaf * scale, base)
+        out, state = update(grads, state)
+        norms_in.append(ggj.global_norm(grads))
+        norms_out.append(ggj.global_norm(out))
+    return norms_in, norms_out
+
+
+def _expected(clipper, norms_in):
+    out = []
+    for norm in norms_in:
+        threshold = clipper.observe(norm)
+        out.append(norm * threshold / (norm + 1e-6) if norm > threshold else norm)
+    return out
+
+
+SCALES = [1.0, 1.2, 0.9, 1.1, 1.0, 0.95, 1.05, 1.0, 8.0, 1.0, 0.9, 30.0, 1.1, 1.0, 0.8, 1.2, 5.0, 1.0]
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 4.0])
+def test_zclip_follows_gg_zclip(max_grad_norm):
+    transform = ggj.zclip(warmup_steps=5, max_grad_norm=max_grad_norm)
+    norms_in, norms_out = _run(transform, SCALES)
+    expected = _expected(gg.ZClip(warmup_steps=5, max_grad_norm=max_grad_norm), norms_in)
+    np.testing.assert_allclose(norms_out, expected, rtol=2e-5)
+    assert norms_out[8] < norms_in[8] and norms_out[11] < norms_in[11]  # the spikes were clipped
+
+
+@pytest.mark.parametrize("history", [4, 100])
+def test_autoclip_follows_gg_autoclip(history):
+    norms_in, norms_out = _run(ggj.autoclip(percentile=25.0, history=history), SCALES)
+    expected = _expected(gg.AutoClip(percentile=25.0, history=history), norms_in)
+    np.testing.assert_allclose(norms_out, expected, rtol=2e-5)
+
+
+def test_autoclip_ignores_non_finite_norms():
+    transform = ggj.autoclip(percentile=50.0, history=8)
+    state = transform.init(_tree())
+    bad = jax.tree_util.tree_map(lambda leaf: leaf * jnp.inf, _tree())
+    out, state = jax.jit(transform.update)(bad, state)
+    assert int(state.count) == 0 and not math.isfinite(ggj.global_norm(out))  # left for a loss scaler or guard
+
+
+def test_monitor_tap_feeds_the_monitor_from_inside_jit():
+    monitor = gg.GradientMonitor()
+    optimiser = optax.chain(ggj.monitor_tap(monitor), optax.sgd(0.1))
+    params = _tree()
+    state = optimiser.init(params)
+
+    @jax.jit
+    def train_step(params, state, scale):
+        grads = jax.tree_util.tree_map(lambda leaf: leaf * scale, params)
+        updates, state = optimiser.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    expected = []
+    for step in range(5):
+        expected.append(ggj.global_norm(params) * (step + 1))
+        params, state = train_step(params, state, float(step + 1))
+    jax.effects_barrier()
+    history = monitor.history()
+    assert list(history["step"]) == [0, 1, 2, 3, 4]
+    assert monitor.names == ["blocks/0", "dense/bias", "dense/kernel"]
+    np.testing.assert_allclose(np.sqrt(np.nansum(history["norm"] ** 2, axis=1)), expected, rtol=1e-5)
+
+
+def test_monitor_tap_passes_updates_through():
+    transform = ggj.monitor_tap(gg.GradientMonitor())
+    tree = _tree()
+    out, _ = transform.update(tree, transform.init(tree))
+    jax.effects_barrier()
+    assert out is tree
