@@ -62,7 +62,7 @@ def _run(transform, scales, seed=0):
     update = jax.jit(transform.update)
     norms_in, norms_out = [], []
     for scale in scales:
-        grads = jax.tree_util.tree_map(lambda leaf: leaf * scale, base)
+        grads = jax.tree_util.tree_map(lambda leaf, factor=scale: leaf * factor, base)
         out, state = update(grads, state)
         norms_in.append(ggj.global_norm(grads))
         norms_out.append(ggj.global_norm(out))
