@@ -215,7 +215,8 @@ class GradGuardHook:
 
     Without an optimizer, call hook() after backward (and after
     scaler.unscale_(opt) when scaling; pass scaler= so that a step with
-    inf/NaN gradients, which the scaler will skip, is neither recorded nor clipped).
+    inf/NaN gradients, which the scaler will skip, is neither recorded nor clipped;
+    skip_nonfinite=True does the same for a caller that skips such steps itself).
 
     parameters: a torch.nn.Module or its named_parameters(); tensors that do
     not require a gradient are left out, and a parameter whose .grad is None
@@ -225,7 +226,7 @@ class GradGuardHook:
     hook.steps counts the steps seen; hook.remove() detaches it.
     """
 
-    def __init__(self, parameters, monitor=None, *, optimizer=None, max_norm=None, scaler=None):
+    def __init__(self, parameters, monitor=None, *, optimizer=None, max_norm=None, scaler=None, skip_nonfinite=False):
         from .monitor import GradientMonitor
 
         self._named = _named_parameters(parameters)
@@ -235,6 +236,7 @@ class GradGuardHook:
             raise ValueError("monitor must know its layers: GradientMonitor(names=...), or pass none and one is made")
         self.max_norm = real(_scalar(max_norm), "max_norm", low=0.0, allow_none=True)
         self.scaler = scaler
+        self.skip_nonfinite = bool(skip_nonfinite)
         self.steps = 0
         self.last_norm = None
         self._handle = None
@@ -250,8 +252,8 @@ class GradGuardHook:
         grads = {name: array for (name, _), array in zip(present, in_place.arrays)}
         norm = global_norm(list(grads.values()))
         self.last_norm = norm
-        if self.scaler is not None and not math.isfinite(norm):
-            return []  # the scaler skips this step: nothing to record, nothing to clip
+        if (self.scaler is not None or self.skip_nonfinite) and not math.isfinite(norm):
+            return []  # the step will be skipped: nothing to record, nothing to clip
         findings = self.monitor.update(grads, step=self.steps, allow_missing=True)
         self.steps += 1
         if self.max_norm is not None and math.isfinite(norm):

@@ -1,0 +1,83 @@
+"""A PyTorch Lightning callback: gradguard's monitor (and optional clipping) on
+every optimiser step of a Trainer, logged through the trainer's logger.
+
+    trainer = lightning.Trainer(callbacks=[GradGuardCallback(max_norm=1.0)])
+
+Needs lightning (pip install lightning, with the torch build you already use).
+"""
+
+from __future__ import annotations
+
+import math
+
+try:
+    from lightning.pytorch.callbacks import Callback
+except ImportError as error:  # pragma: no cover - exercised only without lightning
+    raise ImportError("gradguard.lightning needs PyTorch Lightning: pip install lightning") from error
+
+from .monitor import GradientMonitor
+from .torch import GradGuardHook
+
+__all__ = ["GradGuardCallback"]
+
+
+class GradGuardCallback(Callback):
+    """Feeds a GradientMonitor from the LightningModule's named parameters in
+    on_before_optimizer_step (after backward, and after Lightning has unscaled
+    the gradients under mixed precision), then optionally clips them by their
+    global L2 norm (torch's clip_grad_norm_ rule) and logs:
+
+        gradguard/global_norm     the pre-clip global norm of the step
+        gradguard/findings        findings so far
+        gradguard/flagged_layers  layers flagged now
+        grad_norm/<layer> ...     every value of monitor.latest(), with per_layer=True
+
+    skip_nonfinite: when the gradients hold inf/NaN, set every .grad to None so
+    that the optimiser skips the step (torch optimisers skip parameters
+    without a gradient); the step is not recorded by the monitor. New findings
+    go to Lightning's rank-zero log (logging, INFO) when report=True.
+    """
+
+    def __init__(self, monitor=None, *, max_norm=None, per_layer=False, skip_nonfinite=False, report=True):
+        super().__init__()
+        self.monitor = monitor
+        self.max_norm = max_norm
+        self.per_layer = bool(per_layer)
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.report = bool(report)
+        self.skipped_steps = 0
+        self._hook = None
+
+    def setup(self, trainer, pl_module, stage):
+        names = [name for name, p in pl_module.named_parameters() if p.requires_grad]
+        if self.monitor is None:
+            self.monitor = GradientMonitor(names=names)
+        self._hook = GradGuardHook(pl_module, self.monitor, max_norm=self.max_norm, skip_nonfinite=self.skip_nonfinite)
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        before = len(self.monitor.findings)
+        self._hook()
+        norm = self._hook.last_norm
+        if norm is None:
+            return
+        if not math.isfinite(norm) and self.skip_nonfinite:
+            self.skipped_steps += 1
+            for parameter in pl_module.parameters():
+                parameter.grad = None
+        flat = self.monitor.latest() if self.per_layer else {}
+        flat = {key: value for key, value in flat.items() if key != "gradguard/step"}
+        flat["gradguard/global_norm"] = norm if math.isfinite(norm) else float("nan")
+        flat["gradguard/findings"] = float(len(self.monitor.findings))
+        flat["gradguard/flagged_layers"] = float(len(self.monitor.summary()["flagged"]))
+        pl_module.log_dict(flat, on_step=True, on_epoch=False)
+        if self.report:
+            from lightning.pytorch.utilities import rank_zero_info
+
+            for finding in self.monitor.findings[before:]:
+                rank_zero_info(f"gradguard: {finding.message}")
+
+    def state_dict(self):
+        return {"skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state_dict):
+        self.skipped_steps = int(state_dict.get("skipped_steps", 0))

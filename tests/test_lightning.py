@@ -1,0 +1,77 @@
+"""gradguard.lightning.GradGuardCallback in a real Trainer (skipped without lightning)."""
+
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+lightning = pytest.importorskip("lightning")
+from gradguard.lightning import GradGuardCallback  # noqa: E402
+
+# Lightning warns about data loader workers and the like; those warnings are not under test here.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
+
+
+class Regression(lightning.LightningModule):
+    def __init__(self, poison_step=None):
+        super().__init__()
+        self.body = torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
+        self.unused = torch.nn.Linear(2, 2)  # never gets a gradient
+        self.poison_step = poison_step
+
+    def training_step(self, batch, batch_index):
+        x, y = batch
+        loss = torch.nn.functional.mse_loss(self.body(x), y)
+        if self.global_step == self.poison_step:
+            loss = loss * float("inf")
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.05)
+
+
+def _trainer(callback, tmp_path, steps=12):
+    return lightning.Trainer(
+        max_steps=steps,
+        callbacks=[callback],
+        logger=lightning.pytorch.loggers.CSVLogger(str(tmp_path)),
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        enable_checkpointing=False,
+        log_every_n_steps=1,
+        accelerator="cpu",
+        devices=1,
+    )
+
+
+def _data(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(64, 4, generator=generator)
+    y = x.sum(dim=1, keepdim=True)
+    return torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=16)
+
+
+def test_callback_monitors_clips_and_logs(tmp_path):
+    torch.manual_seed(0)
+    callback = GradGuardCallback(max_norm=0.1, per_layer=True)
+    model = Regression()
+    _trainer(callback, tmp_path).fit(model, _data())
+    assert callback.monitor.summary()["steps"] == 12
+    assert "unused.weight" in callback.monitor.names  # known, never present: not a finding
+    assert callback.monitor.findings == []
+    history = callback.monitor.history()
+    assert np.isnan(history["norm"][:, history["layers"].index("unused.weight")]).all()
+    metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
+    assert "gradguard/global_norm" in metrics and "grad_norm/body.0.weight" in metrics
+    assert callback._hook.last_norm > 0.1  # the pre-clip norm was above the threshold, so it was clipped
+
+
+def test_callback_skips_a_non_finite_step(tmp_path):
+    torch.manual_seed(1)
+    model = Regression(poison_step=3)
+    callback = GradGuardCallback(skip_nonfinite=True)
+    _trainer(callback, tmp_path, steps=6).fit(model, _data())
+    assert callback.skipped_steps == 1
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert callback.monitor.summary()["steps"] == 5 and math.isinf(callback._hook.last_norm) is False
