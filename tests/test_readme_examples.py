@@ -1,0 +1,42 @@
+"""The README's framework examples, each run in a fresh interpreter when its
+framework is installed (so the README cannot drift from the code)."""
+
+import importlib.util
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+NEEDS = {
+    "numpy": [],
+    "torch": ["torch", "tensorboard"],
+    "jax": ["jax", "optax"],
+    "lightning": ["torch", "lightning"],
+    "keras": ["torch", "keras"],
+}
+
+
+def _examples():
+    blocks = re.findall(r"```python\n(# example: (\w+)\n.*?)```", README.read_text(), flags=re.S)
+    return {name: code for code, name in blocks}
+
+
+def test_every_framework_has_an_example():
+    assert set(_examples()) == set(NEEDS)
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS))
+def test_readme_example_runs(name):
+    missing = [module for module in NEEDS[name] if importlib.util.find_spec(module) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed")
+    environment = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
+    result = subprocess.run(
+        [sys.executable, "-c", _examples()[name]], capture_output=True, text=True, timeout=600, env=environment
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip(), "the example prints its result"
