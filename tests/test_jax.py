@@ -133,3 +133,16 @@ def test_monitor_tap_passes_updates_through():
     out, _ = transform.update(tree, transform.init(tree))
     jax.effects_barrier()
     assert out is tree
+
+
+def test_top_level_functions_read_jax_arrays_and_refuse_to_write_them():
+    tree = _tree()
+    leaves = jax.tree_util.tree_leaves(tree)
+    flat = np.concatenate([np.asarray(leaf, np.float64).ravel() for leaf in leaves])
+    assert gg.global_norm(leaves) == pytest.approx(np.linalg.norm(flat), rel=1e-12)
+    assert gg.global_norm(tree["dense"]["kernel"]) == pytest.approx(
+        np.linalg.norm(np.asarray(tree["dense"]["kernel"], np.float64)), rel=1e-12
+    )
+    assert gg.grad_stats({"k": tree["dense"]["kernel"]}).names == ("k",)
+    with pytest.raises(ValueError, match=r"arrays\[0\] is read-only"):
+        gg.clip_by_global_norm([tree["dense"]["kernel"]], 0.1)  # JAX arrays are immutable: gradguard.jax clips

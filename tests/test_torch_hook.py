@@ -144,3 +144,11 @@ def test_cuda_gradients_get_a_clear_error():  # pragma: no cover - no GPU on the
     model(torch.ones(1, 2, device="cuda")).sum().backward()
     with pytest.raises(ValueError, match="no CUDA backend"):
         GradGuardHook(model)()
+
+
+def test_top_level_functions_take_cpu_tensors_in_place():
+    tensor = torch.full((3, 4), 10.0)
+    total = gg.clip_by_global_norm([tensor], 1.0)
+    assert total == pytest.approx(10 * 12**0.5) and tensor.norm().item() == pytest.approx(1.0, rel=1e-5)
+    with pytest.raises(TypeError, match=r"arrays\[0\] \(Tensor\).*detach"):
+        gg.global_norm([torch.ones(2, requires_grad=True)])

@@ -21,19 +21,61 @@ Arrays = Union[np.ndarray, Sequence[np.ndarray], Mapping[str, np.ndarray]]
 Real = Union[float, int, np.floating, np.integer]
 
 
+def _is_foreign_array(value):
+    """Another framework's array (jax.Array, a torch.Tensor, ...): it offers
+    __array__ or DLPack but is neither a NumPy array nor a NumPy scalar."""
+    if isinstance(value, (np.ndarray, np.generic, str, bytes)):
+        return False
+    return hasattr(value, "__array__") or hasattr(value, "__dlpack__")
+
+
+def _as_numpy(value, label):
+    """A foreign array as NumPy, sharing its memory where the framework allows
+    (a CPU jax.Array: read-only; a CPU torch.Tensor: writable); anything else unchanged."""
+    if not _is_foreign_array(value):
+        return value
+    try:
+        return np.asarray(value)
+    except Exception as error:  # noqa: BLE001 - each framework raises its own type
+        raise TypeError(
+            f"{label} ({type(value).__name__}) cannot be read as a NumPy array on the CPU: {error} "
+            "(this build has no CUDA backend; move it to the CPU, or detach it first)"
+        ) from None
+
+
 def as_array_list(arrays, argument="arrays"):
     """(list of arrays, list of names or None) from a list, tuple, dict, iterable or one array.
 
     The list is always a new one: the caller's container may change while the
     call runs (or, for an optimiser, between steps) without affecting it.
+    Other frameworks' arrays (jax.Array, torch.Tensor) are taken through
+    np.asarray, which shares their memory on the CPU; None entries stay None.
     """
     if isinstance(arrays, np.ndarray):
         return [arrays], None
+    if _is_foreign_array(arrays):
+        return [_as_numpy(arrays, argument)], None
+    # The snapshot is taken in one step (list() of a list or dict runs without
+    # releasing the GIL), so another thread clearing the container cannot cut it short.
     if isinstance(arrays, Mapping):
-        return list(arrays.values()), [str(name) for name in arrays.keys()]
+        names, values = list(arrays.keys()), list(arrays.values())
+        if len(names) != len(values):  # changed between the two snapshots: take one consistent copy
+            items = list(arrays.items())
+            names, values = [name for name, _ in items], [value for _, value in items]
+        names = [str(name) for name in names]
+        return _numpy_values(values, lambda index: f"{argument}[{names[index]!r}]"), names
     if isinstance(arrays, (str, bytes)) or not hasattr(arrays, "__iter__"):
         raise TypeError(f"{argument} must be a list, tuple or dict of NumPy arrays, got {type(arrays).__name__}")
-    return list(arrays), None
+    snapshot = list(arrays)
+    return _numpy_values(snapshot, lambda index: f"{argument}[{index}]"), None
+
+
+def _numpy_values(values, label_of):
+    """values with foreign arrays taken as NumPy; the list itself when all are
+    NumPy arrays already (the common case, checked at C speed: ~10 ns an array)."""
+    if list(map(type, values)).count(np.ndarray) == len(values):
+        return values
+    return [_as_numpy(value, label_of(index)) for index, value in enumerate(values)]
 
 
 def in_order_of(expected, array_list, names, argument="grads"):
