@@ -327,6 +327,72 @@ PYBIND11_MODULE(_core, m) {
     return py::make_tuple(norm.total, nonfinite_indices(norm));
   }, py::arg("arrays"), py::arg("ord"), py::arg("names"), py::arg("for_writing") = false);
 
+  // Mergeable norm partials (one entry per tensor, in order) and their combination:
+  // see NormPartialOfTensor. The partials travel as NumPy arrays of one field each.
+  m.def("norm_partials", [](const py::list& arrays, double ord, const py::object& names, bool rescaled) {
+    TensorList list = to_tensors(arrays, names, "arrays", Access::read);
+    std::vector<NormPartialOfTensor> partials;
+    {
+      py::gil_scoped_release released;
+      partials = norm_partials(list.tensors, NormOrder::from(ord), rescaled);
+    }
+    const auto count = static_cast<py::ssize_t>(partials.size());
+    py::array_t<double> power_sum(count), max_abs(count), scale(count), scaled_sum(count);
+    py::array_t<bool> has_nan(count), has_inf(count), needs_rescaling(count);
+    for (py::ssize_t index = 0; index < count; ++index) {
+      const NormPartialOfTensor& partial = partials[index];
+      power_sum.mutable_at(index) = partial.power_sum;
+      max_abs.mutable_at(index) = partial.max_abs;
+      scale.mutable_at(index) = partial.scale;
+      scaled_sum.mutable_at(index) = partial.scaled_sum;
+      has_nan.mutable_at(index) = partial.has_nan;
+      has_inf.mutable_at(index) = partial.has_inf;
+      needs_rescaling.mutable_at(index) = partial.needs_rescaling;
+    }
+    py::dict fields;
+    fields["power_sum"] = power_sum;
+    fields["max_abs"] = max_abs;
+    fields["has_nan"] = has_nan;
+    fields["has_inf"] = has_inf;
+    fields["needs_rescaling"] = needs_rescaling;
+    fields["scale"] = scale;
+    fields["scaled_sum"] = scaled_sum;
+    fields["rescaled"] = rescaled;
+    return fields;
+  });
+
+  m.def("combine_norm_partials", [](const py::array_t<double, py::array::c_style | py::array::forcecast>& power_sum,
+                                    const py::array_t<double, py::array::c_style | py::array::forcecast>& max_abs,
+                                    const py::array_t<bool, py::array::c_style | py::array::forcecast>& has_nan,
+                                    const py::array_t<bool, py::array::c_style | py::array::forcecast>& has_inf,
+                                    const py::array_t<bool, py::array::c_style | py::array::forcecast>& needs_rescaling,
+                                    const py::array_t<bool, py::array::c_style | py::array::forcecast>& rescaled,
+                                    const py::array_t<double, py::array::c_style | py::array::forcecast>& scale,
+                                    const py::array_t<double, py::array::c_style | py::array::forcecast>& scaled_sum,
+                                    double ord) {
+    const py::ssize_t count = power_sum.size();
+    for (const py::ssize_t size : {max_abs.size(), has_nan.size(), has_inf.size(), needs_rescaling.size(),
+                                   rescaled.size(), scale.size(), scaled_sum.size()})
+      if (size != count) throw py::value_error("combine_norm_partials: every field holds one entry per tensor");
+    std::vector<NormPartialOfTensor> partials(static_cast<size_t>(count));
+    for (py::ssize_t index = 0; index < count; ++index) {
+      NormPartialOfTensor& partial = partials[index];
+      partial.power_sum = power_sum.at(index);
+      partial.max_abs = max_abs.at(index);
+      partial.has_nan = has_nan.at(index);
+      partial.has_inf = has_inf.at(index);
+      partial.needs_rescaling = needs_rescaling.at(index);
+      partial.rescaled = rescaled.at(index);
+      partial.scale = scale.at(index);
+      partial.scaled_sum = scaled_sum.at(index);
+    }
+    bool needs_rescaled = false;
+    const GlobalNorm norm = combine_norm_partials(partials, NormOrder::from(ord), &needs_rescaled);
+    std::vector<double> per_tensor(partials.size());
+    for (size_t index = 0; index < partials.size(); ++index) per_tensor[index] = norm.per_tensor[index].norm;
+    return py::make_tuple(norm.total, needs_rescaled, nonfinite_indices(norm), per_tensor);
+  });
+
   // An optimiser's parameters, checked once at construction: writable,
   // aligned, C-contiguous, separate, float32 or float64.
   m.def("check_parameters", [](const py::list& arrays, const py::object& names) {

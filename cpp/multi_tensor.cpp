@@ -202,29 +202,73 @@ NormOrder NormOrder::from(double ord) {
   return {NormKind::general, ord};
 }
 
-GlobalNorm global_norm(const std::vector<TensorRef>& tensors, NormOrder order) {
+namespace {
+
+// The rare path's per-tensor scale: s_t close to 1/m_t, m_t the tensor's largest |x|.
+// For p = 1 and 2 it is a power of two (exact); for other p it is 1/m_t itself,
+// so that the largest term is 1 and (|x| s_t)^p can neither overflow nor
+// underflow to nothing however large p is.
+double scale_for(double max_abs, NormOrder order) {
+  if (!(max_abs > 0.0)) return 1.0;
+  const double power_of_two = std::ldexp(1.0, std::clamp(-std::ilogb(max_abs), -1000, 1000));
+  if (order.kind == NormKind::general && std::isfinite(1.0 / max_abs)) return 1.0 / max_abs;
+  return power_of_two;
+}
+
+}  // namespace
+
+std::vector<NormPartialOfTensor> norm_partials(const std::vector<TensorRef>& tensors, NormOrder order, bool rescaled) {
   static thread_local Plan reusable_plan;
   const ReleaseIfLarge release(reusable_plan);
   const Plan& plan = make_plan(tensors, reusable_plan);
   const std::vector<NormPartial> fast = norm_pass(tensors, plan, order, std::vector<double>(tensors.size(), 1.0));
-  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  std::vector<NormPartialOfTensor> partials(tensors.size());
+  for (size_t index = 0; index < tensors.size(); ++index) {
+    NormPartialOfTensor& partial = partials[index];
+    partial.power_sum = fast[index].power_sum;
+    partial.max_abs = fast[index].max_abs;
+    partial.has_nan = holds_nan(fast[index]);
+    partial.has_inf = holds_inf(fast[index]);
+    partial.needs_rescaling = needs_rescaling(fast[index], order);
+  }
+  if (!rescaled || order.kind == NormKind::linf) return partials;
+  // The rare path, per tensor: one pass finds the maxima, one sums (|x| s_t)^p.
+  const double inf = std::numeric_limits<double>::infinity();
+  const std::vector<NormPartial> maxima =
+      norm_pass(tensors, plan, {NormKind::linf, inf}, std::vector<double>(tensors.size(), 1.0));
+  std::vector<double> scales(tensors.size());
+  for (size_t index = 0; index < tensors.size(); ++index) scales[index] = scale_for(maxima[index].max_abs, order);
+  const std::vector<NormPartial> sums = norm_pass(tensors, plan, order, scales);
+  for (size_t index = 0; index < tensors.size(); ++index) {
+    partials[index].max_abs = maxima[index].max_abs;
+    partials[index].scale = scales[index];
+    partials[index].scaled_sum = sums[index].power_sum;
+    partials[index].rescaled = true;
+  }
+  return partials;
+}
 
+GlobalNorm combine_norm_partials(const std::vector<NormPartialOfTensor>& partials, NormOrder order,
+                                 bool* needs_rescaled) {
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  *needs_rescaled = false;
   GlobalNorm result;
-  result.per_tensor.resize(tensors.size());
+  result.per_tensor.resize(partials.size());
   bool any_nan = false, any_inf = false, any_rescue = false;
   double power_sum = 0.0, max_abs = 0.0;
-  for (size_t index = 0; index < tensors.size(); ++index) {
+  for (size_t index = 0; index < partials.size(); ++index) {
+    const NormPartialOfTensor& partial = partials[index];
     TensorNorm& entry = result.per_tensor[index];
-    entry.has_nan = holds_nan(fast[index]);
-    entry.has_inf = holds_inf(fast[index]);
+    entry.has_nan = partial.has_nan;
+    entry.has_inf = partial.has_inf;
     any_nan = any_nan || entry.has_nan;
     any_inf = any_inf || entry.has_inf;
-    any_rescue = any_rescue || needs_rescaling(fast[index], order);
-    power_sum += fast[index].power_sum;
-    max_abs = std::max(max_abs, fast[index].max_abs);
+    any_rescue = any_rescue || partial.needs_rescaling;
+    power_sum += partial.power_sum;
+    max_abs = std::max(max_abs, partial.max_abs);
     entry.norm = entry.has_nan ? nan : entry.has_inf ? inf
-               : order.kind == NormKind::linf ? fast[index].max_abs
-               : root_of(fast[index].power_sum, order, 1.0);
+               : order.kind == NormKind::linf ? partial.max_abs
+               : root_of(partial.power_sum, order, 1.0);
   }
   if (any_nan || any_inf) {
     result.total = any_nan ? nan : inf;
@@ -240,39 +284,34 @@ GlobalNorm global_norm(const std::vector<TensorRef>& tensors, NormOrder order) {
     return result;
   }
   // Rare path (float64 values beyond ~1e154 or below ~1e-154, or a large p):
-  // each tensor t is rescaled by s_t close to 1/m_t, m_t its largest |x|, the
-  // way LAPACK's nrm2 avoids overflow: S_t = sum (|x| s_t)^p,
-  // norm_t = S_t^(1/p) / s_t, and with s_c the scale of the tensor holding the
-  // overall maximum, total = (sum_t (s_c/s_t)^p S_t)^(1/p) / s_c.
-  // For p = 1 and 2, s_t is a power of two (exact); for other p it is 1/m_t
-  // itself, so that the largest term is 1 and (|x| s_t)^p can neither
-  // overflow nor underflow to nothing however large p is.
-  // One pass finds the maxima first.
-  const std::vector<NormPartial> maxima =
-      norm_pass(tensors, plan, {NormKind::linf, inf}, std::vector<double>(tensors.size(), 1.0));
-  auto scale_for = [&](double max_abs) {
-    if (!(max_abs > 0.0)) return 1.0;
-    const double power_of_two = std::ldexp(1.0, std::clamp(-std::ilogb(max_abs), -1000, 1000));
-    if (order.kind == NormKind::general && std::isfinite(1.0 / max_abs)) return 1.0 / max_abs;
-    return power_of_two;
-  };
+  // each tensor t was rescaled by s_t, the way LAPACK's nrm2 avoids overflow:
+  // S_t = sum (|x| s_t)^p, norm_t = S_t^(1/p) / s_t, and with s_c the scale of
+  // the tensor holding the overall maximum, total = (sum_t (s_c/s_t)^p S_t)^(1/p) / s_c.
   double largest = 0.0;
-  std::vector<double> scales(tensors.size());
-  for (size_t index = 0; index < tensors.size(); ++index) {
-    largest = std::max(largest, maxima[index].max_abs);
-    scales[index] = scale_for(maxima[index].max_abs);
+  for (const NormPartialOfTensor& partial : partials) {
+    if (!partial.rescaled) {
+      *needs_rescaled = true;
+      return result;
+    }
+    largest = std::max(largest, partial.max_abs);
   }
-  const double common_scale = scale_for(largest);
-  const std::vector<NormPartial> rescaled = norm_pass(tensors, plan, order, scales);
+  const double common_scale = scale_for(largest, order);
   double weighted = 0.0;
-  for (size_t index = 0; index < tensors.size(); ++index) {
-    if (maxima[index].max_abs == 0.0) continue;
-    if (needs_rescaling(fast[index], order))
-      result.per_tensor[index].norm = root_of(rescaled[index].power_sum, order, 1.0 / scales[index]);
-    weighted += power_of(common_scale / scales[index], order) * rescaled[index].power_sum;
+  for (size_t index = 0; index < partials.size(); ++index) {
+    const NormPartialOfTensor& partial = partials[index];
+    if (partial.max_abs == 0.0) continue;
+    if (partial.needs_rescaling) result.per_tensor[index].norm = root_of(partial.scaled_sum, order, 1.0 / partial.scale);
+    weighted += power_of(common_scale / partial.scale, order) * partial.scaled_sum;
   }
   result.total = root_of(weighted, order, 1.0 / common_scale);
   return result;
+}
+
+GlobalNorm global_norm(const std::vector<TensorRef>& tensors, NormOrder order) {
+  bool needs_rescaled = false;
+  GlobalNorm result = combine_norm_partials(norm_partials(tensors, order, false), order, &needs_rescaled);
+  if (!needs_rescaled) return result;
+  return combine_norm_partials(norm_partials(tensors, order, true), order, &needs_rescaled);
 }
 
 double clip_coefficient(double max_norm, double total, double eps) {

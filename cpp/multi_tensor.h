@@ -47,6 +47,32 @@ struct GlobalNorm {
 // NaN anywhere gives NaN; otherwise inf anywhere gives inf.
 GlobalNorm global_norm(const std::vector<TensorRef>& tensors, NormOrder order);
 
+// One tensor's share of a global p-norm, mergeable across processes: what
+// global_norm folds. A tensor's partial depends on that tensor alone (its
+// pieces are cut within it), not on the list it came in nor the thread count,
+// so partials taken anywhere and combined in the global order of the tensors
+// give global_norm's result bit for bit.
+struct NormPartialOfTensor {
+  double power_sum = 0.0;       // sum |x|^p (max |x| for inf), unscaled
+  double max_abs = 0.0;         // as tracked by the fast pass (exact with `rescaled`)
+  bool has_nan = false;
+  bool has_inf = false;
+  bool needs_rescaling = false;  // the unscaled sum lost digits (float64 beyond ~1e±154, or a large p)
+  bool rescaled = false;         // scale and scaled_sum are filled
+  double scale = 1.0;            // s_t, close to 1 / max |x|
+  double scaled_sum = 0.0;       // sum (|x| s_t)^p
+};
+
+// Each tensor's partial; with `rescaled`, also the scaled sums that the rare
+// overflow/underflow path combines (one more pass for the maxima, one for the sums).
+std::vector<NormPartialOfTensor> norm_partials(const std::vector<TensorRef>& tensors, NormOrder order, bool rescaled);
+
+// global_norm from partials in tensor order. `needs_rescaled` is set (and the
+// result is not meaningful) when the rare path is needed and the partials
+// were taken without `rescaled`: take them again with it.
+GlobalNorm combine_norm_partials(const std::vector<NormPartialOfTensor>& partials, NormOrder order,
+                                 bool* needs_rescaled);
+
 // torch's clip rule, the one used by every clipping entry point:
 // coef = max_norm / (total + eps), clamped to at most 1; 1 when total is 0
 // (nothing to clip); NaN when total is NaN (applied: every value turns NaN).
