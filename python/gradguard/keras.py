@@ -28,13 +28,15 @@ from .monitor import GradientMonitor
 __all__ = ["GradGuardCallback"]
 
 
-def _is_concrete(value):
-    """False for a tensor being traced by jit (it has no values to read)."""
+def _to_numpy(name, gradient):
+    """A gradient's values on the host; a tensor being traced by jit has none."""
     try:
-        keras.ops.convert_to_numpy(value)
+        return np.asarray(keras.ops.convert_to_numpy(gradient))
     except Exception:  # noqa: BLE001 - every backend raises its own tracer error
-        return False
-    return True
+        raise RuntimeError(
+            f"gradguard.keras.GradGuardCallback reads the gradients on the host, and the gradient of {name!r} has "
+            "no values here (a compiled training step); compile the model with jit_compile=False (or run_eagerly=True)"
+        ) from None
 
 
 class GradGuardCallback(keras.callbacks.Callback):
@@ -91,12 +93,7 @@ class GradGuardCallback(keras.callbacks.Callback):
         present = [(v.path, g) for v, g in zip(variables, grads) if g is not None]
         if not present:
             return grads
-        if not _is_concrete(present[0][1]):
-            raise RuntimeError(
-                "gradguard.keras.GradGuardCallback reads the gradients on the host, and this training step is "
-                "compiled; compile the model with jit_compile=False (or run_eagerly=True)"
-            )
-        arrays = {name: np.asarray(keras.ops.convert_to_numpy(g)) for name, g in present}
+        arrays = {name: _to_numpy(name, g) for name, g in present}
         norm = global_norm(arrays)
         self.last_norm = norm
         self.monitor.update(arrays, allow_missing=True)

@@ -85,13 +85,13 @@ class Recurrent:
 
     def _gate_constants(self, dtype):
         """The LSTM evaluates all four gates with one tanh: sigmoid(z) = (1 + tanh(z / 2)) / 2.
-        Returns (scale, half, offset, slope) per gate column: gate = tanh(pre * scale) * half
-        + offset, and d gate / d pre = (1 - tanh^2) * slope."""
+        Returns (scale, offset) per gate column: gate = tanh(pre * scale) * scale + offset,
+        and d gate / d pre = (1 - tanh^2) * scale^2."""
         hidden = self.hidden
         scale = np.full(4 * hidden, 0.5, dtype)
         scale[2 * hidden : 3 * hidden] = 1.0
         offset = np.where(scale == 0.5, 0.5, 0.0).astype(dtype)
-        return scale, scale, offset, scale * scale
+        return scale, offset
 
     def _forward(self, x):
         p, hidden = self.params, self.hidden
@@ -102,7 +102,8 @@ class Recurrent:
         c = np.zeros_like(h)
         states, saved = [h], []
         if self.cell == "lstm":
-            scale, half, offset, slope = self._gate_constants(x.dtype)
+            scale, offset = self._gate_constants(x.dtype)
+            slope = scale * scale
         for t in range(steps):
             pre = projected[t] + h @ recurrent
             if self.cell == "rnn":
@@ -110,7 +111,7 @@ class Recurrent:
                 saved.append(h)
             else:
                 squashed = np.tanh(pre * scale)
-                gates = squashed * half + offset
+                gates = squashed * scale + offset
                 i, f = gates[:, :hidden], gates[:, hidden : 2 * hidden]
                 g, o = gates[:, 2 * hidden : 3 * hidden], gates[:, 3 * hidden :]
                 c_previous = c

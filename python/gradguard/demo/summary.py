@@ -18,8 +18,6 @@ import numpy as np
 from .experiments import (
     ARCHITECTURE_LABELS,
     CLIP_METHODS,
-    CONVERGED_ACCURACY,
-    EXPERIMENTS,
     HIGH_LR,
     INIT_DEPTH,
     OPTIMISERS,
@@ -425,8 +423,4 @@ def verdicts(records):
     )
 
 
-def titles():
-    return {key: title for key, (title, _) in EXPERIMENTS.items()}
-
-
-__all__ = ["groups", "table", "format_text", "format_markdown", "verdicts", "Verdict", "CONVERGED_ACCURACY"]
+__all__ = ["groups", "find", "table", "format_text", "format_markdown", "verdicts", "Verdict"]
