@@ -307,6 +307,106 @@ void require_c_order(TensorList& list, const char* argument, const py::handle& n
   }
 }
 
+
+using Int64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+// A shard's place within its whole tensor, one per array (empty: all whole).
+void set_grid_offsets(TensorList& list, const std::vector<int64_t>& grid_offsets) {
+  if (grid_offsets.empty()) return;
+  if (grid_offsets.size() != list.tensors.size())
+    throw py::value_error("offsets has " + std::to_string(grid_offsets.size()) + " entries for " +
+                          std::to_string(list.tensors.size()) + " arrays");
+  for (size_t index = 0; index < grid_offsets.size(); ++index) {
+    if (grid_offsets[index] < 0) throw py::value_error("offsets[" + std::to_string(index) + "] is negative");
+    list.tensors[index].grid_offset = grid_offsets[index];
+  }
+}
+
+constexpr int kNormFields = 8;
+constexpr int kStatsFields = 12;
+constexpr int kStatsPieceFields = 3 + 2 * kStatsFields;
+
+void stats_to_row(const StatsPartial& stats, double* row) {
+  const double fields[kStatsFields] = {double(stats.count), double(stats.finite), double(stats.nan), double(stats.zero),
+                                       stats.shift, stats.sum_of_squares, stats.square_terms, stats.shifted_sum,
+                                       stats.shifted_sumsq, stats.abs_sum, stats.min, stats.max};
+  std::copy(fields, fields + kStatsFields, row);
+}
+
+StatsPartial stats_from_row(const double* row) {
+  StatsPartial stats;
+  stats.count = static_cast<int64_t>(row[0]);
+  stats.finite = static_cast<int64_t>(row[1]);
+  stats.nan = static_cast<int64_t>(row[2]);
+  stats.zero = static_cast<int64_t>(row[3]);
+  stats.shift = row[4];
+  stats.sum_of_squares = row[5];
+  stats.square_terms = row[6];
+  stats.shifted_sum = row[7];
+  stats.shifted_sumsq = row[8];
+  stats.abs_sum = row[9];
+  stats.min = row[10];
+  stats.max = row[11];
+  return stats;
+}
+
+// Piece partials as (tensor, offset, values[pieces, fields]).
+template <class Piece, class Fill>
+py::tuple piece_rows(const std::vector<Piece>& pieces, int fields, const Fill& fill) {
+  const auto count = static_cast<py::ssize_t>(pieces.size());
+  py::array_t<int64_t> tensor(count), offset(count);
+  py::array_t<double> values({count, static_cast<py::ssize_t>(fields)});
+  for (py::ssize_t index = 0; index < count; ++index) {
+    tensor.mutable_at(index) = pieces[index].tensor;
+    offset.mutable_at(index) = pieces[index].offset;
+    fill(pieces[index], values.mutable_data(index, 0));
+  }
+  return py::make_tuple(tensor, offset, values);
+}
+
+// The inverse, checking what the combination relies on: pieces sorted by
+// tensor (then offset), tensor indices in [0, tensor_count).
+template <class Piece, class Read>
+std::vector<Piece> pieces_from_rows(const Int64Array& tensor, const Int64Array& offset, const DoubleArray& values,
+                                    int fields, int64_t tensor_count, const Read& read) {
+  const py::ssize_t count = tensor.size();
+  if (offset.size() != count || values.ndim() != 2 || values.shape(0) != count || values.shape(1) != fields)
+    throw py::value_error("partials: tensor, offset and values must describe the same pieces");
+  if (tensor_count < 0) throw py::value_error("partials: negative tensor count");
+  std::vector<Piece> pieces(static_cast<size_t>(count));
+  for (py::ssize_t index = 0; index < count; ++index) {
+    Piece& piece = pieces[index];
+    piece.tensor = tensor.at(index);
+    piece.offset = offset.at(index);
+    if (piece.tensor < 0 || piece.tensor >= tensor_count)
+      throw py::value_error("partials: a piece names tensor " + std::to_string(piece.tensor) + " of " +
+                            std::to_string(tensor_count));
+    if (index > 0 && (piece.tensor < pieces[index - 1].tensor ||
+                      (piece.tensor == pieces[index - 1].tensor && piece.offset <= pieces[index - 1].offset)))
+      throw py::value_error("partials: pieces must be sorted by tensor, then offset, without repeats");
+    read(values.data(index, 0), piece);
+  }
+  return pieces;
+}
+
+py::dict stats_dict(const py::array& numel, const py::array& mean, const py::array& std_dev, const py::array& abs_mean,
+                    const py::array& l2, const py::array& minimum, const py::array& maximum, const py::array& nan,
+                    const py::array& inf, const py::array& zero) {
+  py::dict result;
+  result["numel"] = numel;
+  result["mean"] = mean;
+  result["std"] = std_dev;
+  result["abs_mean"] = abs_mean;
+  result["l2"] = l2;
+  result["min"] = minimum;
+  result["max"] = maximum;
+  result["n_nan"] = nan;
+  result["n_inf"] = inf;
+  result["n_zero"] = zero;
+  return result;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -327,70 +427,92 @@ PYBIND11_MODULE(_core, m) {
     return py::make_tuple(norm.total, nonfinite_indices(norm));
   }, py::arg("arrays"), py::arg("ord"), py::arg("names"), py::arg("for_writing") = false);
 
-  // Mergeable norm partials (one entry per tensor, in order) and their combination:
-  // see NormPartialOfTensor. The partials travel as NumPy arrays of one field each.
-  m.def("norm_partials", [](const py::list& arrays, double ord, const py::object& names, bool rescaled) {
+  // Mergeable partials (see multi_tensor.h): one row per piece, travelling as
+  // (tensor, offset, values) arrays, values one float64 row of fields per piece.
+  m.def("norm_partials", [](const py::list& arrays, double ord, const py::object& names, bool rescaled,
+                            const std::vector<int64_t>& grid_offsets) {
     TensorList list = to_tensors(arrays, names, "arrays", Access::read);
-    std::vector<NormPartialOfTensor> partials;
+    set_grid_offsets(list, grid_offsets);
+    std::vector<NormPartialOfPiece> pieces;
     {
       py::gil_scoped_release released;
-      partials = norm_partials(list.tensors, NormOrder::from(ord), rescaled);
+      pieces = norm_partials(list.tensors, NormOrder::from(ord), rescaled);
     }
-    const auto count = static_cast<py::ssize_t>(partials.size());
-    py::array_t<double> power_sum(count), max_abs(count), scale(count), scaled_sum(count);
-    py::array_t<bool> has_nan(count), has_inf(count), needs_rescaling(count);
-    for (py::ssize_t index = 0; index < count; ++index) {
-      const NormPartialOfTensor& partial = partials[index];
-      power_sum.mutable_at(index) = partial.power_sum;
-      max_abs.mutable_at(index) = partial.max_abs;
-      scale.mutable_at(index) = partial.scale;
-      scaled_sum.mutable_at(index) = partial.scaled_sum;
-      has_nan.mutable_at(index) = partial.has_nan;
-      has_inf.mutable_at(index) = partial.has_inf;
-      needs_rescaling.mutable_at(index) = partial.needs_rescaling;
-    }
-    py::dict fields;
-    fields["power_sum"] = power_sum;
-    fields["max_abs"] = max_abs;
-    fields["has_nan"] = has_nan;
-    fields["has_inf"] = has_inf;
-    fields["needs_rescaling"] = needs_rescaling;
-    fields["scale"] = scale;
-    fields["scaled_sum"] = scaled_sum;
-    fields["rescaled"] = rescaled;
-    return fields;
+    return piece_rows(pieces, kNormFields, [](const NormPartialOfPiece& piece, double* row) {
+      const double fields[kNormFields] = {double(piece.count), piece.fast.power_sum, piece.fast.max_abs,
+                                          double(piece.fast.max_tracked), double(piece.rescaled), piece.max_abs,
+                                          piece.scale, piece.scaled_sum};
+      std::copy(fields, fields + kNormFields, row);
+    });
   });
 
-  m.def("combine_norm_partials", [](const py::array_t<double, py::array::c_style | py::array::forcecast>& power_sum,
-                                    const py::array_t<double, py::array::c_style | py::array::forcecast>& max_abs,
-                                    const py::array_t<bool, py::array::c_style | py::array::forcecast>& has_nan,
-                                    const py::array_t<bool, py::array::c_style | py::array::forcecast>& has_inf,
-                                    const py::array_t<bool, py::array::c_style | py::array::forcecast>& needs_rescaling,
-                                    const py::array_t<bool, py::array::c_style | py::array::forcecast>& rescaled,
-                                    const py::array_t<double, py::array::c_style | py::array::forcecast>& scale,
-                                    const py::array_t<double, py::array::c_style | py::array::forcecast>& scaled_sum,
-                                    double ord) {
-    const py::ssize_t count = power_sum.size();
-    for (const py::ssize_t size : {max_abs.size(), has_nan.size(), has_inf.size(), needs_rescaling.size(),
-                                   rescaled.size(), scale.size(), scaled_sum.size()})
-      if (size != count) throw py::value_error("combine_norm_partials: every field holds one entry per tensor");
-    std::vector<NormPartialOfTensor> partials(static_cast<size_t>(count));
-    for (py::ssize_t index = 0; index < count; ++index) {
-      NormPartialOfTensor& partial = partials[index];
-      partial.power_sum = power_sum.at(index);
-      partial.max_abs = max_abs.at(index);
-      partial.has_nan = has_nan.at(index);
-      partial.has_inf = has_inf.at(index);
-      partial.needs_rescaling = needs_rescaling.at(index);
-      partial.rescaled = rescaled.at(index);
-      partial.scale = scale.at(index);
-      partial.scaled_sum = scaled_sum.at(index);
-    }
+  m.def("combine_norm_partials", [](const Int64Array& tensor, const Int64Array& offset, const DoubleArray& values,
+                                    int64_t tensor_count, double ord) {
+    std::vector<NormPartialOfPiece> pieces = pieces_from_rows<NormPartialOfPiece>(
+        tensor, offset, values, kNormFields, tensor_count, [](const double* row, NormPartialOfPiece& piece) {
+          piece.count = static_cast<int64_t>(row[0]);
+          piece.fast.power_sum = row[1];
+          piece.fast.max_abs = row[2];
+          piece.fast.max_tracked = row[3] != 0.0;
+          piece.rescaled = row[4] != 0.0;
+          piece.max_abs = row[5];
+          piece.scale = row[6];
+          piece.scaled_sum = row[7];
+        });
     bool needs_rescaled = false;
-    const GlobalNorm norm = combine_norm_partials(partials, NormOrder::from(ord), &needs_rescaled);
-    std::vector<double> per_tensor(partials.size());
-    for (size_t index = 0; index < partials.size(); ++index) per_tensor[index] = norm.per_tensor[index].norm;
+    GlobalNorm norm;
+    {
+      py::gil_scoped_release released;
+      norm = combine_norm_partials(pieces, tensor_count, NormOrder::from(ord), &needs_rescaled);
+    }
+    std::vector<double> per_tensor(norm.per_tensor.size());
+    for (size_t index = 0; index < per_tensor.size(); ++index) per_tensor[index] = norm.per_tensor[index].norm;
     return py::make_tuple(norm.total, needs_rescaled, nonfinite_indices(norm), per_tensor);
+  });
+
+  m.def("stats_partials", [](const py::list& arrays, const py::object& names, bool rescaled,
+                             const std::vector<int64_t>& grid_offsets) {
+    TensorList list = to_tensors(arrays, names, "arrays", Access::read, false);
+    set_grid_offsets(list, grid_offsets);
+    std::vector<StatsPartialOfPiece> pieces;
+    {
+      py::gil_scoped_release released;
+      pieces = stats_partials(list.tensors, rescaled);
+    }
+    return piece_rows(pieces, kStatsPieceFields, [](const StatsPartialOfPiece& piece, double* row) {
+      row[0] = static_cast<double>(piece.dtype);
+      row[1] = double(piece.rescaled);
+      row[2] = piece.scale;
+      stats_to_row(piece.fast, row + 3);
+      stats_to_row(piece.scaled, row + 3 + kStatsFields);
+    });
+  });
+
+  m.def("combine_stats_partials", [](const Int64Array& tensor, const Int64Array& offset, const DoubleArray& values,
+                                     int64_t tensor_count) {
+    std::vector<StatsPartialOfPiece> pieces = pieces_from_rows<StatsPartialOfPiece>(
+        tensor, offset, values, kStatsPieceFields, tensor_count, [](const double* row, StatsPartialOfPiece& piece) {
+          const int dtype = static_cast<int>(row[0]);
+          if (dtype < 0 || dtype >= kNumDTypes) throw py::value_error("combine_stats_partials: unknown dtype code");
+          piece.dtype = static_cast<DType>(dtype);
+          piece.rescaled = row[1] != 0.0;
+          piece.scale = row[2];
+          piece.fast = stats_from_row(row + 3);
+          piece.scaled = stats_from_row(row + 3 + kStatsFields);
+        });
+    const auto size = static_cast<py::ssize_t>(tensor_count);
+    py::array_t<int64_t> numel(size), nan(size), inf(size), zero(size);
+    py::array_t<double> mean(size), std_dev(size), abs_mean(size), l2(size), minimum(size), maximum(size);
+    const StatsColumns columns{numel.mutable_data(), mean.mutable_data(), std_dev.mutable_data(),
+                               abs_mean.mutable_data(), l2.mutable_data(), minimum.mutable_data(),
+                               maximum.mutable_data(), nan.mutable_data(), inf.mutable_data(), zero.mutable_data()};
+    bool complete = false;
+    {
+      py::gil_scoped_release released;
+      complete = combine_stats_partials(pieces, tensor_count, columns);
+    }
+    if (!complete) return py::object(py::none());
+    return py::object(stats_dict(numel, mean, std_dev, abs_mean, l2, minimum, maximum, nan, inf, zero));
   });
 
   // An optimiser's parameters, checked once at construction: writable,
@@ -489,18 +611,7 @@ PYBIND11_MODULE(_core, m) {
       py::gil_scoped_release released;
       tensor_stats(list.tensors, columns);
     }
-    py::dict result;
-    result["numel"] = numel;
-    result["mean"] = mean;
-    result["std"] = std_dev;
-    result["abs_mean"] = abs_mean;
-    result["l2"] = l2;
-    result["min"] = minimum;
-    result["max"] = maximum;
-    result["n_nan"] = nan;
-    result["n_inf"] = inf;
-    result["n_zero"] = zero;
-    return result;
+    return stats_dict(numel, mean, std_dev, abs_mean, l2, minimum, maximum, nan, inf, zero);
   }, py::arg("arrays"), py::arg("names"), py::arg("argument") = "arrays");
 
   // x is (rows, features) in its dtype; weight, bias, mean, rstd in the compute dtype.

@@ -38,8 +38,10 @@ const Plan& make_plan(const std::vector<TensorRef>& tensors, Plan& plan) {
   for (size_t index = 0; index < tensors.size(); ++index) {
     plan.tensor_first_piece.push_back(static_cast<int64_t>(plan.pieces.size()));
     const int64_t count = tensors[index].count;
-    for (int64_t offset = 0; offset < count; offset += kPieceElements) {
-      const int64_t piece_count = std::min(kPieceElements, count - offset);
+    // A shard that starts off the grid gets a short first piece.
+    const int64_t first_room = kPieceElements - tensors[index].grid_offset % kPieceElements;
+    for (int64_t offset = 0, room = first_room; offset < count; offset += room, room = kPieceElements) {
+      const int64_t piece_count = std::min(room, count - offset);
       plan.pieces.push_back({static_cast<int64_t>(index), offset, piece_count});
       task_elements += piece_count;
       if (task_elements >= kPieceElements) {
@@ -130,31 +132,17 @@ const Plan& multi_tensor_apply(const std::vector<TensorRef>& tensors, Plan& plan
   return plan;
 }
 
-std::vector<NormPartial> norm_pass(const std::vector<TensorRef>& tensors, const Plan& plan, NormOrder order,
-                                   const std::vector<double>& scale_per_tensor) {
+// Every piece's norm partial, of |x| * scale_per_tensor[t].
+const std::vector<NormPartial>& piece_norms(const std::vector<TensorRef>& tensors, const Plan& plan, NormOrder order,
+                                            const std::vector<double>& scale_per_tensor,
+                                            std::vector<NormPartial>& partials) {
   const KernelTable& kernels = active_kernels();
-  // Bound to a local reference: inside the lambda a thread_local name would
-  // mean each worker's own buffer.
-  static thread_local std::vector<NormPartial> reusable_partials;
-  std::vector<NormPartial>& partials = reusable_partials;
-  const ReleaseIfLarge release(partials);
   partials.resize(plan.pieces.size());
   apply_to_pieces(tensors, plan, false, [&](int64_t index, const Piece& piece, const TensorRef& tensor, char* address) {
     partials[index] = kernels.norm[static_cast<int>(tensor.dtype)](address, piece.count, order.kind, order.p,
                                                                    scale_per_tensor[piece.tensor]);
   });
-  // Pieces are folded in order: the result is independent of the thread count.
-  std::vector<NormPartial> per_tensor(tensors.size());
-  for (size_t tensor = 0; tensor < tensors.size(); ++tensor) {
-    NormPartial folded;
-    for (int64_t piece = plan.tensor_first_piece[tensor]; piece < plan.tensor_first_piece[tensor + 1]; ++piece) {
-      folded.power_sum += partials[piece].power_sum;
-      folded.max_abs = std::max(folded.max_abs, partials[piece].max_abs);
-      folded.max_tracked = partials[piece].max_tracked;
-    }
-    per_tensor[tensor] = folded;
-  }
-  return per_tensor;
+  return partials;
 }
 
 bool holds_nan(const NormPartial& folded) { return std::isnan(folded.power_sum); }
@@ -217,58 +205,101 @@ double scale_for(double max_abs, NormOrder order) {
 
 }  // namespace
 
-std::vector<NormPartialOfTensor> norm_partials(const std::vector<TensorRef>& tensors, NormOrder order, bool rescaled) {
+std::vector<NormPartialOfPiece> norm_partials(const std::vector<TensorRef>& tensors, NormOrder order, bool rescaled) {
   static thread_local Plan reusable_plan;
-  const ReleaseIfLarge release(reusable_plan);
+  // Bound to a local reference: inside a lambda a thread_local name would mean each worker's own buffer.
+  static thread_local std::vector<NormPartial> reusable_partials;
+  std::vector<NormPartial>& buffer = reusable_partials;
+  const ReleaseIfLarge release(reusable_plan, buffer);
   const Plan& plan = make_plan(tensors, reusable_plan);
-  const std::vector<NormPartial> fast = norm_pass(tensors, plan, order, std::vector<double>(tensors.size(), 1.0));
-  std::vector<NormPartialOfTensor> partials(tensors.size());
-  for (size_t index = 0; index < tensors.size(); ++index) {
-    NormPartialOfTensor& partial = partials[index];
-    partial.power_sum = fast[index].power_sum;
-    partial.max_abs = fast[index].max_abs;
-    partial.has_nan = holds_nan(fast[index]);
-    partial.has_inf = holds_inf(fast[index]);
-    partial.needs_rescaling = needs_rescaling(fast[index], order);
+  std::vector<double> scales(tensors.size(), 1.0);
+  const std::vector<NormPartial>& fast = piece_norms(tensors, plan, order, scales, buffer);
+  std::vector<NormPartialOfPiece> pieces(plan.pieces.size());
+  for (size_t index = 0; index < pieces.size(); ++index) {
+    const Piece& piece = plan.pieces[index];
+    pieces[index].tensor = piece.tensor;
+    pieces[index].offset = tensors[piece.tensor].grid_offset + piece.offset;
+    pieces[index].count = piece.count;
+    pieces[index].fast = fast[index];
   }
-  if (!rescaled || order.kind == NormKind::linf) return partials;
-  // The rare path, per tensor: one pass finds the maxima, one sums (|x| s_t)^p.
+  if (!rescaled || order.kind == NormKind::linf) return pieces;
+  // The rare path: one pass finds the maxima, one sums (|x| s)^p with s from
+  // this shard's maximum (the combination brings shards to a common scale).
   const double inf = std::numeric_limits<double>::infinity();
-  const std::vector<NormPartial> maxima =
-      norm_pass(tensors, plan, {NormKind::linf, inf}, std::vector<double>(tensors.size(), 1.0));
-  std::vector<double> scales(tensors.size());
-  for (size_t index = 0; index < tensors.size(); ++index) scales[index] = scale_for(maxima[index].max_abs, order);
-  const std::vector<NormPartial> sums = norm_pass(tensors, plan, order, scales);
-  for (size_t index = 0; index < tensors.size(); ++index) {
-    partials[index].max_abs = maxima[index].max_abs;
-    partials[index].scale = scales[index];
-    partials[index].scaled_sum = sums[index].power_sum;
-    partials[index].rescaled = true;
+  const std::vector<NormPartial>& maxima = piece_norms(tensors, plan, {NormKind::linf, inf}, scales, buffer);
+  std::vector<double> shard_max(tensors.size(), 0.0);
+  for (size_t index = 0; index < pieces.size(); ++index) {
+    pieces[index].max_abs = maxima[index].max_abs;
+    double& largest = shard_max[plan.pieces[index].tensor];
+    largest = std::max(largest, maxima[index].max_abs);
   }
-  return partials;
+  for (size_t tensor = 0; tensor < tensors.size(); ++tensor) scales[tensor] = scale_for(shard_max[tensor], order);
+  const std::vector<NormPartial>& sums = piece_norms(tensors, plan, order, scales, buffer);
+  for (size_t index = 0; index < pieces.size(); ++index) {
+    pieces[index].rescaled = true;
+    pieces[index].scale = scales[plan.pieces[index].tensor];
+    pieces[index].scaled_sum = sums[index].power_sum;
+  }
+  return pieces;
 }
 
-GlobalNorm combine_norm_partials(const std::vector<NormPartialOfTensor>& partials, NormOrder order,
-                                 bool* needs_rescaled) {
+namespace {
+
+// A tensor's pieces folded in order: its unscaled partial, and (when every
+// piece has them) its largest |x|, its scale s_t and sum (|x| s_t)^p, each
+// piece's scaled sum brought from its shard's scale s to s_t by (s_t / s)^p
+// (exactly 1 for pieces of one shard; a power of two for p = 1, 2).
+struct FoldedNorm {
+  NormPartial fast;
+  bool rescaled = true;
+  double max_abs = 0.0, scale = 1.0, scaled_sum = 0.0;
+};
+
+FoldedNorm fold_norm_pieces(const NormPartialOfPiece* first, const NormPartialOfPiece* end, NormOrder order) {
+  FoldedNorm folded;
+  for (const NormPartialOfPiece* piece = first; piece != end; ++piece) {
+    folded.fast.power_sum += piece->fast.power_sum;
+    folded.fast.max_abs = std::max(folded.fast.max_abs, piece->fast.max_abs);
+    folded.fast.max_tracked = piece->fast.max_tracked;
+    folded.rescaled = folded.rescaled && piece->rescaled;
+    folded.max_abs = std::max(folded.max_abs, piece->max_abs);
+  }
+  if (!folded.rescaled) return folded;
+  folded.scale = scale_for(folded.max_abs, order);
+  for (const NormPartialOfPiece* piece = first; piece != end; ++piece)
+    folded.scaled_sum += power_of(folded.scale / piece->scale, order) * piece->scaled_sum;
+  return folded;
+}
+
+}  // namespace
+
+GlobalNorm combine_norm_partials(const std::vector<NormPartialOfPiece>& pieces, int64_t tensor_count,
+                                 NormOrder order, bool* needs_rescaled) {
   const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
   *needs_rescaled = false;
   GlobalNorm result;
-  result.per_tensor.resize(partials.size());
+  result.per_tensor.resize(static_cast<size_t>(tensor_count));
+  std::vector<FoldedNorm> folded(static_cast<size_t>(tensor_count));
   bool any_nan = false, any_inf = false, any_rescue = false;
   double power_sum = 0.0, max_abs = 0.0;
-  for (size_t index = 0; index < partials.size(); ++index) {
-    const NormPartialOfTensor& partial = partials[index];
+  size_t next_piece = 0;
+  for (int64_t index = 0; index < tensor_count; ++index) {
+    size_t end_piece = next_piece;
+    while (end_piece < pieces.size() && pieces[end_piece].tensor == index) ++end_piece;
+    FoldedNorm& tensor = folded[index];
+    tensor = fold_norm_pieces(pieces.data() + next_piece, pieces.data() + end_piece, order);
+    next_piece = end_piece;
     TensorNorm& entry = result.per_tensor[index];
-    entry.has_nan = partial.has_nan;
-    entry.has_inf = partial.has_inf;
+    entry.has_nan = holds_nan(tensor.fast);
+    entry.has_inf = holds_inf(tensor.fast);
     any_nan = any_nan || entry.has_nan;
     any_inf = any_inf || entry.has_inf;
-    any_rescue = any_rescue || partial.needs_rescaling;
-    power_sum += partial.power_sum;
-    max_abs = std::max(max_abs, partial.max_abs);
+    any_rescue = any_rescue || needs_rescaling(tensor.fast, order);
+    power_sum += tensor.fast.power_sum;
+    max_abs = std::max(max_abs, tensor.fast.max_abs);
     entry.norm = entry.has_nan ? nan : entry.has_inf ? inf
-               : order.kind == NormKind::linf ? partial.max_abs
-               : root_of(partial.power_sum, order, 1.0);
+               : order.kind == NormKind::linf ? tensor.fast.max_abs
+               : root_of(tensor.fast.power_sum, order, 1.0);
   }
   if (any_nan || any_inf) {
     result.total = any_nan ? nan : inf;
@@ -288,20 +319,20 @@ GlobalNorm combine_norm_partials(const std::vector<NormPartialOfTensor>& partial
   // S_t = sum (|x| s_t)^p, norm_t = S_t^(1/p) / s_t, and with s_c the scale of
   // the tensor holding the overall maximum, total = (sum_t (s_c/s_t)^p S_t)^(1/p) / s_c.
   double largest = 0.0;
-  for (const NormPartialOfTensor& partial : partials) {
-    if (!partial.rescaled) {
+  for (const FoldedNorm& tensor : folded) {
+    if (!tensor.rescaled) {
       *needs_rescaled = true;
       return result;
     }
-    largest = std::max(largest, partial.max_abs);
+    largest = std::max(largest, tensor.max_abs);
   }
   const double common_scale = scale_for(largest, order);
   double weighted = 0.0;
-  for (size_t index = 0; index < partials.size(); ++index) {
-    const NormPartialOfTensor& partial = partials[index];
-    if (partial.max_abs == 0.0) continue;
-    if (partial.needs_rescaling) result.per_tensor[index].norm = root_of(partial.scaled_sum, order, 1.0 / partial.scale);
-    weighted += power_of(common_scale / partial.scale, order) * partial.scaled_sum;
+  for (size_t index = 0; index < folded.size(); ++index) {
+    const FoldedNorm& tensor = folded[index];
+    if (tensor.max_abs == 0.0) continue;
+    if (needs_rescaling(tensor.fast, order)) result.per_tensor[index].norm = root_of(tensor.scaled_sum, order, 1.0 / tensor.scale);
+    weighted += power_of(common_scale / tensor.scale, order) * tensor.scaled_sum;
   }
   result.total = root_of(weighted, order, 1.0 / common_scale);
   return result;
@@ -309,9 +340,10 @@ GlobalNorm combine_norm_partials(const std::vector<NormPartialOfTensor>& partial
 
 GlobalNorm global_norm(const std::vector<TensorRef>& tensors, NormOrder order) {
   bool needs_rescaled = false;
-  GlobalNorm result = combine_norm_partials(norm_partials(tensors, order, false), order, &needs_rescaled);
+  const auto count = static_cast<int64_t>(tensors.size());
+  GlobalNorm result = combine_norm_partials(norm_partials(tensors, order, false), count, order, &needs_rescaled);
   if (!needs_rescaled) return result;
-  return combine_norm_partials(norm_partials(tensors, order, true), order, &needs_rescaled);
+  return combine_norm_partials(norm_partials(tensors, order, true), count, order, &needs_rescaled);
 }
 
 double clip_coefficient(double max_norm, double total, double eps) {
@@ -406,6 +438,15 @@ void finish_tensor_stats(const StatsPartial* pieces, int64_t piece_count, int64_
   out.max[tensor] = finite > 0 ? maximum : nan_value;
 }
 
+// The rescue pass's scale for values whose largest |x| is max_abs: a power of two.
+double stats_scale(double max_abs) {
+  return max_abs > 0.0 ? std::ldexp(1.0, std::clamp(-std::ilogb(max_abs), -1000, 1000)) : 1.0;
+}
+
+double largest_magnitude(const StatsColumns& columns, size_t tensor) {
+  return std::max(std::fabs(columns.min[tensor]), std::fabs(columns.max[tensor]));
+}
+
 // Whether the fast statistics of a tensor whose largest finite |x| is
 // `max_abs` may have overflowed or lost digits (see stats_kernel).
 bool stats_need_rescue(DType dtype, double max_abs) {
@@ -438,8 +479,7 @@ void rescue_stats(const std::vector<TensorRef>& tensors, const std::vector<size_
   std::vector<double> scales;
   for (size_t tensor : chosen) {
     subset.push_back(tensors[tensor]);
-    const double max_abs = std::max(std::fabs(out.min[tensor]), std::fabs(out.max[tensor]));
-    scales.push_back(std::ldexp(1.0, std::clamp(-std::ilogb(max_abs), -1000, 1000)));
+    scales.push_back(stats_scale(largest_magnitude(out, tensor)));
   }
   Plan plan;
   make_plan(subset, plan);
@@ -489,12 +529,87 @@ void tensor_stats(const std::vector<TensorRef>& tensors, const StatsColumns& col
     const bool finished_in_task = tensor_end > tensor_first && tensor_end <= *task_of_first;
     if (!finished_in_task)
       finish_tensor_stats(partials.data() + tensor_first, tensor_end - tensor_first, static_cast<int64_t>(tensor), columns);
-    const double max_abs = std::max(std::fabs(columns.min[tensor]), std::fabs(columns.max[tensor]));
-    if (stats_need_rescue(tensors[tensor].dtype, max_abs) ||
+    if (stats_need_rescue(tensors[tensor].dtype, largest_magnitude(columns, tensor)) ||
         squares_cancelled(partials.data() + tensor_first, tensor_end - tensor_first))
       rescue.push_back(tensor);
   }
   if (!rescue.empty()) rescue_stats(tensors, rescue, columns);
+}
+
+namespace {
+
+// A scaled piece partial taken at one power-of-two scale, brought to another
+// (ratio a power of two too): every sum scales exactly, barring subnormals.
+StatsPartial rescaled_by(StatsPartial piece, double ratio) {
+  if (ratio == 1.0) return piece;
+  piece.shift *= ratio;
+  piece.shifted_sum *= ratio;
+  piece.abs_sum *= ratio;
+  piece.sum_of_squares *= ratio * ratio;
+  piece.square_terms *= ratio * ratio;
+  piece.shifted_sumsq *= ratio * ratio;
+  return piece;
+}
+
+}  // namespace
+
+std::vector<StatsPartialOfPiece> stats_partials(const std::vector<TensorRef>& tensors, bool rescaled) {
+  const KernelTable& kernels = active_kernels();
+  Plan plan;
+  make_plan(tensors, plan);
+  std::vector<StatsPartialOfPiece> pieces(plan.pieces.size());
+  apply_to_pieces(tensors, plan, false, [&](int64_t index, const Piece& piece, const TensorRef& tensor, char* address) {
+    StatsPartialOfPiece& partial = pieces[index];
+    partial.tensor = piece.tensor;
+    partial.offset = tensor.grid_offset + piece.offset;
+    partial.dtype = tensor.dtype;
+    partial.fast = kernels.stats[static_cast<int>(tensor.dtype)](address, piece.count);
+  });
+  if (!rescaled) return pieces;
+  std::vector<double> scales(tensors.size(), 0.0);  // the shard's largest finite |x| first
+  for (size_t index = 0; index < pieces.size(); ++index) {
+    const StatsPartial& fast = pieces[index].fast;
+    if (fast.finite == 0) continue;
+    double& largest = scales[plan.pieces[index].tensor];
+    largest = std::max({largest, std::fabs(fast.min), std::fabs(fast.max)});
+  }
+  for (double& scale : scales) scale = stats_scale(scale);
+  apply_to_pieces(tensors, plan, false, [&](int64_t index, const Piece& piece, const TensorRef& tensor, char* address) {
+    StatsPartialOfPiece& partial = pieces[index];
+    partial.rescaled = true;
+    partial.scale = scales[piece.tensor];
+    partial.scaled = kernels.scaled_stats[static_cast<int>(tensor.dtype)](address, piece.count, partial.scale);
+  });
+  return pieces;
+}
+
+bool combine_stats_partials(const std::vector<StatsPartialOfPiece>& pieces, int64_t tensor_count,
+                            const StatsColumns& columns) {
+  std::vector<StatsPartial> fast, scaled;
+  size_t next_piece = 0;
+  for (int64_t tensor = 0; tensor < tensor_count; ++tensor) {
+    size_t end_piece = next_piece;
+    while (end_piece < pieces.size() && pieces[end_piece].tensor == tensor) ++end_piece;
+    fast.clear();
+    for (size_t index = next_piece; index < end_piece; ++index) fast.push_back(pieces[index].fast);
+    const auto piece_count = static_cast<int64_t>(fast.size());
+    finish_tensor_stats(fast.data(), piece_count, tensor, columns);
+    const double max_abs = largest_magnitude(columns, static_cast<size_t>(tensor));
+    // The same rule as tensor_stats: the tensor's dtype is that of its pieces.
+    const bool rescue = (piece_count > 0 && stats_need_rescue(pieces[next_piece].dtype, max_abs)) ||
+                        squares_cancelled(fast.data(), piece_count);
+    if (rescue) {
+      const double scale = stats_scale(max_abs);
+      scaled.clear();
+      for (size_t index = next_piece; index < end_piece; ++index) {
+        if (!pieces[index].rescaled) return false;
+        scaled.push_back(rescaled_by(pieces[index].scaled, scale / pieces[index].scale));
+      }
+      finish_tensor_stats(scaled.data(), piece_count, tensor, columns, scale, true);
+    }
+    next_piece = end_piece;
+  }
+  return true;
 }
 
 void optimizer_step(const std::vector<OptimizerTensor>& tensors, const OptimizerStep& step, StepNorms* norms) {

@@ -22,6 +22,11 @@ struct TensorRef {
   void* data;
   int64_t count;
   DType dtype;
+  // Where this tensor starts within a larger one it is a shard of (0 when
+  // whole): pieces are cut at multiples of kPieceElements of the whole
+  // tensor, so a shard whose boundaries fall on them is cut into the very
+  // pieces the whole tensor would be.
+  int64_t grid_offset = 0;
 };
 
 // ord as the user gave it: 2, 1, inf or any p > 0.
@@ -47,31 +52,38 @@ struct GlobalNorm {
 // NaN anywhere gives NaN; otherwise inf anywhere gives inf.
 GlobalNorm global_norm(const std::vector<TensorRef>& tensors, NormOrder order);
 
-// One tensor's share of a global p-norm, mergeable across processes: what
-// global_norm folds. A tensor's partial depends on that tensor alone (its
-// pieces are cut within it), not on the list it came in nor the thread count,
-// so partials taken anywhere and combined in the global order of the tensors
-// give global_norm's result bit for bit.
-struct NormPartialOfTensor {
-  double power_sum = 0.0;       // sum |x|^p (max |x| for inf), unscaled
-  double max_abs = 0.0;         // as tracked by the fast pass (exact with `rescaled`)
-  bool has_nan = false;
-  bool has_inf = false;
-  bool needs_rescaling = false;  // the unscaled sum lost digits (float64 beyond ~1e±154, or a large p)
-  bool rescaled = false;         // scale and scaled_sum are filled
-  double scale = 1.0;            // s_t, close to 1 / max |x|
-  double scaled_sum = 0.0;       // sum (|x| s_t)^p
+// Mergeable partials, for tensors whose elements are spread over processes.
+// A partial is one piece's: it depends on that piece's elements alone, not on
+// the list the tensor came in, the thread count, nor where the rest of the
+// tensor is. The combine functions fold the pieces of each tensor in offset
+// order and then the tensors in order, exactly as the single-process
+// functions do (they are these two steps), so partials gathered from any
+// number of ranks give the single-process result bit for bit, as long as
+// each shard's boundaries fall on the piece grid (grid_offset).
+
+// One piece's share of a global p-norm.
+struct NormPartialOfPiece {
+  int64_t tensor = 0;           // index of the whole tensor in the combined list
+  int64_t offset = 0;           // first element, within the whole tensor
+  int64_t count = 0;
+  NormPartial fast;             // sum |x|^p (max |x| for inf), unscaled
+  bool rescaled = false;        // the three below are filled
+  double max_abs = 0.0;         // exact
+  double scale = 1.0;           // s, close to 1 / max |x| of the shard the piece came from
+  double scaled_sum = 0.0;      // sum (|x| s)^p
 };
 
-// Each tensor's partial; with `rescaled`, also the scaled sums that the rare
-// overflow/underflow path combines (one more pass for the maxima, one for the sums).
-std::vector<NormPartialOfTensor> norm_partials(const std::vector<TensorRef>& tensors, NormOrder order, bool rescaled);
+// Every piece's partial, in tensor then offset order; with `rescaled`, also
+// the scaled sums that the rare overflow/underflow path combines (one more
+// pass for the maxima, one for the sums).
+std::vector<NormPartialOfPiece> norm_partials(const std::vector<TensorRef>& tensors, NormOrder order, bool rescaled);
 
-// global_norm from partials in tensor order. `needs_rescaled` is set (and the
-// result is not meaningful) when the rare path is needed and the partials
-// were taken without `rescaled`: take them again with it.
-GlobalNorm combine_norm_partials(const std::vector<NormPartialOfTensor>& partials, NormOrder order,
-                                 bool* needs_rescaled);
+// global_norm of `tensor_count` tensors from their pieces' partials, sorted by
+// tensor then offset. `needs_rescaled` is set (and the result is not
+// meaningful) when the rare path is needed and the partials were taken
+// without `rescaled`: take them again with it.
+GlobalNorm combine_norm_partials(const std::vector<NormPartialOfPiece>& pieces, int64_t tensor_count,
+                                 NormOrder order, bool* needs_rescaled);
 
 // torch's clip rule, the one used by every clipping entry point:
 // coef = max_norm / (total + eps), clamped to at most 1; 1 when total is 0
@@ -115,6 +127,27 @@ struct StatsColumns {
 };
 
 void tensor_stats(const std::vector<TensorRef>& tensors, const StatsColumns& columns);
+
+// One piece's statistics partial (see the mergeable partials above); with
+// `rescaled`, also the float64 pass over values multiplied by `scale`, a power
+// of two near 1 / max|x| of the shard, that the rare path needs.
+struct StatsPartialOfPiece {
+  int64_t tensor = 0;
+  int64_t offset = 0;
+  DType dtype = DType::float32;
+  StatsPartial fast;
+  bool rescaled = false;
+  double scale = 1.0;
+  StatsPartial scaled;
+};
+
+std::vector<StatsPartialOfPiece> stats_partials(const std::vector<TensorRef>& tensors, bool rescaled);
+
+// tensor_stats of `tensor_count` tensors from their pieces' partials, sorted
+// by tensor then offset. Returns false (columns incomplete) when a tensor
+// needs the rare path and its partials were taken without `rescaled`.
+bool combine_stats_partials(const std::vector<StatsPartialOfPiece>& pieces, int64_t tensor_count,
+                            const StatsColumns& columns);
 
 // One parameter of an optimiser step: its data, gradient and state buffers
 // (same element count; state in the parameter's dtype, null when unused), and

@@ -25,7 +25,17 @@ from .config import config, get_num_threads, set_num_threads, show_config, simd_
 from .guard import Guard, GuardAction
 from .monitor import Finding, GradientMonitor
 from .norm import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
-from .partials import NormPartials, RescaledPartialsNeeded, combine_norm_partials, norm_partials
+from .partials import (
+    PIECE_ELEMENTS,
+    NormPartials,
+    RescaledPartialsNeeded,
+    StatsPartials,
+    combine_norm_partials,
+    combine_stats_partials,
+    norm_partials,
+    shard_bounds,
+    stats_partials,
+)
 from .stats import GradStats, grad_stats
 
 __version__ = _core.__version__
@@ -34,10 +44,15 @@ if _os.environ.get("GRADGUARD_NUM_THREADS"):
     set_num_threads(int(_os.environ["GRADGUARD_NUM_THREADS"]))
 
 __all__ = [
+    "PIECE_ELEMENTS",
     "NormPartials",
+    "StatsPartials",
     "RescaledPartialsNeeded",
     "combine_norm_partials",
+    "combine_stats_partials",
     "norm_partials",
+    "stats_partials",
+    "shard_bounds",
     "global_norm",
     "clip_by_global_norm",
     "clip_with_norm_",

@@ -1,11 +1,23 @@
-"""Mergeable partial results, for gradients split across processes.
+"""Mergeable partial results, for gradients spread over processes.
 
-When gradients are sharded over ranks, each rank takes the partials of the
-tensors it holds and the partials are gathered and combined in the global
-order of the tensors (rank order for disjoint tensors), never summed by a
-floating-point all-reduce: a tensor's partial depends on that tensor alone,
-not on the list it came in or the thread count, so the combination is
-bit-identical to gg.global_norm over all the tensors in that order.
+Every tensor is read in pieces of PIECE_ELEMENTS elements, cut at fixed
+multiples within the tensor, and gg.global_norm / gg.grad_stats are two steps:
+a partial per piece, then a fold of each tensor's pieces in order and of the
+tensors in order. The partial functions here are the first step, the combine
+functions the second, so partials taken on several ranks, gathered and
+combined give the single-process result bit for bit:
+
+- whole tensors spread over ranks (pipeline or tensor parallel, or replicated
+  tensors split for the work): combine in the tensors' global order;
+- shards of one tensor (ZeRO / FSDP): give each shard's element offset within
+  its tensor (`offsets`) and combine by name. The result is bit-identical when
+  every shard boundary is a multiple of PIECE_ELEMENTS (shard_bounds cuts
+  them so); elsewhere the piece across a boundary is summed in two parts, which
+  agrees to float64 rounding.
+
+Combining is a fold in a fixed order, never a floating-point all-reduce, so
+the result does not depend on the rank count, the thread count or the arrival
+order of the partials.
 """
 
 from __future__ import annotations
@@ -18,83 +30,206 @@ import numpy as np
 
 from . import _core
 from ._arguments import Arrays, Real, as_array_list, norm_order
+from .stats import GradStats, stats_from_columns
 
-__all__ = ["NormPartials", "norm_partials", "combine_norm_partials", "RescaledPartialsNeeded"]
+__all__ = [
+    "PIECE_ELEMENTS",
+    "NormPartials",
+    "StatsPartials",
+    "norm_partials",
+    "stats_partials",
+    "combine_norm_partials",
+    "combine_stats_partials",
+    "shard_bounds",
+    "RescaledPartialsNeeded",
+]
 
-_FIELDS = ("power_sum", "max_abs", "has_nan", "has_inf", "needs_rescaling", "scale", "scaled_sum")
+PIECE_ELEMENTS = 1 << 16
+# Each kind of partial's row width and element-count column (see the core's bindings).
+_NORM_LAYOUT, _STATS_LAYOUT = (8, 0), (27, 3)
 
 
 class RescaledPartialsNeeded(ValueError):
-    """The combined sum over- or underflowed float64 (values beyond ~1e±154, or a
-    large p): take the partials again with rescaled=True and combine those."""
+    """The combination needs the rare path's scaled sums (values beyond ~1e+-154
+    in float64, or a large p; statistics of values beyond 2^+-120 or that cancel):
+    take the partials again with rescaled=True on every rank and combine those."""
 
 
 @dataclass(frozen=True)
-class NormPartials:
-    """Per tensor, in order: power_sum = sum |x|^p (max |x| for p = inf),
-    max_abs, has_nan, has_inf, needs_rescaling (the unscaled sum lost digits);
-    with rescaled, scale s_t ~ 1/max|x| and scaled_sum = sum (|x| s_t)^p too."""
+class _Partials:
+    """Piece partials of a list of arrays: piece i belongs to array tensor[i]
+    and starts at element offset[i] of the whole tensor; values[i] holds its
+    fields (a float64 row, opaque: pass it to a combine function)."""
 
-    ord: float
     names: Optional[tuple]
+    sizes: np.ndarray
     rescaled: bool
-    power_sum: np.ndarray
-    max_abs: np.ndarray
-    has_nan: np.ndarray
-    has_inf: np.ndarray
-    needs_rescaling: np.ndarray
-    scale: np.ndarray
-    scaled_sum: np.ndarray
+    tensor: np.ndarray
+    offset: np.ndarray
+    values: np.ndarray
 
     def __len__(self):
-        return len(self.power_sum)
+        return len(self.sizes)
 
 
-def norm_partials(arrays: Arrays, ord: Union[Real, str] = 2.0, *, rescaled: bool = False) -> NormPartials:
-    """The partials of gg.global_norm(arrays, ord), one per array, to combine with
-    those of the other ranks (combine_norm_partials). rescaled=True also takes
-    the scaled sums the rare overflow/underflow path needs (two more passes)."""
+@dataclass(frozen=True)
+class NormPartials(_Partials):
+    """gg.norm_partials's result: per piece sum |x|^p (max |x| for p = inf), its
+    largest |x| and, with rescaled, the scaled sum sum (|x| s)^p."""
+
+    ord: float = 2.0
+
+
+@dataclass(frozen=True)
+class StatsPartials(_Partials):
+    """gg.stats_partials's result: per piece the count, finite / NaN / zero
+    counts, sum and sum of squares about a shift (merged with Chan et al.'s
+    formula), sum |x|, min and max; with rescaled, the same in float64 on
+    values scaled by a power of two."""
+
+
+def _offsets(offsets, count):
+    if offsets is None:
+        return []
+    values = [int(value) for value in offsets]
+    if len(values) != count:
+        raise ValueError(f"offsets has {len(values)} entries for {count} arrays")
+    return values
+
+
+def norm_partials(
+    arrays: Arrays, ord: Union[Real, str] = 2.0, *, rescaled: bool = False, offsets: Optional[Sequence[int]] = None
+) -> NormPartials:
+    """The piece partials of gg.global_norm(arrays, ord), to combine with other
+    ranks' (combine_norm_partials). offsets: where each array starts within the
+    whole tensor it is a shard of (default 0: whole tensors). rescaled=True also
+    takes the scaled sums the rare overflow/underflow path needs (two more passes)."""
     order = norm_order(ord)
     array_list, names = as_array_list(arrays)
-    fields = _core.norm_partials(array_list, order, names, bool(rescaled))
-    return NormPartials(
-        order, tuple(names) if names is not None else None, bool(rescaled), **{key: fields[key] for key in _FIELDS}
-    )
+    grid = _offsets(offsets, len(array_list))
+    tensor, offset, values = _core.norm_partials(array_list, order, names, bool(rescaled), grid)
+    sizes = np.array([np.size(array) for array in array_list], dtype=np.int64)
+    names = tuple(names) if names is not None else None
+    return NormPartials(names, sizes, bool(rescaled), tensor, offset, values, order)
 
 
-def combine_norm_partials(parts: Sequence[NormPartials]) -> float:
-    """gg.global_norm of all the tensors behind `parts`, taken in the order given
-    (ranks in rank order, each with its tensors in order), bit for bit:
+def stats_partials(arrays: Arrays, *, rescaled: bool = False, offsets: Optional[Sequence[int]] = None) -> StatsPartials:
+    """The piece partials of gg.grad_stats(arrays), to combine with other ranks'
+    (combine_stats_partials). offsets and rescaled as for norm_partials (the
+    scaled pass is one more read)."""
+    array_list, names = as_array_list(arrays)
+    grid = _offsets(offsets, len(array_list))
+    tensor, offset, values = _core.stats_partials(array_list, names, bool(rescaled), grid)
+    sizes = np.array([np.size(array) for array in array_list], dtype=np.int64)
+    names = tuple(names) if names is not None else None
+    return StatsPartials(names, sizes, bool(rescaled), tensor, offset, values)
 
-        total = (sum_t power_sum_t)^(1/p)      (max_t max_abs_t for p = inf;
-                                                NaN anywhere: NaN, else inf anywhere: inf)
 
-    with the rescaled form sum_t (s_c / s_t)^p S_t when the plain sum over- or
-    underflows; that needs partials taken with rescaled=True, and
-    RescaledPartialsNeeded says so otherwise."""
+def _gathered(parts, kind, layout, by_name):
+    """All pieces in one table sorted by (global tensor, offset), the global
+    tensors' keys (names, or indices in order) and their count."""
     parts = list(parts)
-    if not all(isinstance(part, NormPartials) for part in parts):
-        raise TypeError("parts must be NormPartials (from gg.norm_partials)")
+    if not all(isinstance(part, kind) for part in parts):
+        raise TypeError(f"parts must be {kind.__name__} (from gg.{kind.__name__.replace('P', '_p', 1).lower()})")
+    if by_name:
+        if any(part.names is None for part in parts):
+            raise ValueError("by_name needs partials taken from dicts name -> array")
+        keys = list(dict.fromkeys(name for part in parts for name in part.names))
+        index_of = {name: index for index, name in enumerate(keys)}
+        mapped = [np.array([index_of[name] for name in part.names], dtype=np.int64) for part in parts]
+        tensors = np.concatenate([mapped[i][part.tensor] for i, part in enumerate(parts)] or [np.zeros(0, np.int64)])
+    else:
+        names = [part.names for part in parts]
+        starts = np.cumsum([0] + [len(part) for part in parts])
+        keys = (
+            [name for part in names for name in part]
+            if parts and all(part is not None for part in names)
+            else list(range(int(starts[-1])))
+        )
+        tensors = np.concatenate([part.tensor + starts[i] for i, part in enumerate(parts)] or [np.zeros(0, np.int64)])
+    offsets = np.concatenate([part.offset for part in parts] or [np.zeros(0, np.int64)])
+    width, count_column = layout
+    values = np.concatenate([part.values for part in parts] or [np.zeros((0, width))])
+    order = np.lexsort((offsets, tensors))
+    tensors, offsets, values = tensors[order], offsets[order], values[order]
+    counts = values[:, count_column].astype(np.int64)
+    # A tensor's pieces must tile it: a gap is a missing shard, an overlap a
+    # replicated shard counted twice.
+    same = tensors[1:] == tensors[:-1]
+    expected = np.where(same, offsets[:-1] + counts[:-1], 0)
+    wrong = np.flatnonzero(offsets[1:] != expected) + 1
+    if len(offsets) and offsets[0] != 0:
+        wrong = np.concatenate([[0], wrong])
+    if len(wrong):
+        at = int(wrong[0])
+        raise ValueError(
+            f"the shards of tensor {keys[tensors[at]]!r} do not tile it: a piece starts at element "
+            f"{int(offsets[at])}, where {int(expected[at - 1]) if at else 0} was expected "
+            "(a shard missing, counted twice, or given the wrong offset)"
+        )
+    return tensors, offsets, values, keys, parts
+
+
+def combine_norm_partials(parts: Sequence[NormPartials], *, by_name: bool = False) -> float:
+    """gg.global_norm of all the tensors behind `parts`, bit for bit:
+
+        total = (sum_t sum_pieces power_sum)^(1/p)    (max for p = inf;
+                                                       NaN anywhere: NaN, else inf anywhere: inf)
+
+    folded in the order of the tensors (the parts' order, each with its arrays
+    in order; by_name=True: shards with the same name are one tensor, ordered
+    by offset, tensors in order of first appearance), with the rescaled form
+    sum_t (s_c / s_t)^p S_t when the plain sum over- or underflows;
+    RescaledPartialsNeeded when that needs partials taken with rescaled=True."""
+    return combine_norm_details(parts, by_name=by_name)[0]
+
+
+def combine_norm_details(parts, *, by_name=False):
+    """(total, per-tensor norms, keys of the non-finite tensors, keys) of combine_norm_partials."""
+    tensors, offsets, values, keys, parts = _gathered(parts, NormPartials, _NORM_LAYOUT, by_name)
     orders = {part.ord for part in parts}
     if len(orders) > 1:
         raise ValueError(f"the partials were taken with different ord: {sorted(orders)}")
-    if not parts:
-        return 0.0
-    joined = {key: np.concatenate([getattr(part, key) for part in parts]) for key in _FIELDS}
-    rescaled = np.concatenate([np.full(len(part), part.rescaled) for part in parts])
-    total, needs_rescaled, _, _ = _core.combine_norm_partials(
-        joined["power_sum"],
-        joined["max_abs"],
-        joined["has_nan"],
-        joined["has_inf"],
-        joined["needs_rescaling"],
-        rescaled,
-        joined["scale"],
-        joined["scaled_sum"],
-        orders.pop(),
+    order = orders.pop() if orders else 2.0
+    total, needs_rescaled, nonfinite, per_tensor = _core.combine_norm_partials(
+        tensors, offsets, values, len(keys), order
     )
     if needs_rescaled:
         raise RescaledPartialsNeeded(
             "the global sum over- or underflowed float64: take the partials with rescaled=True on every rank"
         )
-    return total
+    return total, np.asarray(per_tensor), tuple(keys[index] for index in nonfinite), keys
+
+
+def combine_stats_partials(parts: Sequence[StatsPartials], *, by_name: bool = False) -> GradStats:
+    """gg.grad_stats of all the tensors behind `parts`, bit for bit (order and
+    by_name as for combine_norm_partials). Each tensor's pieces are merged in
+    offset order with Chan et al.'s formula
+
+        n = n_a + n_b,  mean = mean_a + d n_b / n,  M2 = M2_a + M2_b + d^2 n_a n_b / n,
+        d = mean_b - mean_a,
+
+    sums, counts, min and max as sums, counts, min and max.
+    RescaledPartialsNeeded when a tensor needs the rare rescaled pass."""
+    tensors, offsets, values, keys, _ = _gathered(parts, StatsPartials, _STATS_LAYOUT, by_name)
+    columns = _core.combine_stats_partials(tensors, offsets, values, len(keys))
+    if columns is None:
+        raise RescaledPartialsNeeded(
+            "a tensor's statistics need the rescaled pass (magnitudes beyond 2^+-120, or cancellation): "
+            "take the partials with rescaled=True on every rank"
+        )
+    names = keys if (by_name or (parts and all(part.names is not None for part in parts))) else None
+    return stats_from_columns(columns, names)
+
+
+def shard_bounds(numel: int, world_size: int) -> list:
+    """[(start, stop)] for world_size shards of a tensor of numel elements, each
+    boundary on the piece grid (a multiple of PIECE_ELEMENTS), the pieces
+    dealt as evenly as they go: shards cut so combine by name is bit-identical."""
+    numel, world_size = int(numel), int(world_size)
+    if numel < 0 or world_size < 1:
+        raise ValueError("numel must be >= 0 and world_size >= 1")
+    pieces = -(-numel // PIECE_ELEMENTS)
+    bounds = [min(numel, (pieces * rank // world_size) * PIECE_ELEMENTS) for rank in range(world_size + 1)]
+    bounds[-1] = numel
+    return list(zip(bounds[:-1], bounds[1:]))

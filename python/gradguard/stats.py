@@ -93,7 +93,11 @@ def _hypot(norms):
 
 def stats_of(array_list, names, argument="arrays"):
     """grad_stats of an already flattened list; errors name `argument`[i] and the name."""
-    fields = _core.grad_stats(array_list, names, argument)
+    return stats_from_columns(_core.grad_stats(array_list, names, argument), names)
+
+
+def stats_from_columns(fields, names):
+    """GradStats from the core's columns (one rule for grad_stats and combined partials)."""
     if fields["n_nan"].any():
         total = math.nan
     elif fields["n_inf"].any():
