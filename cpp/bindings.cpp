@@ -429,6 +429,14 @@ PYBIND11_MODULE(_core, m) {
 
   // Mergeable partials (see multi_tensor.h): one row per piece, travelling as
   // (tensor, offset, values) arrays, values one float64 row of fields per piece.
+  // Every array checked as an in-place call checks them (writable, dense,
+  // aligned, separate), reading none: a distributed clip refuses on every rank
+  // before any rank writes.
+  m.def("check_writable", [](const py::list& arrays, const py::object& names, const char* argument) {
+    TensorList list = to_tensors(arrays, names, argument, Access::write, true);
+    refuse_overlaps(list.spans);
+  });
+
   m.def("norm_partials", [](const py::list& arrays, double ord, const py::object& names, bool rescaled,
                             const std::vector<int64_t>& grid_offsets) {
     TensorList list = to_tensors(arrays, names, "arrays", Access::read);

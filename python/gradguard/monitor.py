@@ -291,9 +291,48 @@ class GradientMonitor:
                 raise ValueError(f"{len(param_list)} params for {len(subset)} gradients")
         layer_names = labels if labels is not None else [str(i) for i in range(len(array_list))]
         ratio = self._update_ratios(step_report, layer_names, array_list)
+        return self._record(stats, step, ratio, present, layer_names, names is not None)
+
+    def update_stats(self, stats: GradStats, step: Optional[int] = None, *, allow_missing: bool = False) -> list:
+        """Record one step from statistics already taken (gg.grad_stats, or
+        combined over ranks by gradguard.distributed.grad_stats) and return its
+        findings: one read of the gradients can serve the norm, the clip and
+        the monitor. Layers are matched by name as in update (a GradStats
+        without names pairs by position). The update-ratio rule is not applied:
+        it needs the update itself (update(..., step_report=)). allow_missing
+        as in update: named statistics may leave out some of the monitor's layers.
+        """
+        if not isinstance(stats, GradStats):
+            raise TypeError(f"stats must be a GradStats (from gg.grad_stats), not {type(stats).__name__}")
+        names = list(stats.names) if stats.names is not None else None
+        known = self.names if self._series is not None or self.names is not None else None
+        labels = known if known is not None else names
+        if labels is not None and len(labels) != len(stats) and names is None:
+            raise ValueError(f"stats of {len(stats)} layers; this monitor tracks {len(labels)} layers")
+        present = None
+        if known is not None and names is not None:
+            if allow_missing and len(names) < len(known):
+                given = set(names)
+                present = np.array([name in given for name in known], dtype=bool)
+                subset = [name for name in known if name in given]
+                order = in_order_of(subset, list(range(len(stats))), names, "stats")
+                fields = {key: getattr(stats, key)[order] for key in _STAT_FIELDS}
+                stats = _spread_out(
+                    GradStats(names=tuple(subset), global_norm=stats.global_norm, **fields), present, known
+                )
+            else:
+                order = in_order_of(known, list(range(len(stats))), names, "stats")
+                fields = {key: getattr(stats, key)[order] for key in _STAT_FIELDS}
+                stats = GradStats(names=tuple(known), global_norm=stats.global_norm, **fields)
+        step = self._last_step + 1 if step is None else int(step)
+        layer_names = labels if labels is not None else [str(i) for i in range(len(stats))]
+        return self._record(stats, step, np.full(len(stats), np.nan), present, layer_names, names is not None)
+
+    def _record(self, stats, step, ratio, present, layer_names, named):
+        """Append one step's series and run the detectors (both update paths end here)."""
         if self._series is None:
             self.names = layer_names
-            self._named = self._named or names is not None
+            self._named = self._named or named
             self._series = {name: np.full((self.window, len(self.names)), np.nan) for name in _SERIES}
             layers = len(self.names)
             self._states = {name: np.zeros(layers, dtype=np.int64) for name in _STATE_COUNTERS}

@@ -40,6 +40,7 @@ __all__ = [
     "monitor_module",
     "GradGuardHook",
     "Guard",
+    "BackwardNorm",
 ]
 
 
@@ -330,3 +331,6 @@ class Guard(_Guard):
         report = super().step(grads, loss=loss_value)
         in_place.finish()
         return report
+
+
+from .backward_norm import BackwardNorm  # noqa: E402 - it uses this module's helpers

@@ -551,9 +551,12 @@ def add_arguments(parser):
         "--sections",
         nargs="+",
         default=["clip", "norm", "optim"],
-        choices=["clip", "norm", "optim", "detection"],
+        choices=["clip", "norm", "optim", "backward", "sharded", "detection"],
         help="clip: norms, clipping and statistics of the workloads; norm: layer norm; "
-        "optim: fused optimiser steps on gpt2-small; detection: the monitor on labelled training runs",
+        "optim: fused optimiser steps on gpt2-small; backward: a gpt2-small-shaped transformer's backward "
+        "+ clip + AdamW, the norm taken during backward (needs torch); sharded: the global-norm clip of "
+        "gpt2-small's gradients sharded over 2 processes (needs torch); "
+        "detection: the monitor on labelled training runs",
     )
 
 
@@ -593,6 +596,25 @@ def run_from_arguments(arguments):
             torch.set_num_threads(arguments.threads)
         print()
         print(format_optimizer_table(run_optimizers(max(3, arguments.repeat // 2))))
+    if "backward" in arguments.sections:
+        print()
+        if torch is None:
+            print("backward: skipped, torch is not installed")
+        else:
+            from .backward import format_measurement, measure
+
+            set_num_threads(arguments.threads)
+            torch.set_num_threads(arguments.threads)
+            medians, agreement = measure(rounds=max(3, arguments.repeat // 2))
+            print(format_measurement(medians, agreement, 4, 64))
+    if "sharded" in arguments.sections:
+        print()
+        if torch is None:
+            print("sharded: skipped, torch is not installed")
+        else:
+            from .sharded import format_sharded, measure_sharded
+
+            print(format_sharded(measure_sharded(repeat=arguments.repeat)))
     if "detection" in arguments.sections:
         from .detection import main_section
 

@@ -1,0 +1,168 @@
+"""The gradients' global norm taken during torch's backward pass.
+
+torch hands each parameter's gradient to a post-accumulate-grad hook the
+moment it is complete, while it is still in cache. BackwardNorm takes the
+gradient's norm partial there (and, for a monitor, its statistics partial),
+so when backward returns the global norm is known without another read of
+memory, and the clip folds into the optimiser's update: a gg.optim step given
+grad_norm= reads each gradient once, for the update itself.
+Imported through gradguard.torch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ._arguments import real
+from .clip import global_norm
+from .partials import (
+    RescaledPartialsNeeded,
+    combine_norm_partials,
+    combine_stats_partials,
+    norm_partials,
+    stats_partials,
+)
+from .stats import GradStats
+
+__all__ = ["BackwardNorm"]
+
+
+class BackwardNorm:
+    """Global gradient norm (and per-layer statistics) accumulated during backward.
+
+        tracker = BackwardNorm(model)                       # or model.named_parameters()
+        opt = gg.optim.AdamW([p.detach().numpy() for _, p in tracker.named], max_grad_norm=1.0)
+        loss.backward()                                     # partials taken as gradients complete
+        tracker.step(opt)                                   # opt.step(grads, grad_norm=tracker.total_norm())
+
+    total_norm() = (sum over parameters with a gradient of ||g||_2^2)^(1/2),
+    bit for bit gg.global_norm of those gradients in parameter order (each
+    parameter's partial is combined in that order, whatever order backward
+    produced them in). With `monitor` (a GradientMonitor over these names)
+    or stats=True, each hook also takes the statistics partial (the same read),
+    and step() feeds the monitor (update_stats) before stepping.
+
+    A parameter's partial is of its gradient as of the last hook call: under
+    gradient accumulation the hook runs after every micro-batch (each call
+    reads the gradient again) and the last one counts. reset() forgets the
+    partials (step() does it); call it, or zero the gradients, between steps.
+    Parameters without a gradient since the last reset are left out, as
+    clip_grad_norm_ leaves out .grad None. CPU tensors only; a CUDA gradient
+    raises in the hook, from backward. remove() (or leaving a with block) detaches the hooks.
+
+    Not for torch DDP / FSDP: their reductions write the gradients after these
+    hooks run; use gradguard.distributed on the reduced gradients instead.
+    """
+
+    def __init__(self, parameters, *, monitor=None, stats: bool = False):
+        from .torch import _named_parameters
+
+        if not hasattr(torch.Tensor, "register_post_accumulate_grad_hook"):
+            raise RuntimeError("BackwardNorm needs torch >= 2.1 (Tensor.register_post_accumulate_grad_hook)")
+        self.named = _named_parameters(parameters)
+        self.names = [name for name, _ in self.named]
+        self.monitor = monitor
+        if monitor is not None and monitor.names is None:
+            monitor.names = list(self.names)
+        self.stats_wanted = bool(stats) or monitor is not None
+        self._norms: list = [None] * len(self.named)
+        self._stats: list = [None] * len(self.named)
+        self._handles = [
+            tensor.register_post_accumulate_grad_hook(self._hook_for(index))
+            for index, (_, tensor) in enumerate(self.named)
+        ]
+
+    def _hook_for(self, index):
+        def take(tensor):
+            self._take(index, tensor.grad)
+
+        return take
+
+    def _take(self, index, grad):
+        from .torch import _dense_view, as_numpy
+
+        if grad is None:
+            return
+        view = _dense_view(grad)
+        array = as_numpy(view if view is not None else grad.contiguous())
+        named = {self.names[index]: array}
+        self._norms[index] = norm_partials(named)
+        if self.stats_wanted:
+            self._stats[index] = stats_partials(named)
+
+    def present(self) -> list:
+        """Names of the parameters whose gradient was seen since the last reset."""
+        return [name for name, part in zip(self.names, self._norms) if part is not None]
+
+    def total_norm(self) -> float:
+        """The global L2 norm of the gradients seen since the last reset (0.0 for none)."""
+        parts = [part for part in self._norms if part is not None]
+        try:
+            return combine_norm_partials(parts)
+        except RescaledPartialsNeeded:
+            # float64 gradients beyond ~1e154: the overflow-safe path reads them once more.
+            grads = [tensor.grad for (_, tensor), part in zip(self.named, self._norms) if part is not None]
+            from .torch import as_numpy
+
+            return global_norm([as_numpy(grad.contiguous()) for grad in grads])
+
+    def grad_stats(self) -> GradStats:
+        """gg.grad_stats of the gradients seen since the last reset, by name (needs stats=True or a monitor)."""
+        if not self.stats_wanted:
+            raise RuntimeError("this BackwardNorm takes no statistics: create it with stats=True or a monitor")
+        parts = [part for part in self._stats if part is not None]
+        try:
+            return combine_stats_partials(parts)
+        except RescaledPartialsNeeded:
+            from .stats import grad_stats
+            from .torch import as_numpy
+
+            present = [(name, tensor.grad) for (name, tensor), part in zip(self.named, self._stats) if part is not None]
+            return grad_stats({name: as_numpy(grad.contiguous()) for name, grad in present})
+
+    def step(self, optimizer, *, loss_scaler=None, return_report: bool = False, skip_nonfinite: bool = False):
+        """Feed the monitor (if any), then optimizer.step(grads, grad_norm=total_norm())
+        for a gg.optim optimiser over these parameters in this order, and reset.
+        Returns what optimizer.step returns."""
+        from .torch import as_numpy
+
+        total = self.total_norm()
+        if self.monitor is not None and (math.isfinite(total) or (loss_scaler is None and not skip_nonfinite)):
+            self.monitor.update_stats(self.grad_stats(), allow_missing=True)
+        grads = {
+            name: (None if part is None or tensor.grad is None else as_numpy(tensor.grad))
+            for (name, tensor), part in zip(self.named, self._norms)
+        }
+        if getattr(optimizer, "_names", None) is None:
+            grads = list(grads.values())
+        inverse_scale = 1.0 if loss_scaler is None else 1.0 / loss_scaler.get_scale()
+        known = real(total, "total_norm", low=0.0) * inverse_scale if not math.isnan(total) else None
+        try:
+            return optimizer.step(
+                grads,
+                loss_scaler=loss_scaler,
+                return_report=return_report,
+                skip_nonfinite=skip_nonfinite,
+                grad_norm=known,
+            )
+        finally:
+            self.reset()
+
+    def reset(self) -> None:
+        """Forget the partials taken so far."""
+        self._norms = [None] * len(self.named)
+        self._stats = [None] * len(self.named)
+
+    def remove(self) -> None:
+        """Detach the hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.remove()

@@ -1,0 +1,188 @@
+"""One rank of the multi-process tests of gradguard.distributed.
+
+Run by tests/test_distributed.py, either through torch.multiprocessing with
+gloo (worker_main) or under mpiexec with mpi4py (python distributed_worker.py
+OUT_DIR). Every rank builds the same model gradients from one seed, takes its
+part of them for each layout, runs the scenario, and pickles what it got to
+OUT_DIR/rank<r>.pkl; the test compares that with the single-process calls.
+"""
+
+import math
+import os
+import pickle
+import sys
+import time
+
+import numpy as np
+
+import gradguard as gg
+from gradguard import distributed as ggd
+
+SIZES = [70_000, 7, 0, 200_003, 1000, 150_001, 65_536, 3]
+DTYPES = [np.float32, np.float64, np.float16]
+
+
+def model_grads(seed=0, scale=1.0, dtypes=DTYPES):
+    """The model's gradients, name -> array (every rank builds the same)."""
+    rng = np.random.default_rng(seed)
+    return {
+        f"layer{index}": (rng.standard_normal(size) * scale).astype(dtypes[index % len(dtypes)])
+        for index, size in enumerate(SIZES)
+    }
+
+
+def disjoint_part(grads, rank, size):
+    """Rank r's whole tensors: a contiguous block of the global order."""
+    names = list(grads)
+    bounds = np.linspace(0, len(names), size + 1).astype(int)
+    return {name: grads[name] for name in names[bounds[rank] : bounds[rank + 1]]}
+
+
+def sharded_part(grads, rank, size, aligned=True):
+    """Rank r's shard of every tensor (copies, as a ZeRO rank owns them), and its offsets."""
+    shards, offsets = {}, {}
+    for name, array in grads.items():
+        if aligned:
+            start, stop = gg.shard_bounds(array.size, size)[rank]
+        else:
+            start, stop = array.size * rank // size, array.size * (rank + 1) // size
+        shards[name] = array[start:stop].copy()
+        offsets[name] = start
+    return shards, offsets
+
+
+def copies(grads):
+    return {name: array.copy() for name, array in grads.items()}
+
+
+def run_scenarios(rank, size, group):
+    where = {"group": group}
+    results = {}
+    grads = model_grads()
+    for layout, part in (
+        ("disjoint", disjoint_part(grads, rank, size)),
+        ("replicated", copies(grads)),
+        ("sharded", sharded_part(grads, rank, size)[0]),
+    ):
+        for ord in (2.0, 1.0, math.inf, 3.0):
+            results[f"norm/{layout}/{ord}"] = ggd.global_norm(part, ord, layout=layout, **where)
+        stats = ggd.grad_stats(part, layout=layout, **where)
+        results[f"stats/{layout}"] = stats
+        clipped = copies(part)
+        results[f"clip_total/{layout}"] = ggd.clip_by_global_norm(clipped, 1.0, layout=layout, **where)
+        results[f"clipped/{layout}"] = clipped
+    shards, offsets = sharded_part(grads, rank, size)
+    results["norm/sharded_offsets"] = ggd.global_norm(shards, layout="sharded", offsets=offsets, **where)
+    uneven, uneven_offsets = sharded_part(grads, rank, size, aligned=False)
+    results["norm/sharded_off_grid"] = ggd.global_norm(uneven, layout="sharded", offsets=uneven_offsets, **where)
+
+    # The rare path: float64 magnitudes whose squares overflow.
+    huge = model_grads(scale=1e200, dtypes=[np.float64])
+    results["norm/huge"] = ggd.global_norm(sharded_part(huge, rank, size)[0], layout="sharded", **where)
+    results["stats/huge"] = ggd.grad_stats(sharded_part(huge, rank, size)[0], layout="sharded", **where)
+
+    # NaN on the last rank only: every rank sees it.
+    poisoned = disjoint_part(model_grads(), rank, size)
+    if rank == size - 1:
+        first = next(name for name, array in poisoned.items() if array.size)
+        poisoned[first][0] = np.nan
+    results["norm/nan"] = ggd.global_norm(poisoned, **where)
+    results["stats_nan/nonfinite"] = ggd.grad_stats(poisoned, **where).nonfinite()
+
+    # A refused argument on rank 1: it raises its own error, the others RankFailed, nobody writes.
+    part = copies(disjoint_part(grads, rank, size))
+    if rank == 1:
+        name = next(iter(part))
+        part[name] = part[name].copy()
+        part[name].flags.writeable = False
+    before = copies(part)
+    try:
+        ggd.clip_by_global_norm(part, 1e-3, **where)
+        results["refused/error"] = None
+    except Exception as error:  # noqa: BLE001 - the type is the result
+        results["refused/error"] = (type(error).__name__, str(error))
+    results["refused/unchanged"] = all(np.array_equal(part[n], before[n]) for n in part)
+
+    # An optimiser over this rank's shards, clipped by the global norm.
+    params = {name: np.linspace(-1, 1, array.size, dtype=np.float32) for name, array in grads.items()}
+    param_shards = sharded_part(params, rank, size)[0]
+    optimizer = gg.optim.AdamW(param_shards, lr=1e-2, max_grad_norm=0.5)
+    grad_shards = {name: shard.astype(np.float32) for name, shard in shards.items()}
+    for _ in range(3):
+        report = ggd.optimizer_step(optimizer, grad_shards, layout="sharded", return_report=True, **where)
+    results["optim/params"] = param_shards
+    results["optim/grad_norm"] = report.grad_norm
+    poisoned_shards = {name: shard.copy() for name, shard in grad_shards.items()}
+    if rank == 0:
+        poisoned_shards["layer3"][1] = np.inf
+    kept = {name: array.copy() for name, array in param_shards.items()}
+    report = ggd.optimizer_step(optimizer, poisoned_shards, layout="sharded", return_report=True, **where)
+    results["optim/skipped"] = report.skipped
+    results["optim/unchanged"] = all(np.array_equal(kept[n], param_shards[n]) for n in kept)
+
+    # The monitor, fed from the shards' statistics.
+    monitor = gg.GradientMonitor()
+    for step in range(4):
+        scaled = {name: shard * np.float32(0.1**step) for name, shard in grad_shards.items()}
+        ggd.monitor_update(monitor, scaled, layout="sharded", **where)
+    results["monitor/history"] = monitor.history()
+    return results
+
+
+def save(out_dir, rank, results):
+    with open(os.path.join(out_dir, f"rank{rank}.pkl"), "wb") as handle:
+        pickle.dump(results, handle)
+
+
+def worker_main(rank, size, out_dir, port):
+    """torch.multiprocessing entry: gloo on localhost."""
+    import datetime
+
+    import torch.distributed as dist
+
+    dist.init_process_group(
+        "gloo",
+        init_method=f"tcp://127.0.0.1:{port}",
+        rank=rank,
+        world_size=size,
+        timeout=datetime.timedelta(seconds=20),
+    )
+    results = run_scenarios(rank, size, None)
+    # A rank that never arrives: the others raise when the group's timeout expires.
+    dist.barrier()
+    small = dist.new_group(backend="gloo", timeout=datetime.timedelta(seconds=2))
+    if rank == 0:
+        start = time.monotonic()
+        try:
+            ggd.global_norm([np.ones(3)], group=small)
+            results["timeout/error"] = None
+        except Exception as error:  # noqa: BLE001 - the type is the result
+            results["timeout/error"] = type(error).__name__
+        results["timeout/seconds"] = time.monotonic() - start
+    save(out_dir, rank, results)
+
+
+def mpi_main(out_dir):
+    from mpi4py import MPI
+
+    comm = MPI.COMM_WORLD
+    results = run_scenarios(comm.Get_rank(), comm.Get_size(), comm)
+    # The ranks meet again on a duplicate: the timed-out call leaves `comm` unusable.
+    spare = comm.Dup()
+    if comm.Get_rank() == 0:
+        start = time.monotonic()
+        try:
+            ggd.global_norm([np.ones(3)], group=comm, timeout=1.0)
+            results["timeout/error"] = None
+        except Exception as error:  # noqa: BLE001 - the type is the result
+            results["timeout/error"] = type(error).__name__
+        results["timeout/seconds"] = time.monotonic() - start
+    save(out_dir, comm.Get_rank(), results)
+    spare.Barrier()
+    # Every rank has saved; leave without MPI's finalize, which would wait for the abandoned barrier.
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    mpi_main(sys.argv[1])
