@@ -43,7 +43,16 @@ def _run_gloo(size, out_dir):
     saved = {key: os.environ.get(key) for key in ("GRADGUARD_NUM_THREADS", "OMP_NUM_THREADS")}
     os.environ.update(GRADGUARD_NUM_THREADS="1", OMP_NUM_THREADS="1")
     try:
-        torch_multiprocessing.spawn(worker.worker_main, args=(size, str(out_dir), _free_port()), nprocs=size, join=True)
+        for attempt in range(2):
+            try:
+                torch_multiprocessing.spawn(
+                    worker.worker_main, args=(size, str(out_dir), _free_port()), nprocs=size, join=True
+                )
+                break
+            except torch_multiprocessing.ProcessRaisedException as error:
+                # The free port found may be taken before rank 0 binds it: try once more with another.
+                if attempt or "address already in use" not in str(error).lower():
+                    raise
     finally:
         for key, value in saved.items():
             if value is None:

@@ -96,3 +96,27 @@ def test_log_to_a_real_tensorboard_writer(tmp_path):
     events.Reload()
     norms = [(e.step, e.value) for e in events.Scalars("grad_norm/layer.weight")]
     assert norms == [(0, 2.0), (1, 4.0), (2, 6.0)]
+
+
+def test_update_stats_records_what_update_records():
+    rng = np.random.default_rng(0)
+    steps = [
+        {f"layer{i}": rng.standard_normal(100 * (i + 1)).astype(np.float32) * 0.5**s for i in range(3)}
+        for s in range(4)
+    ]
+    from_arrays, from_stats = gg.GradientMonitor(), gg.GradientMonitor()
+    for grads in steps:
+        findings = from_arrays.update(grads)
+        assert from_stats.update_stats(gg.grad_stats(grads)) == findings
+    for key in ("norm", "abs_mean", "std", "zero_fraction"):
+        np.testing.assert_array_equal(from_arrays.history()[key], from_stats.history()[key])
+    reordered = dict(reversed(list(steps[0].items())))
+    from_stats.update_stats(gg.grad_stats(reordered))  # matched by name
+    np.testing.assert_array_equal(from_stats.history()["norm"][-1], from_arrays.history()["norm"][0])
+    partial = {"layer0": steps[0]["layer0"]}
+    with pytest.raises(ValueError, match="layer1"):
+        from_stats.update_stats(gg.grad_stats(partial))
+    from_stats.update_stats(gg.grad_stats(partial), allow_missing=True)
+    assert np.isnan(from_stats.history()["norm"][-1][1])
+    with pytest.raises(TypeError, match="GradStats"):
+        from_stats.update_stats(steps[0])

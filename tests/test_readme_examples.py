@@ -17,6 +17,7 @@ NEEDS = {
     "jax": ["jax", "optax"],
     "lightning": ["torch", "lightning"],
     "keras": ["torch", "keras"],
+    "distributed": ["torch"],
 }
 
 
@@ -30,13 +31,17 @@ def test_every_framework_has_an_example():
 
 
 @pytest.mark.parametrize("name", sorted(NEEDS))
-def test_readme_example_runs(name):
+def test_readme_example_runs(name, tmp_path):
     missing = [module for module in NEEDS[name] if importlib.util.find_spec(module) is None]
     if missing:
         pytest.skip(f"{', '.join(missing)} not installed")
     environment = {key: value for key, value in os.environ.items() if key != "KERAS_BACKEND"}
-    result = subprocess.run(
-        [sys.executable, "-c", _examples()[name]], capture_output=True, text=True, timeout=600, env=environment
-    )
+    command = [sys.executable, "-c", _examples()[name]]
+    if name == "distributed":  # two processes, started as the example says
+        script = tmp_path / "example.py"
+        script.write_text(_examples()[name])
+        environment.update(GRADGUARD_NUM_THREADS="1", OMP_NUM_THREADS="1")
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip(), "the example prints its result"
