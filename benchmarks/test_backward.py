@@ -33,20 +33,21 @@ def setups():
     tracker.remove()
 
 
-def _forward(model, tokens):
+def _fresh_loss(setups, implementation):
+    """Gradients cleared (and the tracker's partials), then an untimed forward."""
+    model, optimizer = setups[implementation]
+    if implementation == "gradguard":
+        optimizer[0].reset()
     model.zero_grad(set_to_none=True)
-    return model.loss(tokens)
+    return model.loss(setups["tokens"])
 
 
 @pytest.mark.parametrize("implementation", ["torch", "gradguard"])
 def test_backward(benchmark, setups, implementation):
-    model, optimizer = setups[implementation]
     benchmark.group = "gpt2-small-shaped backward (gradguard: norm partials taken in the hooks)"
 
     def setup():
-        if implementation == "gradguard":
-            optimizer[0].reset()
-        return (_forward(model, setups["tokens"]),), {}
+        return (_fresh_loss(setups, implementation),), {}
 
     benchmark.pedantic(lambda loss: loss.backward(), setup=setup, rounds=3, warmup_rounds=1)
 
@@ -57,9 +58,7 @@ def test_clip_and_step(benchmark, setups, implementation):
     benchmark.group = "gpt2-small-shaped clip + AdamW step"
 
     def setup():
-        if implementation == "gradguard":
-            optimizer[0].reset()
-        _forward(model, setups["tokens"]).backward()
+        _fresh_loss(setups, implementation).backward()
         return (), {}
 
     if implementation == "torch":

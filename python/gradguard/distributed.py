@@ -221,25 +221,32 @@ def _partials(grads, group, layout, offsets, timeout, take, *, for_writing=False
     return [part for _, part in everyone], layout == "sharded"
 
 
+def _combined(grads, where, take, combine, for_writing=False):
+    """combine(parts, by_name) of every rank's partials, take(arrays, offsets, rescaled).
+    Every rank sees the same partials, so when the plain ones cannot be combined
+    (the rare overflow-safe path) every rank takes the rescaled ones together."""
+    for rescaled in (False, True):
+        parts, by_name = _partials(
+            grads, *where, lambda arrays, grid, rescaled=rescaled: take(arrays, grid, rescaled), for_writing=for_writing
+        )
+        try:
+            return combine(parts, by_name)
+        except RescaledPartialsNeeded:
+            continue
+    raise AssertionError("rescaled partials always combine")
+
+
 def _norm_over_ranks(grads, ord, group, layout, offsets, timeout, for_writing=False):
     """(total, keys of non-finite tensors) of the global norm over every rank."""
     order = norm_order(ord)
-    for rescaled in (False, True):
-        parts, by_name = _partials(
-            grads,
-            group,
-            layout,
-            offsets,
-            timeout,
-            lambda arrays, grid, rescaled=rescaled: norm_partials(arrays, order, rescaled=rescaled, offsets=grid),
-            for_writing=for_writing,
-        )
-        try:
-            total, _, nonfinite, _ = combine_norm_details(parts, by_name=by_name)
-            return total, nonfinite
-        except RescaledPartialsNeeded:
-            continue  # every rank sees the same partials, so every rank takes the rare path together
-    raise AssertionError("rescaled partials always combine")
+    total, _, nonfinite, _ = _combined(
+        grads,
+        (group, layout, offsets, timeout),
+        lambda arrays, grid, rescaled: norm_partials(arrays, order, rescaled=rescaled, offsets=grid),
+        lambda parts, by_name: combine_norm_details(parts, by_name=by_name),
+        for_writing,
+    )
+    return total, nonfinite
 
 
 def global_norm(
@@ -309,20 +316,12 @@ def grad_stats(
     entry per tensor (per whole tensor for "sharded", its shards' partials
     merged with Chan et al.'s formula), in the global order, bit for bit the
     single-process result. Takes the rescaled pass only when some tensor needs it."""
-    for rescaled in (False, True):
-        parts, by_name = _partials(
-            grads,
-            group,
-            layout,
-            offsets,
-            timeout,
-            lambda arrays, grid, rescaled=rescaled: stats_partials(arrays, rescaled=rescaled, offsets=grid),
-        )
-        try:
-            return combine_stats_partials(parts, by_name=by_name)
-        except RescaledPartialsNeeded:
-            continue
-    raise AssertionError("rescaled partials always combine")
+    return _combined(
+        grads,
+        (group, layout, offsets, timeout),
+        lambda arrays, grid, rescaled: stats_partials(arrays, rescaled=rescaled, offsets=grid),
+        lambda parts, by_name: combine_stats_partials(parts, by_name=by_name),
+    )
 
 
 def monitor_update(monitor, grads: Arrays, step: Optional[int] = None, **where) -> list:
