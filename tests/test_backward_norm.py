@@ -122,6 +122,9 @@ def test_float64_gradients_beyond_the_fast_path():
 
 
 def test_misuse():
+    embedding = torch.nn.Embedding(10, 3, sparse=True)
+    with BackwardNorm(embedding), pytest.raises(TypeError, match="dense"):
+        embedding(torch.tensor([1, 2])).sum().backward()
     model = _Net()
     tracker = BackwardNorm(model)
     with pytest.raises(RuntimeError, match="stats=True"):

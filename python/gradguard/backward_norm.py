@@ -85,6 +85,11 @@ class BackwardNorm:
 
         if grad is None:
             return
+        if grad.layout != torch.strided:
+            raise TypeError(
+                f"BackwardNorm: the gradient of {self.names[index]!r} is {grad.layout}; "
+                "only dense gradients are supported (for an embedding, use sparse=False)"
+            )
         view = _dense_view(grad)
         array = as_numpy(view if view is not None else grad.contiguous())
         named = {self.names[index]: array}

@@ -30,6 +30,7 @@ from ._arguments import real
 from .clip import clip_by_global_norm, clip_with_norm_, global_norm
 from .guard import Guard as _Guard
 from .optim import StepReport
+from .stats import grad_stats
 
 __all__ = [
     "as_numpy",
@@ -251,11 +252,12 @@ class GradGuardHook:
             return []
         in_place = _InPlace([grad for _, grad in present])
         grads = {name: array for (name, _), array in zip(present, in_place.arrays)}
-        norm = global_norm(list(grads.values()))
+        stats = grad_stats(grads)  # one read serves the monitor and the norm
+        norm = stats.global_norm
         self.last_norm = norm
         if (self.scaler is not None or self.skip_nonfinite) and not math.isfinite(norm):
             return []  # the step will be skipped: nothing to record, nothing to clip
-        findings = self.monitor.update(grads, step=self.steps, allow_missing=True)
+        findings = self.monitor.update_stats(stats, step=self.steps, allow_missing=True)
         self.steps += 1
         if self.max_norm is not None and math.isfinite(norm):
             clip_with_norm_(list(grads.values()), self.max_norm, norm)
