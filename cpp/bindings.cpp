@@ -334,12 +334,22 @@ void stats_to_row(const StatsPartial& stats, double* row) {
   std::copy(fields, fields + kStatsFields, row);
 }
 
+// A count read back from a float64 row: a whole number in [0, 2^53], checked
+// before the conversion (converting NaN or 1e300 to an integer is undefined).
+int64_t count_from(double value) {
+  if (!(value >= 0.0 && value <= 0x1p53 && value == std::floor(value)))
+    throw py::value_error("partials: a piece's count is not a whole number >= 0 (the partials were altered?)");
+  return static_cast<int64_t>(value);
+}
+
 StatsPartial stats_from_row(const double* row) {
   StatsPartial stats;
-  stats.count = static_cast<int64_t>(row[0]);
-  stats.finite = static_cast<int64_t>(row[1]);
-  stats.nan = static_cast<int64_t>(row[2]);
-  stats.zero = static_cast<int64_t>(row[3]);
+  stats.count = count_from(row[0]);
+  stats.finite = count_from(row[1]);
+  stats.nan = count_from(row[2]);
+  stats.zero = count_from(row[3]);
+  if (stats.finite + stats.nan > stats.count || stats.zero > stats.finite)
+    throw py::value_error("partials: a piece's counts do not add up (the partials were altered?)");
   stats.shift = row[4];
   stats.sum_of_squares = row[5];
   stats.square_terms = row[6];
@@ -458,7 +468,7 @@ PYBIND11_MODULE(_core, m) {
                                     int64_t tensor_count, double ord) {
     std::vector<NormPartialOfPiece> pieces = pieces_from_rows<NormPartialOfPiece>(
         tensor, offset, values, kNormFields, tensor_count, [](const double* row, NormPartialOfPiece& piece) {
-          piece.count = static_cast<int64_t>(row[0]);
+          piece.count = count_from(row[0]);
           piece.fast.power_sum = row[1];
           piece.fast.max_abs = row[2];
           piece.fast.max_tracked = row[3] != 0.0;
@@ -500,8 +510,8 @@ PYBIND11_MODULE(_core, m) {
                                      int64_t tensor_count) {
     std::vector<StatsPartialOfPiece> pieces = pieces_from_rows<StatsPartialOfPiece>(
         tensor, offset, values, kStatsPieceFields, tensor_count, [](const double* row, StatsPartialOfPiece& piece) {
+          if (!(row[0] >= 0.0 && row[0] < kNumDTypes)) throw py::value_error("combine_stats_partials: unknown dtype code");
           const int dtype = static_cast<int>(row[0]);
-          if (dtype < 0 || dtype >= kNumDTypes) throw py::value_error("combine_stats_partials: unknown dtype code");
           piece.dtype = static_cast<DType>(dtype);
           piece.rescaled = row[1] != 0.0;
           piece.scale = row[2];

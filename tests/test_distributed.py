@@ -245,6 +245,14 @@ def test_one_rank_equals_the_plain_calls():
         _assert_same_stats(ggd.grad_stats(grads, group=_OneRank(), layout=layout), gg.grad_stats(grads))
 
 
+def test_clip_report_over_ranks():
+    grads = worker.model_grads()
+    grads["layer3"][5] = np.inf
+    expected = gg.clip_by_global_norm(worker.copies(grads), 1.0, return_report=True)
+    report = ggd.clip_by_global_norm(grads, 1.0, return_report=True, group=_OneRank())
+    assert report == expected and report.nonfinite == ("layer3",)
+
+
 def test_misuse_is_refused_clearly():
     one = _OneRank()
     with pytest.raises(ValueError, match="layout must be one of"):

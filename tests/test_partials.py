@@ -2,6 +2,7 @@
 cut into shards, combined in order, give gg.global_norm and gg.grad_stats bit
 for bit, on every SIMD target and thread count."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -207,3 +208,24 @@ def test_shard_bounds_cut_on_the_grid():
     bounds = gg.shard_bounds(5 * gg.PIECE_ELEMENTS + 3, 2)
     assert bounds == [(0, 3 * gg.PIECE_ELEMENTS), (3 * gg.PIECE_ELEMENTS, 5 * gg.PIECE_ELEMENTS + 3)]
     assert gg.shard_bounds(0, 2) == [(0, 0), (0, 0)]
+
+
+def test_altered_partials_are_refused_not_trusted():
+    norm = gg.norm_partials([np.ones(70_000, np.float32)])
+    stats = gg.stats_partials([np.ones(70_000, np.float32)])
+    for bad in (np.nan, -1.0, 0.5, 1e300):
+        norm.values[0, 0] = bad
+        with pytest.raises(ValueError, match="count"):
+            gg.combine_norm_partials([norm])
+        altered = stats.values.copy()
+        altered[0, 3] = bad
+        with pytest.raises(ValueError, match="count"):
+            gg.combine_stats_partials([dataclasses.replace(stats, values=altered)])
+    altered = stats.values.copy()
+    altered[0, 0] = np.nan  # the dtype code
+    with pytest.raises(ValueError, match="dtype"):
+        gg.combine_stats_partials([dataclasses.replace(stats, values=altered)])
+    altered = stats.values.copy()
+    altered[0, 4] = altered[0, 3] + 1  # more finite entries than entries
+    with pytest.raises(ValueError, match="add up"):
+        gg.combine_stats_partials([dataclasses.replace(stats, values=altered)])

@@ -275,6 +275,7 @@ def clip_by_global_norm(
     ord: Union[Real, str] = 2.0,
     eps: Real = 1e-6,
     error_if_nonfinite: bool = False,
+    return_report: bool = False,
     group=None,
     layout: str = "disjoint",
     offsets: Optional[dict] = None,
@@ -289,8 +290,10 @@ def clip_by_global_norm(
     Every rank's arrays are validated (writable, contiguous, separate) before
     any rank writes; with error_if_nonfinite a NaN/inf total raises
     gg.NonFiniteNormError on every rank and nothing is modified.
-    Returns the total norm before clipping."""
-    from .clip import NonFiniteNormError, clip_with_norm_
+    Returns the total norm before clipping, or with return_report a
+    gg.ClipReport (nonfinite: the names, or global indices, of the tensors
+    holding NaN/inf on any rank)."""
+    from .clip import ClipReport, NonFiniteNormError, clip_with_norm_
 
     bound = non_negative(max_norm, "max_norm")
     epsilon = non_negative(eps, "eps", allow_inf=False)
@@ -300,8 +303,16 @@ def clip_by_global_norm(
             f"the total norm of order {ord} over every rank is {total}, so nothing was clipped "
             f"(non-finite values in: {', '.join(map(str, nonfinite))})"
         )
-    clip_with_norm_(grads, bound, total, eps=epsilon)
-    return total
+    coefficient = clip_with_norm_(grads, bound, total, eps=epsilon)
+    if not return_report:
+        return total
+    return ClipReport(
+        total_norm=total,
+        clip_coef=coefficient,
+        clipped=coefficient != 1.0,
+        max_norm=bound,
+        nonfinite=tuple(nonfinite),
+    )
 
 
 def grad_stats(

@@ -152,7 +152,10 @@ def _gathered(parts, kind, layout, by_name):
     values = np.concatenate([part.values for part in parts] or [np.zeros((0, width))])
     order = np.lexsort((offsets, tensors))
     tensors, offsets, values = tensors[order], offsets[order], values[order]
-    counts = values[:, count_column].astype(np.int64)
+    raw_counts = values[:, count_column]
+    if not np.all((raw_counts >= 0) & (raw_counts <= 2.0**53) & (raw_counts == np.floor(raw_counts))):
+        raise ValueError("partials: a piece's count is not a whole number >= 0 (the partials were altered?)")
+    counts = raw_counts.astype(np.int64)
     # A tensor's pieces must tile it: a gap is a missing shard, an overlap a
     # replicated shard counted twice.
     same = tensors[1:] == tensors[:-1]
