@@ -126,7 +126,34 @@ def run_scenarios(rank, size, group):
         scaled = {name: shard * np.float32(0.1**step) for name, shard in grad_shards.items()}
         ggd.monitor_update(monitor, scaled, layout="sharded", **where)
     results["monitor/history"] = monitor.history()
+    results.update(backward_scenario(rank, size, group))
     return results
+
+
+def backward_scenario(rank, size, group):
+    """Pipeline parallel in miniature: every rank runs the same model, and
+    tracks the gradients of its own block of parameters with a BackwardNorm."""
+    import torch
+    import torch.distributed as dist
+
+    from gradguard.torch import BackwardNorm
+
+    if group is None:  # for BackwardNorm, None means this process alone: name the default group
+        group = dist.group.WORLD
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(300, 300) for _ in range(4)])
+    named = list(model.named_parameters())
+    bounds = np.linspace(0, len(named), size + 1).astype(int)
+    tracker = BackwardNorm(named[bounds[rank] : bounds[rank + 1]], stats=True)
+    model(torch.randn(8, 300, generator=torch.Generator().manual_seed(1))).square().sum().backward()
+    every = {name: tensor.grad.numpy() for name, tensor in named}
+    return {
+        "backward/total": tracker.total_norm(group=group),
+        "backward/expected": gg.global_norm(list(every.values())),
+        "backward/stats": tracker.grad_stats(group=group),
+        "backward/expected_stats": gg.grad_stats(every),
+    }
 
 
 def save(out_dir, rank, results):

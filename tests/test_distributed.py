@@ -212,6 +212,14 @@ def test_the_monitor_fed_across_ranks_sees_what_one_process_sees(ranks):
             np.testing.assert_array_equal(np.asarray(history[key]), np.asarray(expected[key]), err_msg=key)
 
 
+def test_backward_norms_of_pipeline_stages_combine_over_ranks(ranks):
+    _, _, results = ranks
+    for rank_results in results:
+        assert rank_results["backward/total"] == rank_results["backward/expected"]
+        _assert_same_stats(rank_results["backward/stats"], rank_results["backward/expected_stats"])
+        assert rank_results["backward/stats"].names == rank_results["backward/expected_stats"].names
+
+
 def test_a_rank_that_never_arrives_makes_the_others_raise(ranks):
     engine, _, results = ranks
     assert results[0]["timeout/error"] is not None

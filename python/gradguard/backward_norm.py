@@ -16,7 +16,6 @@ import math
 import torch
 
 from ._arguments import real
-from .clip import global_norm
 from .partials import (
     RescaledPartialsNeeded,
     combine_norm_partials,
@@ -101,41 +100,57 @@ class BackwardNorm:
         """Names of the parameters whose gradient was seen since the last reset."""
         return [name for name, part in zip(self.names, self._norms) if part is not None]
 
-    def total_norm(self) -> float:
-        """The global L2 norm of the gradients seen since the last reset (0.0 for none)."""
-        parts = [part for part in self._norms if part is not None]
-        try:
-            return combine_norm_partials(parts)
-        except RescaledPartialsNeeded:
-            # float64 gradients beyond ~1e154: the overflow-safe path reads them once more.
-            grads = [tensor.grad for (_, tensor), part in zip(self.named, self._norms) if part is not None]
-            from .torch import as_numpy
+    def total_norm(self, *, group=None) -> float:
+        """The global L2 norm of the gradients seen since the last reset (0.0 for none).
+        group (a torch.distributed process group or an mpi4py communicator):
+        over every rank's BackwardNorm, each rank holding its own parameters
+        (pipeline parallel), combined in rank order on every rank."""
+        return self._combined(self._norms, group, "norm")
 
-            return global_norm([as_numpy(grad.contiguous()) for grad in grads])
-
-    def grad_stats(self) -> GradStats:
-        """gg.grad_stats of the gradients seen since the last reset, by name (needs stats=True or a monitor)."""
+    def grad_stats(self, *, group=None) -> GradStats:
+        """gg.grad_stats of the gradients seen since the last reset, by name (needs
+        stats=True or a monitor); group as for total_norm."""
         if not self.stats_wanted:
             raise RuntimeError("this BackwardNorm takes no statistics: create it with stats=True or a monitor")
-        parts = [part for part in self._stats if part is not None]
+        return self._combined(self._stats, group, "stats")
+
+    def _combined(self, slots, group, kind):
+        """The slots' partials combined (over ranks with a group); the rare
+        overflow-safe path reads the gradients once more, for rescaled partials."""
+        take = norm_partials if kind == "norm" else stats_partials
+        if group is None:
+            combine = combine_norm_partials if kind == "norm" else combine_stats_partials
+        else:
+            from . import distributed
+
+            over_ranks = distributed.combine_norm_over_ranks if kind == "norm" else distributed.combine_stats_over_ranks
+
+            def combine(parts):
+                return over_ranks(parts, group=group)
+
+        present = [(name, tensor, part) for (name, tensor), part in zip(self.named, slots) if part is not None]
         try:
-            return combine_stats_partials(parts)
-        except RescaledPartialsNeeded:
-            from .stats import grad_stats
+            return combine([part for _, _, part in present])
+        except RescaledPartialsNeeded:  # every rank sees it alike, so every rank takes this path
             from .torch import as_numpy
 
-            present = [(name, tensor.grad) for (name, tensor), part in zip(self.named, self._stats) if part is not None]
-            return grad_stats({name: as_numpy(grad.contiguous()) for name, grad in present})
+            return combine(
+                [take({name: as_numpy(tensor.grad.contiguous())}, rescaled=True) for name, tensor, _ in present]
+            )
 
-    def step(self, optimizer, *, loss_scaler=None, return_report: bool = False, skip_nonfinite: bool = False):
+    def step(
+        self, optimizer, *, loss_scaler=None, return_report: bool = False, skip_nonfinite: bool = False, group=None
+    ):
         """Feed the monitor (if any), then optimizer.step(grads, grad_norm=total_norm())
         for a gg.optim optimiser over these parameters in this order, and reset.
+        With group (pipeline parallel: each rank steps its own parameters), the
+        norm and the monitor's statistics are over every rank's gradients.
         Returns what optimizer.step returns."""
         from .torch import as_numpy
 
-        total = self.total_norm()
+        total = self.total_norm(group=group)
         if self.monitor is not None and (math.isfinite(total) or (loss_scaler is None and not skip_nonfinite)):
-            self.monitor.update_stats(self.grad_stats(), allow_missing=True)
+            self.monitor.update_stats(self.grad_stats(group=group), allow_missing=True)
         grads = {
             name: (None if part is None or tensor.grad is None else as_numpy(tensor.grad))
             for (name, tensor), part in zip(self.named, self._norms)

@@ -39,8 +39,11 @@ import numpy as np
 from . import _core
 from ._arguments import Arrays, Real, as_array_list, non_negative, norm_order, real
 from .partials import (
+    NormPartials,
     RescaledPartialsNeeded,
+    StatsPartials,
     combine_norm_details,
+    combine_norm_partials,
     combine_stats_partials,
     norm_partials,
     stats_partials,
@@ -55,6 +58,8 @@ __all__ = [
     "grad_stats",
     "monitor_update",
     "optimizer_step",
+    "combine_norm_over_ranks",
+    "combine_stats_over_ranks",
 ]
 
 LAYOUTS = ("replicated", "disjoint", "sharded")
@@ -146,6 +151,33 @@ def _exchange(comm, work):
     if failures:
         raise RankFailed(failures)
     return [value for _, value in gathered]
+
+
+def _over_ranks(parts, kind, combine, group, timeout):
+    comm = _Communicator(group, timeout)
+
+    def mine():
+        listed = list(parts)
+        if not all(isinstance(part, kind) for part in listed):
+            raise TypeError(f"parts must be a list of {kind.__name__}")
+        return listed
+
+    return combine([part for rank_parts in _exchange(comm, mine) for part in rank_parts])
+
+
+def combine_norm_over_ranks(parts, *, group=None, timeout: Optional[Real] = None) -> float:
+    """The global norm from every rank's norm partials of its own tensors (a
+    list of gg.NormPartials the caller took, e.g. during backward), gathered
+    and combined in rank order on every rank ("disjoint"): bit for bit
+    gg.global_norm of all the tensors in that order. RescaledPartialsNeeded,
+    on every rank alike, when the rare path needs partials taken with rescaled=True."""
+    return _over_ranks(parts, NormPartials, combine_norm_partials, group, timeout)
+
+
+def combine_stats_over_ranks(parts, *, group=None, timeout: Optional[Real] = None) -> GradStats:
+    """gg.grad_stats of every rank's tensors from their gg.StatsPartials, as
+    combine_norm_over_ranks does for the norm."""
+    return _over_ranks(parts, StatsPartials, combine_stats_partials, group, timeout)
 
 
 def _layout(layout):
