@@ -402,7 +402,8 @@ def optimizer_step(
         if loss_scaler is not None:
             loss_scaler.update(True)
         if return_report:
-            return StepReport(total, math.nan, True, nonfinite, None, None, None)
+            names = getattr(optimizer, "_names", None)
+            return StepReport(total, math.nan, True, nonfinite, None, None, tuple(names) if names else None)
         return total
     inverse_scale = 1.0 if loss_scaler is None else 1.0 / loss_scaler.get_scale()
     return optimizer.step(grads, loss_scaler=loss_scaler, return_report=return_report, grad_norm=total * inverse_scale)
