@@ -229,3 +229,24 @@ def test_altered_partials_are_refused_not_trusted():
     altered[0, 4] = altered[0, 3] + 1  # more finite entries than entries
     with pytest.raises(ValueError, match="add up"):
         gg.combine_stats_partials([dataclasses.replace(stats, values=altered)])
+
+
+def test_the_fields_read_per_piece():
+    rng = np.random.default_rng(5)
+    array = rng.standard_normal(150_000)
+    array[[3, 70_000, 140_000]] = [np.nan, np.inf, 0.0]
+    stats = gg.stats_partials([array])
+    pieces = [array[start : start + gg.PIECE_ELEMENTS] for start in range(0, array.size, gg.PIECE_ELEMENTS)]
+    finite = [piece[np.isfinite(piece)] for piece in pieces]
+    np.testing.assert_array_equal(stats.count, [piece.size for piece in pieces])
+    np.testing.assert_array_equal(stats.n_nan, [1, 0, 0])
+    np.testing.assert_array_equal(stats.n_inf, [0, 1, 0])
+    np.testing.assert_array_equal(stats.n_zero, [0, 0, 1])
+    np.testing.assert_allclose(stats.sum, [f.sum() for f in finite], rtol=1e-12, atol=1e-9)
+    np.testing.assert_allclose(stats.m2, [((f - f.mean()) ** 2).sum() for f in finite], rtol=1e-12)
+    np.testing.assert_allclose(stats.abs_sum, [np.abs(f).sum() for f in finite], rtol=1e-12)
+    np.testing.assert_array_equal(stats.min, [f.min() for f in finite])
+    np.testing.assert_array_equal(stats.max, [f.max() for f in finite])
+    norm = gg.norm_partials([array[np.isfinite(array)]], rescaled=True)
+    assert norm.power_sum.sum() == pytest.approx(np.sum(array[np.isfinite(array)] ** 2), rel=1e-12)
+    assert norm.max_abs.max() == np.abs(array[np.isfinite(array)]).max()

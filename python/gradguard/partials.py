@@ -79,13 +79,71 @@ class NormPartials(_Partials):
 
     ord: float = 2.0
 
+    @property
+    def power_sum(self) -> np.ndarray:
+        """Per piece, sum |x|^p (max |x| for p = inf; NaN when the piece holds NaN)."""
+        return self.values[:, 1]
+
+    @property
+    def max_abs(self) -> np.ndarray:
+        """Per piece, max |x| (exact with rescaled; otherwise as far as the fast pass tracked it)."""
+        return self.values[:, 5] if self.rescaled else self.values[:, 2]
+
 
 @dataclass(frozen=True)
 class StatsPartials(_Partials):
     """gg.stats_partials's result: per piece the count, finite / NaN / zero
     counts, sum and sum of squares about a shift (merged with Chan et al.'s
     formula), sum |x|, min and max; with rescaled, the same in float64 on
-    values scaled by a power of two."""
+    values scaled by a power of two. The properties read them per piece."""
+
+    def _column(self, index):
+        return self.values[:, 3 + index]
+
+    @property
+    def count(self) -> np.ndarray:
+        return self._column(0).astype(np.int64)
+
+    @property
+    def n_finite(self) -> np.ndarray:
+        return self._column(1).astype(np.int64)
+
+    @property
+    def n_nan(self) -> np.ndarray:
+        return self._column(2).astype(np.int64)
+
+    @property
+    def n_inf(self) -> np.ndarray:
+        return self.count - self.n_finite - self.n_nan
+
+    @property
+    def n_zero(self) -> np.ndarray:
+        return self._column(3).astype(np.int64)
+
+    @property
+    def sum(self) -> np.ndarray:
+        """Per piece, sum of the finite x: n shift + sum (x - shift)."""
+        return self._column(1) * self._column(4) + self._column(7)
+
+    @property
+    def m2(self) -> np.ndarray:
+        """Per piece, sum (x - mean)^2 over the finite x: sum (x - shift)^2 - (sum (x - shift))^2 / n."""
+        finite = np.maximum(self._column(1), 1)
+        return np.maximum(self._column(8) - self._column(7) ** 2 / finite, 0.0)
+
+    @property
+    def abs_sum(self) -> np.ndarray:
+        return self._column(9)
+
+    @property
+    def min(self) -> np.ndarray:
+        """Per piece, the smallest finite x (+inf when none)."""
+        return self._column(10)
+
+    @property
+    def max(self) -> np.ndarray:
+        """Per piece, the largest finite x (-inf when none)."""
+        return self._column(11)
 
 
 def _offsets(offsets, count):
