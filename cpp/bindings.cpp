@@ -307,7 +307,6 @@ void require_c_order(TensorList& list, const char* argument, const py::handle& n
   }
 }
 
-
 using Int64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 using DoubleArray = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
@@ -437,8 +436,6 @@ PYBIND11_MODULE(_core, m) {
     return py::make_tuple(norm.total, nonfinite_indices(norm));
   }, py::arg("arrays"), py::arg("ord"), py::arg("names"), py::arg("for_writing") = false);
 
-  // Mergeable partials (see multi_tensor.h): one row per piece, travelling as
-  // (tensor, offset, values) arrays, values one float64 row of fields per piece.
   // Every array checked as an in-place call checks them (writable, dense,
   // aligned, separate), reading none: a distributed clip refuses on every rank
   // before any rank writes.
@@ -447,6 +444,8 @@ PYBIND11_MODULE(_core, m) {
     refuse_overlaps(list.spans);
   });
 
+  // Mergeable partials (see multi_tensor.h): one row per piece, travelling as
+  // (tensor, offset, values) arrays, values one float64 row of fields per piece.
   m.def("norm_partials", [](const py::list& arrays, double ord, const py::object& names, bool rescaled,
                             const std::vector<int64_t>& grid_offsets) {
     TensorList list = to_tensors(arrays, names, "arrays", Access::read);

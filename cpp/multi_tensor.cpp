@@ -132,17 +132,22 @@ const Plan& multi_tensor_apply(const std::vector<TensorRef>& tensors, Plan& plan
   return plan;
 }
 
-// Every piece's norm partial, of |x| * scale_per_tensor[t].
-const std::vector<NormPartial>& piece_norms(const std::vector<TensorRef>& tensors, const Plan& plan, NormOrder order,
-                                            const std::vector<double>& scale_per_tensor,
-                                            std::vector<NormPartial>& partials) {
+// Every piece's norm partial, of |x| * scale_per_tensor[t], into `partials` (one slot a piece).
+void piece_norms(const std::vector<TensorRef>& tensors, const Plan& plan, NormOrder order,
+                 const std::vector<double>& scale_per_tensor, std::vector<NormPartial>& partials) {
   const KernelTable& kernels = active_kernels();
   partials.resize(plan.pieces.size());
   apply_to_pieces(tensors, plan, false, [&](int64_t index, const Piece& piece, const TensorRef& tensor, char* address) {
     partials[index] = kernels.norm[static_cast<int>(tensor.dtype)](address, piece.count, order.kind, order.p,
                                                                    scale_per_tensor[piece.tensor]);
   });
-  return partials;
+}
+
+// The end of the run of `pieces` (sorted by tensor) that starts at `first` and belongs to `tensor`.
+template <class Pieces>
+size_t end_of_tensor(const Pieces& pieces, size_t first, int64_t tensor) {
+  while (first < pieces.size() && pieces[first].tensor == tensor) ++first;
+  return first;
 }
 
 bool holds_nan(const NormPartial& folded) { return std::isnan(folded.power_sum); }
@@ -207,38 +212,39 @@ double scale_for(double max_abs, NormOrder order) {
 
 std::vector<NormPartialOfPiece> norm_partials(const std::vector<TensorRef>& tensors, NormOrder order, bool rescaled) {
   static thread_local Plan reusable_plan;
-  // Bound to a local reference: inside a lambda a thread_local name would mean each worker's own buffer.
+  // Bound to a local reference: inside a lambda a thread_local name would mean
+  // each worker's own buffer. Each pass below refills it after the last was read.
   static thread_local std::vector<NormPartial> reusable_partials;
-  std::vector<NormPartial>& buffer = reusable_partials;
-  const ReleaseIfLarge release(reusable_plan, buffer);
+  std::vector<NormPartial>& pass = reusable_partials;
+  const ReleaseIfLarge release(reusable_plan, pass);
   const Plan& plan = make_plan(tensors, reusable_plan);
   std::vector<double> scales(tensors.size(), 1.0);
-  const std::vector<NormPartial>& fast = piece_norms(tensors, plan, order, scales, buffer);
+  piece_norms(tensors, plan, order, scales, pass);
   std::vector<NormPartialOfPiece> pieces(plan.pieces.size());
   for (size_t index = 0; index < pieces.size(); ++index) {
     const Piece& piece = plan.pieces[index];
     pieces[index].tensor = piece.tensor;
     pieces[index].offset = tensors[piece.tensor].grid_offset + piece.offset;
     pieces[index].count = piece.count;
-    pieces[index].fast = fast[index];
+    pieces[index].fast = pass[index];
   }
   if (!rescaled || order.kind == NormKind::linf) return pieces;
   // The rare path: one pass finds the maxima, one sums (|x| s)^p with s from
   // this shard's maximum (the combination brings shards to a common scale).
   const double inf = std::numeric_limits<double>::infinity();
-  const std::vector<NormPartial>& maxima = piece_norms(tensors, plan, {NormKind::linf, inf}, scales, buffer);
+  piece_norms(tensors, plan, {NormKind::linf, inf}, scales, pass);
   std::vector<double> shard_max(tensors.size(), 0.0);
   for (size_t index = 0; index < pieces.size(); ++index) {
-    pieces[index].max_abs = maxima[index].max_abs;
+    pieces[index].max_abs = pass[index].max_abs;
     double& largest = shard_max[plan.pieces[index].tensor];
-    largest = std::max(largest, maxima[index].max_abs);
+    largest = std::max(largest, pass[index].max_abs);
   }
   for (size_t tensor = 0; tensor < tensors.size(); ++tensor) scales[tensor] = scale_for(shard_max[tensor], order);
-  const std::vector<NormPartial>& sums = piece_norms(tensors, plan, order, scales, buffer);
+  piece_norms(tensors, plan, order, scales, pass);
   for (size_t index = 0; index < pieces.size(); ++index) {
     pieces[index].rescaled = true;
     pieces[index].scale = scales[plan.pieces[index].tensor];
-    pieces[index].scaled_sum = sums[index].power_sum;
+    pieces[index].scaled_sum = pass[index].power_sum;
   }
   return pieces;
 }
@@ -284,8 +290,7 @@ GlobalNorm combine_norm_partials(const std::vector<NormPartialOfPiece>& pieces, 
   double power_sum = 0.0, max_abs = 0.0;
   size_t next_piece = 0;
   for (int64_t index = 0; index < tensor_count; ++index) {
-    size_t end_piece = next_piece;
-    while (end_piece < pieces.size() && pieces[end_piece].tensor == index) ++end_piece;
+    const size_t end_piece = end_of_tensor(pieces, next_piece, index);
     FoldedNorm& tensor = folded[index];
     tensor = fold_norm_pieces(pieces.data() + next_piece, pieces.data() + end_piece, order);
     next_piece = end_piece;
@@ -588,8 +593,7 @@ bool combine_stats_partials(const std::vector<StatsPartialOfPiece>& pieces, int6
   std::vector<StatsPartial> fast, scaled;
   size_t next_piece = 0;
   for (int64_t tensor = 0; tensor < tensor_count; ++tensor) {
-    size_t end_piece = next_piece;
-    while (end_piece < pieces.size() && pieces[end_piece].tensor == tensor) ++end_piece;
+    const size_t end_piece = end_of_tensor(pieces, next_piece, tensor);
     fast.clear();
     for (size_t index = next_piece; index < end_piece; ++index) fast.push_back(pieces[index].fast);
     const auto piece_count = static_cast<int64_t>(fast.size());
