@@ -132,3 +132,33 @@ def test_misuse():
     with pytest.raises(TypeError, match="named_parameters"):
         BackwardNorm([torch.zeros(3, requires_grad=True)])
     tracker.remove()
+
+
+def test_over_a_group_a_non_finite_step_is_skipped_and_a_finite_one_matches():
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from distributed_worker import OneRank
+
+    model, reference = _Net(), _Net()
+    tracker = BackwardNorm(model, stats=True)
+    optimizer = gg.optim.AdamW({n: p.detach().numpy() for n, p in model.named_parameters()}, max_grad_norm=0.5)
+    theirs = gg.optim.AdamW({n: p.detach().numpy() for n, p in reference.named_parameters()}, max_grad_norm=0.5)
+    for net in (model, reference):
+        _backward(net)
+    assert tracker.total_norm(group=OneRank()) == tracker.total_norm()
+    stats = tracker.grad_stats(group=OneRank())
+    np.testing.assert_array_equal(stats.l2, tracker.grad_stats().l2)
+    report = tracker.step(optimizer, group=OneRank(), return_report=True)
+    expected = theirs.step(
+        {n: (p.grad.numpy() if p.grad is not None else None) for n, p in reference.named_parameters()},
+        return_report=True,
+    )
+    assert report.grad_norm == expected.grad_norm and not report.skipped
+    model.zero_grad(set_to_none=True)
+    _backward(model, scale=float("inf"))
+    before = [p.detach().clone() for p in model.parameters()]
+    assert tracker.step(optimizer, group=OneRank(), return_report=True).skipped
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    tracker.remove()

@@ -15,6 +15,7 @@ import pytest
 
 import gradguard as gg
 from gradguard import distributed as ggd
+from gradguard._environment import environment
 
 sys.path.insert(0, os.path.dirname(__file__))
 import distributed_worker as worker  # noqa: E402
@@ -40,9 +41,7 @@ def _run_gloo(size, out_dir):
     torch_multiprocessing = pytest.importorskip("torch.multiprocessing")
     pytest.importorskip("torch.distributed")
     # One thread per rank: the ranks share this machine's cores.
-    saved = {key: os.environ.get(key) for key in ("GRADGUARD_NUM_THREADS", "OMP_NUM_THREADS")}
-    os.environ.update(GRADGUARD_NUM_THREADS="1", OMP_NUM_THREADS="1")
-    try:
+    with environment(GRADGUARD_NUM_THREADS="1", OMP_NUM_THREADS="1"):
         for attempt in range(2):
             try:
                 torch_multiprocessing.spawn(
@@ -53,12 +52,6 @@ def _run_gloo(size, out_dir):
                 # The free port found may be taken before rank 0 binds it: try once more with another.
                 if attempt or "address already in use" not in str(error).lower():
                     raise
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
     return _load(out_dir, size)
 
 
@@ -226,43 +219,23 @@ def test_a_rank_that_never_arrives_makes_the_others_raise(ranks):
     assert results[0]["timeout/seconds"] < 60
 
 
-class _OneRank:
-    """An mpi4py-like communicator of one rank, for the checks that need no peers."""
-
-    def Get_rank(self):
-        return 0
-
-    def Get_size(self):
-        return 1
-
-    def allgather(self, value):
-        return [value]
-
-    def Ibarrier(self):
-        class Done:
-            def Test(self):
-                return True
-
-        return Done()
-
-
 def test_one_rank_equals_the_plain_calls():
     grads = worker.model_grads()
     for layout in ("disjoint", "replicated", "sharded"):
-        assert ggd.global_norm(grads, group=_OneRank(), layout=layout) == gg.global_norm(grads)
-        _assert_same_stats(ggd.grad_stats(grads, group=_OneRank(), layout=layout), gg.grad_stats(grads))
+        assert ggd.global_norm(grads, group=worker.OneRank(), layout=layout) == gg.global_norm(grads)
+        _assert_same_stats(ggd.grad_stats(grads, group=worker.OneRank(), layout=layout), gg.grad_stats(grads))
 
 
 def test_clip_report_over_ranks():
     grads = worker.model_grads()
     grads["layer3"][5] = np.inf
     expected = gg.clip_by_global_norm(worker.copies(grads), 1.0, return_report=True)
-    report = ggd.clip_by_global_norm(grads, 1.0, return_report=True, group=_OneRank())
+    report = ggd.clip_by_global_norm(grads, 1.0, return_report=True, group=worker.OneRank())
     assert report == expected and report.nonfinite == ("layer3",)
 
 
 def test_misuse_is_refused_clearly():
-    one = _OneRank()
+    one = worker.OneRank()
     with pytest.raises(ValueError, match="layout must be one of"):
         ggd.global_norm([np.ones(3)], group=one, layout="mirrored")
     with pytest.raises(ValueError, match="dict name -> shard"):

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from ._arguments import real
+from .distributed import combine_norm_over_ranks, combine_stats_over_ranks, step_with_global_norm
 from .partials import (
     RescaledPartialsNeeded,
     combine_norm_partials,
@@ -105,35 +105,27 @@ class BackwardNorm:
         group (a torch.distributed process group or an mpi4py communicator):
         over every rank's BackwardNorm, each rank holding its own parameters
         (pipeline parallel), combined in rank order on every rank."""
-        return self._combined(self._norms, group, "norm")
+        return self._combined(self._norms, group, norm_partials, combine_norm_partials, combine_norm_over_ranks)
 
     def grad_stats(self, *, group=None) -> GradStats:
         """gg.grad_stats of the gradients seen since the last reset, by name (needs
         stats=True or a monitor); group as for total_norm."""
         if not self.stats_wanted:
             raise RuntimeError("this BackwardNorm takes no statistics: create it with stats=True or a monitor")
-        return self._combined(self._stats, group, "stats")
+        return self._combined(self._stats, group, stats_partials, combine_stats_partials, combine_stats_over_ranks)
 
-    def _combined(self, slots, group, kind):
-        """The slots' partials combined (over ranks with a group); the rare
+    def _combined(self, slots, group, take, combine_here, combine_over_ranks):
+        """The slots' partials combined, here or over the group's ranks; the rare
         overflow-safe path reads the gradients once more, for rescaled partials."""
-        take = norm_partials if kind == "norm" else stats_partials
-        if group is None:
-            combine = combine_norm_partials if kind == "norm" else combine_stats_partials
-        else:
-            from . import distributed
+        from .torch import as_numpy
 
-            over_ranks = distributed.combine_norm_over_ranks if kind == "norm" else distributed.combine_stats_over_ranks
-
-            def combine(parts):
-                return over_ranks(parts, group=group)
+        def combine(parts):
+            return combine_here(parts) if group is None else combine_over_ranks(parts, group=group)
 
         present = [(name, tensor, part) for (name, tensor), part in zip(self.named, slots) if part is not None]
         try:
             return combine([part for _, _, part in present])
         except RescaledPartialsNeeded:  # every rank sees it alike, so every rank takes this path
-            from .torch import as_numpy
-
             return combine(
                 [take({name: as_numpy(tensor.grad.contiguous())}, rescaled=True) for name, tensor, _ in present]
             )
@@ -144,7 +136,8 @@ class BackwardNorm:
         """Feed the monitor (if any), then optimizer.step(grads, grad_norm=total_norm())
         for a gg.optim optimiser over these parameters in this order, and reset.
         With group (pipeline parallel: each rank steps its own parameters), the
-        norm and the monitor's statistics are over every rank's gradients.
+        norm and the monitor's statistics are over every rank's gradients, and
+        a step with inf/NaN on any rank is skipped on every rank.
         Returns what optimizer.step returns."""
         from .torch import as_numpy
 
@@ -157,15 +150,19 @@ class BackwardNorm:
         }
         if getattr(optimizer, "_names", None) is None:
             grads = list(grads.values())
-        inverse_scale = 1.0 if loss_scaler is None else 1.0 / loss_scaler.get_scale()
-        known = real(total, "total_norm", low=0.0) * inverse_scale if not math.isnan(total) else None
         try:
+            if group is not None:
+                return step_with_global_norm(
+                    optimizer, grads, total, loss_scaler=loss_scaler, return_report=return_report
+                )
+            # Here a NaN total leaves the norm to the step, which then follows its own rules for it.
+            inverse_scale = 1.0 if loss_scaler is None else 1.0 / loss_scaler.get_scale()
             return optimizer.step(
                 grads,
                 loss_scaler=loss_scaler,
                 return_report=return_report,
                 skip_nonfinite=skip_nonfinite,
-                grad_norm=known,
+                grad_norm=None if math.isnan(total) else total * inverse_scale,
             )
         finally:
             self.reset()

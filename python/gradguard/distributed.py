@@ -60,6 +60,7 @@ __all__ = [
     "optimizer_step",
     "combine_norm_over_ranks",
     "combine_stats_over_ranks",
+    "step_with_global_norm",
 ]
 
 LAYOUTS = ("replicated", "disjoint", "sharded")
@@ -395,15 +396,27 @@ def optimizer_step(
     A step whose gradients hold inf/NaN on any rank is skipped on every rank
     (parameters and state untouched, the loss scaler backing off), the one
     outcome that keeps ranks consistent. Returns what optimizer.step returns."""
+    total, nonfinite = _norm_over_ranks(grads, 2.0, group, layout, offsets, timeout)
+    return step_with_global_norm(
+        optimizer, grads, total, nonfinite, loss_scaler=loss_scaler, return_report=return_report
+    )
+
+
+def step_with_global_norm(optimizer, grads, total, nonfinite=(), *, loss_scaler=None, return_report=False, **options):
+    """optimizer.step(grads, grad_norm=total) with `total` the (loss-scaled)
+    global norm over every rank, or, when it is inf/NaN, the step skipped here
+    as on every other rank (the loss scaler backing off). `options` go to
+    optimizer.step."""
     from .optim import StepReport
 
-    total, nonfinite = _norm_over_ranks(grads, 2.0, group, layout, offsets, timeout)
     if not math.isfinite(total):
         if loss_scaler is not None:
             loss_scaler.update(True)
         if return_report:
             names = getattr(optimizer, "_names", None)
-            return StepReport(total, math.nan, True, nonfinite, None, None, tuple(names) if names else None)
+            return StepReport(total, math.nan, True, tuple(nonfinite), None, None, tuple(names) if names else None)
         return total
     inverse_scale = 1.0 if loss_scaler is None else 1.0 / loss_scaler.get_scale()
-    return optimizer.step(grads, loss_scaler=loss_scaler, return_report=return_report, grad_norm=total * inverse_scale)
+    return optimizer.step(
+        grads, loss_scaler=loss_scaler, return_report=return_report, grad_norm=total * inverse_scale, **options
+    )

@@ -146,13 +146,14 @@ class StatsPartials(_Partials):
         return self._column(11)
 
 
-def _offsets(offsets, count):
-    if offsets is None:
-        return []
-    values = [int(value) for value in offsets]
-    if len(values) != count:
-        raise ValueError(f"offsets has {len(values)} entries for {count} arrays")
-    return values
+def _taken(arrays, offsets, take):
+    """(names, sizes, tensor, offset, values) of take(array_list, names, grid offsets)."""
+    array_list, names = as_array_list(arrays)
+    # the core checks the count and signs of the offsets
+    grid = [] if offsets is None else [int(value) for value in offsets]
+    tensor, offset, values = take(array_list, names, grid)
+    sizes = np.array([np.size(array) for array in array_list], dtype=np.int64)
+    return (tuple(names) if names is not None else None), sizes, tensor, offset, values
 
 
 def norm_partials(
@@ -163,24 +164,22 @@ def norm_partials(
     whole tensor it is a shard of (default 0: whole tensors). rescaled=True also
     takes the scaled sums the rare overflow/underflow path needs (two more passes)."""
     order = norm_order(ord)
-    array_list, names = as_array_list(arrays)
-    grid = _offsets(offsets, len(array_list))
-    tensor, offset, values = _core.norm_partials(array_list, order, names, bool(rescaled), grid)
-    sizes = np.array([np.size(array) for array in array_list], dtype=np.int64)
-    names = tuple(names) if names is not None else None
-    return NormPartials(names, sizes, bool(rescaled), tensor, offset, values, order)
+    taken = _taken(
+        arrays,
+        offsets,
+        lambda array_list, names, grid: _core.norm_partials(array_list, order, names, bool(rescaled), grid),
+    )
+    return NormPartials(taken[0], taken[1], bool(rescaled), *taken[2:], order)
 
 
 def stats_partials(arrays: Arrays, *, rescaled: bool = False, offsets: Optional[Sequence[int]] = None) -> StatsPartials:
     """The piece partials of gg.grad_stats(arrays), to combine with other ranks'
     (combine_stats_partials). offsets and rescaled as for norm_partials (the
     scaled pass is one more read)."""
-    array_list, names = as_array_list(arrays)
-    grid = _offsets(offsets, len(array_list))
-    tensor, offset, values = _core.stats_partials(array_list, names, bool(rescaled), grid)
-    sizes = np.array([np.size(array) for array in array_list], dtype=np.int64)
-    names = tuple(names) if names is not None else None
-    return StatsPartials(names, sizes, bool(rescaled), tensor, offset, values)
+    taken = _taken(
+        arrays, offsets, lambda array_list, names, grid: _core.stats_partials(array_list, names, bool(rescaled), grid)
+    )
+    return StatsPartials(taken[0], taken[1], bool(rescaled), *taken[2:])
 
 
 def _gathered(parts, kind, layout, by_name):

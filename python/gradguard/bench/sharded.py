@@ -14,6 +14,7 @@ import time
 
 import gradguard as gg
 from gradguard import distributed as ggd
+from gradguard._environment import environment
 from gradguard.partials import combine_norm_partials
 
 from .workloads import make_gradients
@@ -93,17 +94,9 @@ def measure_sharded(repeat=7, size=2):
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    saved = os.environ.get("GRADGUARD_NUM_THREADS")
-    os.environ["GRADGUARD_NUM_THREADS"] = str(max(1, threads // size))
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, environment(GRADGUARD_NUM_THREADS=str(max(1, threads // size))):
         out_path = os.path.join(folder, "rank0.pkl")
-        try:
-            torch_multiprocessing.spawn(_rank_main, args=(size, port, repeat, out_path), nprocs=size, join=True)
-        finally:
-            if saved is None:
-                os.environ.pop("GRADGUARD_NUM_THREADS", None)
-            else:
-                os.environ["GRADGUARD_NUM_THREADS"] = saved
+        torch_multiprocessing.spawn(_rank_main, args=(size, port, repeat, out_path), nprocs=size, join=True)
         with open(out_path, "rb") as handle:
             ranks = pickle.load(handle)
     elements = sum(array.size for array in arrays)

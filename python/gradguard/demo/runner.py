@@ -13,8 +13,8 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 
+from .._environment import environment
 from ..config import get_num_threads, set_num_threads
 from .experiments import EXPERIMENTS, execute
 
@@ -30,21 +30,6 @@ def available_cores() -> int:
 
 def _worker_setup():
     set_num_threads(1)
-
-
-@contextmanager
-def _single_threaded_children():
-    """Spawned workers read the BLAS thread counts from the environment at import."""
-    saved = {name: os.environ.get(name) for name in _SINGLE_THREAD}
-    os.environ.update({name: "1" for name in _SINGLE_THREAD})
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _duration(seconds):
@@ -124,7 +109,8 @@ def run_all(runs, jobs, progress=None):
     context = multiprocessing.get_context("spawn")
     # The pool spawns its workers as work is submitted, so the environment they
     # inherit must stay set until every run has been submitted.
-    with _single_threaded_children():
+    # Spawned workers read the BLAS thread counts from the environment at import.
+    with environment(**{name: "1" for name in _SINGLE_THREAD}):
         pool = ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context, initializer=_worker_setup)
         try:
             futures = {pool.submit(execute, runs[index]): index for index in order}
