@@ -95,7 +95,9 @@ def test_the_fused_step_equals_clip_then_step(kind):
 
 def test_a_monitor_is_fed_from_the_same_read():
     model = _Net()
-    monitor = gg.GradientMonitor()
+    with pytest.raises(ValueError, match="monitor must know its layers"):
+        BackwardNorm(model, monitor=gg.GradientMonitor())
+    monitor = gg.GradientMonitor(names=[name for name, _ in model.named_parameters()])
     tracker = BackwardNorm(model, monitor=monitor)
     reference = gg.GradientMonitor(names=[name for name, _ in model.named_parameters()])
     optimizer = gg.optim.SGD({name: p.detach().numpy() for name, p in model.named_parameters()}, lr=1e-3)

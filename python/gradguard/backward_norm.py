@@ -39,7 +39,7 @@ class BackwardNorm:
     total_norm() = (sum over parameters with a gradient of ||g||_2^2)^(1/2),
     bit for bit gg.global_norm of those gradients in parameter order (each
     parameter's partial is combined in that order, whatever order backward
-    produced them in). With `monitor` (a GradientMonitor over these names)
+    produced them in). With `monitor` (a GradientMonitor made with these names)
     or stats=True, each hook also takes the statistics partial (the same read),
     and step() feeds the monitor (update_stats) before stepping.
 
@@ -62,9 +62,9 @@ class BackwardNorm:
             raise RuntimeError("BackwardNorm needs torch >= 2.1 (Tensor.register_post_accumulate_grad_hook)")
         self.named = _named_parameters(parameters)
         self.names = [name for name, _ in self.named]
-        self.monitor = monitor
         if monitor is not None and monitor.names is None:
-            monitor.names = list(self.names)
+            raise ValueError("monitor must know its layers: GradientMonitor(names=[name for name, _ in ...])")
+        self.monitor = monitor
         self.stats_wanted = bool(stats) or monitor is not None
         self._norms: list = [None] * len(self.named)
         self._stats: list = [None] * len(self.named)

@@ -264,23 +264,13 @@ class GradientMonitor:
         not know are still refused.
         """
         array_list, names = as_array_list(grads, "grads")
-        known = self.names if self._series is not None or self.names is not None else None
-        labels = known if known is not None else names
-        if labels is not None and len(labels) != len(array_list) and names is None:
-            raise ValueError(f"{len(array_list)} gradients; this monitor tracks {len(labels)} layers")
-        present, subset = None, labels
-        if allow_missing and self._named and names is not None and len(names) < len(known):
-            given = set(names)
-            present = np.array([name in given for name in known], dtype=bool)
-            subset = [name for name in known if name in given]
-            array_list = in_order_of(subset, array_list, names, "grads")
-            stats = _spread_out(stats_of(array_list, subset, "grads"), present, known)
-            empty = np.empty(0)
-            slots = iter(array_list)
+        labels, order, subset, present = self._matched(names, len(array_list), allow_missing, "gradients", "grads")
+        array_list = [array_list[index] for index in order]
+        stats = stats_of(array_list, subset, "grads")
+        if present is not None:
+            stats = _spread_out(stats, present, labels)
+            slots, empty = iter(array_list), np.empty(0)
             array_list = [next(slots) if here else empty for here in present]
-        else:
-            array_list = in_order_of(known if self._named else None, array_list, names, "grads")
-            stats = stats_of(array_list, labels, "grads")
         step = self._last_step + 1 if step is None else int(step)
         if params is not None:
             param_list, param_names = as_array_list(params, "params")
@@ -305,28 +295,32 @@ class GradientMonitor:
         if not isinstance(stats, GradStats):
             raise TypeError(f"stats must be a GradStats (from gg.grad_stats), not {type(stats).__name__}")
         names = list(stats.names) if stats.names is not None else None
-        known = self.names if self._series is not None or self.names is not None else None
-        labels = known if known is not None else names
-        if labels is not None and len(labels) != len(stats) and names is None:
-            raise ValueError(f"stats of {len(stats)} layers; this monitor tracks {len(labels)} layers")
-        present = None
-        if known is not None and names is not None:
-            if allow_missing and len(names) < len(known):
-                given = set(names)
-                present = np.array([name in given for name in known], dtype=bool)
-                subset = [name for name in known if name in given]
-                order = in_order_of(subset, list(range(len(stats))), names, "stats")
-                fields = {key: getattr(stats, key)[order] for key in _STAT_FIELDS}
-                stats = _spread_out(
-                    GradStats(names=tuple(subset), global_norm=stats.global_norm, **fields), present, known
-                )
-            else:
-                order = in_order_of(known, list(range(len(stats))), names, "stats")
-                fields = {key: getattr(stats, key)[order] for key in _STAT_FIELDS}
-                stats = GradStats(names=tuple(known), global_norm=stats.global_norm, **fields)
+        labels, order, subset, present = self._matched(names, len(stats), allow_missing, "layers' statistics", "stats")
+        fields = {key: getattr(stats, key)[order] for key in _STAT_FIELDS}
+        subset = tuple(subset) if subset is not None else None
+        stats = GradStats(names=subset, global_norm=stats.global_norm, **fields)
+        if present is not None:
+            stats = _spread_out(stats, present, labels)
         step = self._last_step + 1 if step is None else int(step)
         layer_names = labels if labels is not None else [str(i) for i in range(len(stats))]
         return self._record(stats, step, np.full(len(stats), np.nan), present, layer_names, names is not None)
+
+    def _matched(self, names, count, allow_missing, noun, argument):
+        """How one step's entries (named, or by position) map onto the layers:
+        (labels, order, subset, present). Entry order[i] is layer subset[i];
+        labels are all the layers' names (None before the first step of an
+        unnamed monitor); present marks the layers given (None: all of them)."""
+        known = self.names if self._series is not None or self.names is not None else None
+        labels = known if known is not None else names
+        if labels is not None and len(labels) != count and names is None:
+            raise ValueError(f"{count} {noun}; this monitor tracks {len(labels)} layers")
+        indices = list(range(count))
+        if allow_missing and self._named and names is not None and len(names) < len(known):
+            given = set(names)
+            present = np.array([name in given for name in known], dtype=bool)
+            subset = [name for name in known if name in given]
+            return labels, in_order_of(subset, indices, names, argument), subset, present
+        return labels, in_order_of(known if self._named else None, indices, names, argument), labels, None
 
     def _record(self, stats, step, ratio, present, layer_names, named):
         """Append one step's series and run the detectors (both update paths end here)."""
