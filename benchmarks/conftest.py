@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import gradguard as gg
-from gradguard.bench import torch
+from gradguard.bench.harness import torch
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -4,7 +4,7 @@
 #include <cstring>
 #include <vector>
 
-#include "multi_tensor.h"
+#include "multi_tensor/tensor_ref.h"
 #include "parallel.h"
 
 namespace gradguard {

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "dispatch.h"
-#include "multi_tensor.h"
+#include "multi_tensor/tensor_ref.h"
 #include "parallel.h"
 
 namespace gradguard {

@@ -11,8 +11,8 @@ import pytest
 
 from gradguard import demo
 from gradguard.demo import experiments, runner, summary
-from gradguard.demo.mlp import ACTIVATIONS, ARCHITECTURES, MLP, two_spirals
-from gradguard.demo.recurrent import Recurrent, adding_problem
+from gradguard.models import MLP, Recurrent, adding_problem, two_spirals
+from gradguard.models.mlp import ACTIVATIONS, ARCHITECTURES
 
 
 def _directional_check(loss_of, params, grads, rng, step=1e-6):

@@ -16,7 +16,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser():
     from . import __version__
-    from .bench.tables import add_arguments as bench_arguments
+    from .bench.cli import add_arguments as bench_arguments
     from .demo.cli import add_arguments as demo_arguments
 
     parser = _Parser(prog="gradguard", description="gradguard: numerically healthy training, at memory speed.")
@@ -60,7 +60,7 @@ def main(argv=None):
             print("\ngradguard demo: interrupted", file=sys.stderr)
             return 130
     if arguments.command == "bench":
-        from .bench.tables import run_from_arguments
+        from .bench.cli import run_from_arguments
 
         return run_from_arguments(arguments)
     from .config import show_config

@@ -60,5 +60,11 @@ def agc(params: Arrays, grads: Arrays, clipping: Real = 0.01, eps: Real = 1e-3, 
     names = names if names is not None else grad_names
     layouts = [_units(np.shape(grad), unit_axis) if isinstance(grad, np.ndarray) else (1, True) for grad in grad_list]
     return _core.agc(
-        param_list, grad_list, [units for units, _ in layouts], [first for _, first in layouts], clipping, eps, names
+        param_list,
+        grad_list,
+        units=[units for units, _ in layouts],
+        units_first=[first for _, first in layouts],
+        clipping=clipping,
+        eps=eps,
+        names=names,
     )

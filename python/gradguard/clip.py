@@ -17,6 +17,8 @@ from . import _core
 from ._arguments import Arrays, Real, as_array_list, finite_or_none, name_of, non_negative, norm_order, real
 
 __all__ = [
+    "CLIP_EPS",
+    "clip_coefficient",
     "global_norm",
     "clip_by_global_norm",
     "clip_with_norm_",
@@ -25,6 +27,20 @@ __all__ = [
     "ClipReport",
     "NonFiniteNormError",
 ]
+
+
+# torch.nn.utils.clip_grad_norm_'s eps, every clipping entry point's default (the core's kClipEps).
+CLIP_EPS = _core.CLIP_EPS
+
+
+def clip_coefficient(max_norm: float, total_norm: float, eps: float = CLIP_EPS) -> float:
+    """torch's clip rule, the one every clipping entry point applies (computed by the core):
+
+        clip_coef = min(1, max_norm / (total_norm + eps))     (1 when total_norm = 0; NaN when it is NaN)
+
+    Arrays are scaled by it only when it is not 1. For adapters whose
+    arrays the core cannot write (JAX's immutable arrays, Keras tensors)."""
+    return _core.clip_coefficient(float(max_norm), float(total_norm), float(eps))
 
 
 class NonFiniteNormError(FloatingPointError, RuntimeError):
@@ -80,7 +96,7 @@ def clip_by_global_norm(
     max_norm: Real,
     *,
     ord: Union[Real, str] = 2.0,
-    eps: Real = 1e-6,
+    eps: Real = CLIP_EPS,
     error_if_nonfinite: bool = False,
     return_report: bool = False,
 ) -> Union[float, ClipReport]:
@@ -124,21 +140,31 @@ def clip_by_global_norm(
     bound = non_negative(max_norm, "max_norm")
     epsilon = non_negative(eps, "eps", allow_inf=False)
     total, coefficient, clipped, nonfinite = _core.clip_by_global_norm(
-        array_list, bound, norm_order(ord), epsilon, bool(error_if_nonfinite), names
+        array_list,
+        bound,
+        ord=norm_order(ord),
+        eps=epsilon,
+        error_if_nonfinite=bool(error_if_nonfinite),
+        names=names,
     )
+    labels = tuple(names[index] for index in nonfinite) if names is not None else tuple(nonfinite)
     if error_if_nonfinite and not math.isfinite(total):
-        culprits = ", ".join(name_of(index, names) for index in nonfinite)
-        raise NonFiniteNormError(
-            f"the total norm of order {ord} of the arrays is {total}, so they were not clipped "
-            f"(non-finite values in: {culprits}). Set error_if_nonfinite=False to clip anyway, as torch does."
-        )
+        raise nonfinite_norm_error(total, ord, [name_of(index, names) for index in nonfinite])
     if not return_report:
         return total
-    labels = tuple(names[index] for index in nonfinite) if names is not None else tuple(nonfinite)
     return ClipReport(total_norm=total, clip_coef=coefficient, clipped=clipped, max_norm=bound, nonfinite=labels)
 
 
-def clip_with_norm_(arrays: Arrays, max_norm: Real, total_norm: Real, *, eps: Real = 1e-6) -> float:
+def nonfinite_norm_error(total, ord, culprits, where="of the arrays") -> NonFiniteNormError:
+    """The error error_if_nonfinite raises (here and across ranks): the total and where the NaN/inf are."""
+    return NonFiniteNormError(
+        f"the total norm of order {ord} {where} is {total}, so they were not clipped "
+        f"(non-finite values in: {', '.join(map(str, culprits))}). Set error_if_nonfinite=False to clip anyway, "
+        "as torch does."
+    )
+
+
+def clip_with_norm_(arrays: Arrays, max_norm: Real, total_norm: Real, *, eps: Real = CLIP_EPS) -> float:
     """Scale all arrays in place by the clip coefficient of an already known norm
     (``torch.nn.utils.clip_grads_with_norm_``):
 
@@ -158,15 +184,14 @@ def clip_with_norm_(arrays: Arrays, max_norm: Real, total_norm: Real, *, eps: Re
     bound = non_negative(max_norm, "max_norm")
     total = real(total_norm, "total_norm", low=0.0) if not _is_nan(total_norm) else math.nan
     epsilon = non_negative(eps, "eps", allow_inf=False)
-    coefficient, _ = _core.clip_with_norm(array_list, bound, total, epsilon, names)
-    return coefficient
+    return _core.clip_with_norm(array_list, bound, total, eps=epsilon, names=names)
 
 
 def _is_nan(value):
     return isinstance(value, (float, np.floating)) and math.isnan(value)
 
 
-def clip_by_norm(arrays: Arrays, max_norm: Real, *, ord: Union[Real, str] = 2.0, eps: Real = 1e-6) -> np.ndarray:
+def clip_by_norm(arrays: Arrays, max_norm: Real, *, ord: Union[Real, str] = 2.0, eps: Real = CLIP_EPS) -> np.ndarray:
     """Clip each array in place by its own norm (tf.clip_by_norm, Keras ``clipnorm``).
 
         norm_i = ||arrays[i]||_p
@@ -182,7 +207,7 @@ def clip_by_norm(arrays: Arrays, max_norm: Real, *, ord: Union[Real, str] = 2.0,
     array_list, names = as_array_list(arrays)
     bound = non_negative(max_norm, "max_norm")
     epsilon = non_negative(eps, "eps", allow_inf=False)
-    return _core.clip_by_norm(array_list, bound, norm_order(ord), epsilon, names)
+    return _core.clip_by_norm(array_list, bound, ord=norm_order(ord), eps=epsilon, names=names)
 
 
 def clip_by_value(

@@ -7,7 +7,7 @@ import numpy as np
 from . import _core
 from ._arguments import positive_int
 
-__all__ = ["set_num_threads", "get_num_threads", "simd_target", "config", "show_config"]
+__all__ = ["set_num_threads", "get_num_threads", "usable_cores", "simd_target", "config", "show_config"]
 
 
 # Beyond any machine's cores; keeps the count an int for the core.
@@ -29,6 +29,11 @@ def set_num_threads(count: int) -> None:
 def get_num_threads() -> int:
     """Threads the core uses."""
     return _core.get_num_threads()
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity), at least 1: the core's default thread count."""
+    return _core.usable_cores()
 
 
 def simd_target() -> str:

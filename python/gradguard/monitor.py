@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 
 from ._arguments import Arrays, as_array_list, in_order_of, positive_int, real
-from .stats import _FIELDS as _STAT_FIELDS
+from .stats import STATS_FIELDS as _STAT_FIELDS
 from .stats import GradStats, stats_of
 
 __all__ = ["GradientMonitor", "Finding"]

@@ -124,7 +124,20 @@ def _forward(x, weight, bias, eps, residual, out, return_stats, rms):
     mean = None if rms else np.empty(x.shape[:-1], dtype=compute)
     rstd = np.empty(x.shape[:-1], dtype=compute)
     if rows:
-        _core.normalization_forward(x, residual, residual_sum, weight, bias, y, mean, rstd, rows, features, eps, rms)
+        _core.normalization_forward(
+            x,
+            residual=residual,
+            residual_sum=residual_sum,
+            weight=weight,
+            bias=bias,
+            out=y,
+            mean=mean,
+            rstd=rstd,
+            rows=rows,
+            features=features,
+            eps=eps,
+            rms=rms,
+        )
     stats = (rstd,) if rms else (mean, rstd)
     if return_stats:
         return (y, *stats) + ((residual_sum,) if residual is not None else ())
@@ -145,7 +158,19 @@ def _backward(dy, x, mean, rstd, weight, out, rms):
     dweight = np.zeros(features, dtype=np.float64) if weight is not None else None
     dbias = np.zeros(features, dtype=np.float64) if (weight is not None and not rms) else None
     if rows:
-        _core.normalization_backward(dy, x, mean, rstd, weight, dx, dweight, dbias, rows, features, rms)
+        _core.normalization_backward(
+            dy,
+            x,
+            mean=mean,
+            rstd=rstd,
+            weight=weight,
+            dx=dx,
+            dweight=dweight,
+            dbias=dbias,
+            rows=rows,
+            features=features,
+            rms=rms,
+        )
     if weight is None:
         return (dx, None) if rms else (dx, None, None)
     dweight = dweight.astype(weight_dtype)

@@ -44,9 +44,10 @@ __all__ = [
     "RescaledPartialsNeeded",
 ]
 
-PIECE_ELEMENTS = 1 << 16
-# Each kind of partial's row width and element-count column (see the core's bindings).
-_NORM_LAYOUT, _STATS_LAYOUT = (8, 0), (27, 3)
+PIECE_ELEMENTS = _core.PIECE_ELEMENTS
+# The columns of each kind of partial's row, as the core defines them.
+_NORM_COLUMN = {name: index for index, name in enumerate(_core.NORM_PARTIAL_FIELDS)}
+_STATS_COLUMN = {name: index for index, name in enumerate(_core.STATS_PARTIAL_FIELDS)}
 
 
 class RescaledPartialsNeeded(ValueError):
@@ -82,12 +83,12 @@ class NormPartials(_Partials):
     @property
     def power_sum(self) -> np.ndarray:
         """Per piece, sum |x|^p (max |x| for p = inf; NaN when the piece holds NaN)."""
-        return self.values[:, 1]
+        return self.values[:, _NORM_COLUMN["power_sum"]]
 
     @property
     def max_abs(self) -> np.ndarray:
         """Per piece, max |x| (exact with rescaled; otherwise as far as the fast pass tracked it)."""
-        return self.values[:, 5] if self.rescaled else self.values[:, 2]
+        return self.values[:, _NORM_COLUMN["max_abs" if self.rescaled else "fast_max_abs"]]
 
 
 @dataclass(frozen=True)
@@ -97,20 +98,20 @@ class StatsPartials(_Partials):
     formula), sum |x|, min and max; with rescaled, the same in float64 on
     values scaled by a power of two. The properties read them per piece."""
 
-    def _column(self, index):
-        return self.values[:, 3 + index]
+    def _column(self, name):
+        return self.values[:, _STATS_COLUMN[name]]
 
     @property
     def count(self) -> np.ndarray:
-        return self._column(0).astype(np.int64)
+        return self._column("count").astype(np.int64)
 
     @property
     def n_finite(self) -> np.ndarray:
-        return self._column(1).astype(np.int64)
+        return self._column("finite").astype(np.int64)
 
     @property
     def n_nan(self) -> np.ndarray:
-        return self._column(2).astype(np.int64)
+        return self._column("nan").astype(np.int64)
 
     @property
     def n_inf(self) -> np.ndarray:
@@ -118,32 +119,32 @@ class StatsPartials(_Partials):
 
     @property
     def n_zero(self) -> np.ndarray:
-        return self._column(3).astype(np.int64)
+        return self._column("zero").astype(np.int64)
 
     @property
     def sum(self) -> np.ndarray:
         """Per piece, sum of the finite x: n shift + sum (x - shift)."""
-        return self._column(1) * self._column(4) + self._column(7)
+        return self._column("finite") * self._column("shift") + self._column("shifted_sum")
 
     @property
     def m2(self) -> np.ndarray:
         """Per piece, sum (x - mean)^2 over the finite x: sum (x - shift)^2 - (sum (x - shift))^2 / n."""
-        finite = np.maximum(self._column(1), 1)
-        return np.maximum(self._column(8) - self._column(7) ** 2 / finite, 0.0)
+        finite = np.maximum(self._column("finite"), 1)
+        return np.maximum(self._column("shifted_sumsq") - self._column("shifted_sum") ** 2 / finite, 0.0)
 
     @property
     def abs_sum(self) -> np.ndarray:
-        return self._column(9)
+        return self._column("abs_sum")
 
     @property
     def min(self) -> np.ndarray:
         """Per piece, the smallest finite x (+inf when none)."""
-        return self._column(10)
+        return self._column("min")
 
     @property
     def max(self) -> np.ndarray:
         """Per piece, the largest finite x (-inf when none)."""
-        return self._column(11)
+        return self._column("max")
 
 
 def _taken(arrays, offsets, take):
@@ -182,9 +183,10 @@ def stats_partials(arrays: Arrays, *, rescaled: bool = False, offsets: Optional[
     return StatsPartials(taken[0], taken[1], bool(rescaled), *taken[2:])
 
 
-def _gathered(parts, kind, layout, by_name):
+def _gathered(parts, kind, by_name):
     """All pieces in one table sorted by (global tensor, offset), the global
-    tensors' keys (names, or indices in order) and their count."""
+    tensors' keys (names, or indices in order) and the parts. The core checks
+    the table (counts, tiling) before it combines."""
     parts = list(parts)
     if not all(isinstance(part, kind) for part in parts):
         raise TypeError(f"parts must be {kind.__name__} (from gg.{kind.__name__.replace('P', '_p', 1).lower()})")
@@ -205,29 +207,10 @@ def _gathered(parts, kind, layout, by_name):
         )
         tensors = np.concatenate([part.tensor + starts[i] for i, part in enumerate(parts)] or [np.zeros(0, np.int64)])
     offsets = np.concatenate([part.offset for part in parts] or [np.zeros(0, np.int64)])
-    width, count_column = layout
+    width = len(_core.NORM_PARTIAL_FIELDS if kind is NormPartials else _core.STATS_PARTIAL_FIELDS)
     values = np.concatenate([part.values for part in parts] or [np.zeros((0, width))])
     order = np.lexsort((offsets, tensors))
-    tensors, offsets, values = tensors[order], offsets[order], values[order]
-    raw_counts = values[:, count_column]
-    if not np.all((raw_counts >= 0) & (raw_counts <= 2.0**53) & (raw_counts == np.floor(raw_counts))):
-        raise ValueError("partials: a piece's count is not a whole number >= 0 (the partials were altered?)")
-    counts = raw_counts.astype(np.int64)
-    # A tensor's pieces must tile it: a gap is a missing shard, an overlap a
-    # replicated shard counted twice.
-    same = tensors[1:] == tensors[:-1]
-    expected = np.where(same, offsets[:-1] + counts[:-1], 0)
-    wrong = np.flatnonzero(offsets[1:] != expected) + 1
-    if len(offsets) and offsets[0] != 0:
-        wrong = np.concatenate([[0], wrong])
-    if len(wrong):
-        at = int(wrong[0])
-        raise ValueError(
-            f"the shards of tensor {keys[tensors[at]]!r} do not tile it: a piece starts at element "
-            f"{int(offsets[at])}, where {int(expected[at - 1]) if at else 0} was expected "
-            "(a shard missing, counted twice, or given the wrong offset)"
-        )
-    return tensors, offsets, values, keys, parts
+    return tensors[order], offsets[order], values[order], keys, parts
 
 
 def combine_norm_partials(parts: Sequence[NormPartials], *, by_name: bool = False) -> float:
@@ -246,19 +229,17 @@ def combine_norm_partials(parts: Sequence[NormPartials], *, by_name: bool = Fals
 
 def combine_norm_details(parts, *, by_name=False):
     """(total, per-tensor norms, keys of the non-finite tensors, keys) of combine_norm_partials."""
-    tensors, offsets, values, keys, parts = _gathered(parts, NormPartials, _NORM_LAYOUT, by_name)
+    tensors, offsets, values, keys, parts = _gathered(parts, NormPartials, by_name)
     orders = {part.ord for part in parts}
     if len(orders) > 1:
         raise ValueError(f"the partials were taken with different ord: {sorted(orders)}")
     order = orders.pop() if orders else 2.0
-    total, needs_rescaled, nonfinite, per_tensor = _core.combine_norm_partials(
-        tensors, offsets, values, len(keys), order
-    )
+    total, needs_rescaled, nonfinite, per_tensor = _core.combine_norm_partials(tensors, offsets, values, keys, order)
     if needs_rescaled:
         raise RescaledPartialsNeeded(
             "the global sum over- or underflowed float64: take the partials with rescaled=True on every rank"
         )
-    return total, np.asarray(per_tensor), tuple(keys[index] for index in nonfinite), keys
+    return total, per_tensor, tuple(keys[index] for index in nonfinite), keys
 
 
 def combine_stats_partials(parts: Sequence[StatsPartials], *, by_name: bool = False) -> GradStats:
@@ -271,8 +252,8 @@ def combine_stats_partials(parts: Sequence[StatsPartials], *, by_name: bool = Fa
 
     sums, counts, min and max as sums, counts, min and max.
     RescaledPartialsNeeded when a tensor needs the rare rescaled pass."""
-    tensors, offsets, values, keys, _ = _gathered(parts, StatsPartials, _STATS_LAYOUT, by_name)
-    columns = _core.combine_stats_partials(tensors, offsets, values, len(keys))
+    tensors, offsets, values, keys, _ = _gathered(parts, StatsPartials, by_name)
+    columns = _core.combine_stats_partials(tensors, offsets, values, keys)
     if columns is None:
         raise RescaledPartialsNeeded(
             "a tensor's statistics need the rescaled pass (magnitudes beyond 2^+-120, or cancellation): "

@@ -4,7 +4,7 @@ exploding-gradient detection."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import make_dataclass
 from typing import Optional, Union
 
 import numpy as np
@@ -14,11 +14,11 @@ from ._arguments import Arrays, as_array_list
 
 __all__ = ["grad_stats", "GradStats"]
 
-_FIELDS = ("numel", "mean", "std", "abs_mean", "l2", "min", "max", "n_nan", "n_inf", "n_zero")
+# The statistics' names, in the core's order: the one list (multi_tensor/stats.h).
+STATS_FIELDS = _core.STATS_FIELDS
 
 
-@dataclass(frozen=True)
-class GradStats:
+class _GradStatsBase:
     """Per-array statistics, one entry per input array (NumPy arrays of that length).
 
     Moments are over each array's finite entries (n_finite = numel - n_nan - n_inf):
@@ -32,21 +32,9 @@ class GradStats:
     (mean, std, abs_mean, min, max are NaN for an array with no finite entry;
     l2 is then 0.) n_nan, n_inf, n_zero count entries; numel is the size.
     global_norm is the L2 norm of everything: NaN when any NaN is present,
-    otherwise inf when any inf is, otherwise sqrt(sum l2^2).
+    otherwise inf when any inf is, otherwise sqrt(sum l2^2). names: the
+    arrays' names (None for a list).
     """
-
-    numel: np.ndarray
-    mean: np.ndarray
-    std: np.ndarray
-    abs_mean: np.ndarray
-    l2: np.ndarray
-    min: np.ndarray
-    max: np.ndarray
-    n_nan: np.ndarray
-    n_inf: np.ndarray
-    n_zero: np.ndarray
-    names: Optional[tuple[str, ...]]
-    global_norm: float
 
     def __len__(self):
         return len(self.numel)
@@ -54,12 +42,23 @@ class GradStats:
     def row(self, key: Union[int, str]) -> dict:
         """The statistics of one array, by index or name, as a dict."""
         index = self.names.index(key) if isinstance(key, str) and self.names is not None else int(key)
-        return {field: getattr(self, field)[index].item() for field in _FIELDS}
+        return {field: getattr(self, field)[index].item() for field in STATS_FIELDS}
 
     def nonfinite(self) -> tuple:
         """Indices (or names) of the arrays holding NaN or inf."""
         indices = np.flatnonzero((self.n_nan > 0) | (self.n_inf > 0))
         return tuple(self.names[i] for i in indices) if self.names is not None else tuple(indices.tolist())
+
+
+# A frozen dataclass whose fields are the core's statistics, then names and global_norm.
+GradStats = make_dataclass(
+    "GradStats",
+    [(name, np.ndarray) for name in STATS_FIELDS] + [("names", Optional[tuple]), ("global_norm", float)],
+    bases=(_GradStatsBase,),
+    frozen=True,
+)
+GradStats.__module__ = __name__
+GradStats.__doc__ = _GradStatsBase.__doc__
 
 
 def grad_stats(arrays: Arrays) -> GradStats:

@@ -2,7 +2,7 @@
 the score of a gradient monitor on them (`python -m gradguard bench --sections
 detection`).
 
-Every run trains a NumPy network (gradguard.demo.mlp: forward and backward by
+Every run trains a NumPy network (gradguard.models.mlp: forward and backward by
 hand) with gradguard's own optimisers, deterministically from its seed. A run
 is healthy, or sick with a cause injected at an onset step into named layers.
 Ground truth is defined here and checked against the run's own record: a
@@ -30,8 +30,8 @@ from typing import Callable, Optional
 
 import numpy as np
 
-from ..demo.mlp import MLP, two_spirals
 from ..guard import Guard
+from ..models import MLP, two_spirals
 from ..monitor import GradientMonitor
 from ..optim import SGD, Adam
 

@@ -9,18 +9,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..models import adding_problem
 from ..optim import Adam
-
-
-def adding_problem(generator, batch, length):
-    """(inputs (batch, length, 2), targets (batch, 1)): the sum of the two marked values."""
-    values = torch.rand(batch, length, generator=generator)
-    marks = torch.zeros(batch, length)
-    first = torch.randint(0, length // 2, (batch,), generator=generator)
-    second = torch.randint(length // 2, length, (batch,), generator=generator)
-    marks[torch.arange(batch), first] = 1.0
-    marks[torch.arange(batch), second] = 1.0
-    return torch.stack([values, marks], dim=2), (values * marks).sum(1, keepdim=True)
 
 
 def quadrant_images(generator, batch, size=12):
@@ -88,7 +78,13 @@ def build(spec, seed):
         return _Transformer(), lambda: token_counts(generator, 64), torch.nn.functional.cross_entropy
     radius = 3.0 if spec.sickness == "rnn_exploding" else None
     module = _Recurrent(spec.model, 32, radius)
-    return module, lambda: adding_problem(generator, 64, spec.width), torch.nn.functional.mse_loss
+    rng = np.random.default_rng(seed)
+
+    def adding_batch():
+        inputs, targets = adding_problem(64, spec.width, rng)  # time-major, as the NumPy networks take it
+        return torch.from_numpy(inputs.transpose(1, 0, 2).copy()), torch.from_numpy(targets[:, None])
+
+    return module, adding_batch, torch.nn.functional.mse_loss
 
 
 class TorchTraining:

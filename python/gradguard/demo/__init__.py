@@ -2,8 +2,7 @@
 networks whose backward passes feed gradguard's monitor, initialisers, norms,
 clipping and guard (`gradguard demo`)."""
 
+from ..models import MLP, Recurrent, adding_problem, two_spirals
 from .cli import main
-from .mlp import MLP, two_spirals
-from .recurrent import Recurrent, adding_problem
 
 __all__ = ["main", "MLP", "two_spirals", "Recurrent", "adding_problem"]

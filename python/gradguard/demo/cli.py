@@ -4,16 +4,17 @@ claim. Writes results.json, report.md and PNGs to --out."""
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from .._command_line import whole_number
+from ..config import usable_cores
 from .experiments import EXPERIMENTS, Settings, plan
 from .figures import draw_all
 from .report import header_facts, text_summary, write_report, write_results
-from .runner import Progress, available_cores, run_all
+from .runner import Progress, run_all
 
 # (seeds, spirals steps, adding-problem steps, depths, lengths) of each preset.
 PRESETS = {
@@ -23,20 +24,6 @@ PRESETS = {
 }
 
 
-def _count(minimum):
-    def parse(text):
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    parse.__name__ = "int"
-    return parse
-
-
 def add_arguments(parser):
     """The options of `gradguard demo`."""
     preset = parser.add_mutually_exclusive_group()
@@ -44,14 +31,14 @@ def add_arguments(parser):
         "--quick", action="store_true", help="2 seeds, fewer steps, depths 10/50, lengths 20/50 (about 30 s)"
     )
     preset.add_argument("--full", action="store_true", help="10 seeds and twice the steps (about 10 minutes)")
-    parser.add_argument("--seeds", type=_count(1), help="seeds per configuration (default 5)")
-    parser.add_argument("--first-seed", type=_count(0), default=0, help="seeds are first-seed, first-seed + 1, ...")
-    parser.add_argument("--steps", type=_count(1), help="training steps of each spirals network (default 300)")
+    parser.add_argument("--seeds", type=whole_number(1), help="seeds per configuration (default 5)")
+    parser.add_argument("--first-seed", type=whole_number(0), default=0, help="seeds are first-seed, first-seed + 1, ...")
+    parser.add_argument("--steps", type=whole_number(1), help="training steps of each spirals network (default 300)")
     parser.add_argument(
-        "--sequence-steps", type=_count(1), help="training steps of each recurrent network (default 600)"
+        "--sequence-steps", type=whole_number(1), help="training steps of each recurrent network (default 600)"
     )
-    parser.add_argument("--depths", type=_count(2), nargs="+", help="hidden layers (default 10 50 100)")
-    parser.add_argument("--lengths", type=_count(2), nargs="+", help="adding-problem lengths (default 20 50 100)")
+    parser.add_argument("--depths", type=whole_number(2), nargs="+", help="hidden layers (default 10 50 100)")
+    parser.add_argument("--lengths", type=whole_number(2), nargs="+", help="adding-problem lengths (default 20 50 100)")
     parser.add_argument(
         "--experiments",
         nargs="+",
@@ -61,7 +48,7 @@ def add_arguments(parser):
         + "; ".join(f"{key}: {title}" for key, (title, _) in EXPERIMENTS.items()),
     )
     parser.add_argument(
-        "--jobs", type=_count(1), default=available_cores(), help="worker processes (default: the usable cores)"
+        "--jobs", type=whole_number(1), default=usable_cores(), help="worker processes (default: the usable cores)"
     )
     parser.add_argument(
         "--out", type=Path, default=Path("gradguard-out"), help="folder for results.json, report.md and the PNGs"

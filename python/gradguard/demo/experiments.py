@@ -23,10 +23,9 @@ from .. import init
 from ..adaptive import ZClip
 from ..clip import global_norm
 from ..guard import Guard
+from ..models import MLP, Recurrent, adding_problem, two_spirals
 from ..monitor import GradientMonitor
 from ..optim import SGD, Adam
-from .mlp import MLP, two_spirals
-from .recurrent import Recurrent, adding_problem
 
 CONVERGED_ACCURACY = 0.9  # test accuracy at which a spirals run counts as converged
 SOLVED_MSE = 0.01  # test MSE at which an adding-problem run counts as solved (predicting 1 scores 1/6)

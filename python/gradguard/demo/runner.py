@@ -9,23 +9,15 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 
 from .._environment import environment
-from ..config import get_num_threads, set_num_threads
+from ..config import set_num_threads
 from .experiments import EXPERIMENTS, execute
 
 _SINGLE_THREAD = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS")
-
-
-def available_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def _worker_setup():
@@ -95,23 +87,15 @@ def run_all(runs, jobs, progress=None):
     records = [None] * len(runs)
     # Longest first, within the experiment order: the pool stays full to the end.
     order = sorted(range(len(runs)), key=lambda i: (progress.order.index(runs[i].experiment), -runs[i].cost))
-    if jobs <= 1 or len(runs) <= 1:
-        previous = get_num_threads()
-        set_num_threads(1)
-        try:
-            for index in order:
-                records[index] = execute(runs[index])
-                progress.advance(runs[index])
-        finally:
-            set_num_threads(previous)
-            progress.close()
-        return records
+    # Every run, even with jobs=1, runs in a worker process whose BLAS is
+    # single-threaded from its start: a multi-threaded BLAS may sum a matrix
+    # product in another order, so records would depend on --jobs otherwise.
     context = multiprocessing.get_context("spawn")
     # The pool spawns its workers as work is submitted, so the environment they
     # inherit must stay set until every run has been submitted.
     # Spawned workers read the BLAS thread counts from the environment at import.
     with environment(**{name: "1" for name in _SINGLE_THREAD}):
-        pool = ProcessPoolExecutor(min(jobs, len(runs)), mp_context=context, initializer=_worker_setup)
+        pool = ProcessPoolExecutor(max(1, min(jobs, len(runs))), mp_context=context, initializer=_worker_setup)
         try:
             futures = {pool.submit(execute, runs[index]): index for index in order}
         except BaseException:

@@ -1,4 +1,4 @@
-"""Deep fully connected networks in NumPy, for the demo: forward and backward
+"""Deep fully connected networks in NumPy, for the demo and the detection benchmark: forward and backward
 by hand, in the architectures the classic remedies for vanishing and exploding
 gradients call for. Normalisation runs through gg.layer_norm.
 
@@ -28,6 +28,7 @@ import numpy as np
 
 from .. import init
 from ..norm import layer_norm, layer_norm_backward
+from .activations import sigmoid
 
 LEAKY_SLOPE = 0.01
 
@@ -46,10 +47,6 @@ ARCHITECTURES = ("plain", "residual", "preln", "highway", "layer_norm", "batch_n
 HIGHWAY_GATE_BIAS = -2.0
 BATCH_NORM_MOMENTUM = 0.1
 _EPS = 1e-5
-
-
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
 
 
 class MLP:
@@ -180,7 +177,7 @@ class MLP:
             elif kind == "highway":
                 z = h @ weight.T + bias
                 a = act(z)
-                gate = _sigmoid(h @ self.gate_weights[index].T + self.gate_biases[index])
+                gate = sigmoid(h @ self.gate_weights[index].T + self.gate_biases[index])
                 outputs.append(z)
                 cache.append((kind, h, z, a, gate))
                 h = h + gate * (a - h)
@@ -252,10 +249,6 @@ class MLP:
         d_features_by_batch = np.ascontiguousarray(d_normalised.T, dtype=normalised_input.dtype)
         return layer_norm_backward(d_features_by_batch, normalised_input, mean, rstd)[0].T
 
-    def evaluate(self, x, labels):
-        """Accuracy on (x, labels); batch norm uses its running averages."""
-        return self.evaluate_loss(x, labels)[1]
-
     def evaluate_loss(self, x, labels):
         """(mean cross-entropy, accuracy) on (x, labels), in evaluation mode."""
         logits = self._forward(x, training=False)[0].astype(np.float64)
@@ -263,16 +256,3 @@ class MLP:
         log_probabilities = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
         loss = float(-np.mean(log_probabilities[np.arange(len(labels)), labels]))
         return loss, float(np.mean(np.argmax(logits, axis=1) == labels))
-
-
-def two_spirals(points, noise=0.2, seed=0, turns=1.75):
-    """Two interleaved spirals in 2-D (a classic task deep nets must bend space for)."""
-    rng = np.random.default_rng(seed)
-    half = points // 2
-    angle = np.sqrt(rng.uniform(0, 1, half)) * turns * 2 * np.pi
-    radius = angle / (turns * 2 * np.pi) * 2.0
-    first = np.stack([radius * np.cos(angle), radius * np.sin(angle)], axis=1)
-    data = np.concatenate([first, -first]) + rng.normal(0, noise * 0.1, (2 * half, 2))
-    labels = np.concatenate([np.zeros(half, np.int64), np.ones(half, np.int64)])
-    order = rng.permutation(2 * half)
-    return data[order].astype(np.float32), labels[order]

@@ -22,28 +22,6 @@ CELLS = ("rnn", "lstm")
 FORGET_BIAS = 1.0
 
 
-def _sigmoid(z):
-    return 1.0 / (1.0 + np.exp(-z))
-
-
-def adding_problem(count, length, rng, dtype=np.float32):
-    """The adding problem (Hochreiter & Schmidhuber, 1997): at each of `length`
-    steps a value drawn from U(0, 1) and a marker; one marker falls in the first
-    half, one in the second; the target is the sum of the two marked values.
-    Returns x (length, count, 2) and targets (count,). Predicting the mean (1)
-    scores a mean squared error of 1/6."""
-    values = rng.uniform(0.0, 1.0, (length, count))
-    markers = np.zeros((length, count))
-    half = length // 2
-    first = rng.integers(0, half, count)
-    second = rng.integers(half, length, count)
-    columns = np.arange(count)
-    markers[first, columns] = 1.0
-    markers[second, columns] = 1.0
-    targets = values[first, columns] + values[second, columns]
-    return np.stack([values, markers], axis=2).astype(dtype), targets.astype(dtype)
-
-
 class Recurrent:
     """cell: "rnn" or "lstm"; hidden: units. Parameters are float32 arrays
     named W_x, W_h, b, w_out, b_out (the LSTM's gate blocks are stacked in the

@@ -6,7 +6,6 @@ gradient's norm partial there (and, for a monitor, its statistics partial),
 so when backward returns the global norm is known without another read of
 memory, and the clip folds into the optimiser's update: a gg.optim step given
 grad_norm= reads each gradient once, for the update itself.
-Imported through gradguard.torch.
 """
 
 from __future__ import annotations
@@ -15,15 +14,16 @@ import math
 
 import torch
 
-from .distributed import combine_norm_over_ranks, combine_stats_over_ranks, step_with_global_norm
-from .partials import (
+from ..distributed import combine_norm_over_ranks, combine_stats_over_ranks, step_with_global_norm
+from ..partials import (
     RescaledPartialsNeeded,
     combine_norm_partials,
     combine_stats_partials,
     norm_partials,
     stats_partials,
 )
-from .stats import GradStats
+from ..stats import GradStats
+from ._tensors import as_numpy, dense_view, named_parameters
 
 __all__ = ["BackwardNorm"]
 
@@ -56,11 +56,9 @@ class BackwardNorm:
     """
 
     def __init__(self, parameters, *, monitor=None, stats: bool = False):
-        from .torch import _named_parameters
-
         if not hasattr(torch.Tensor, "register_post_accumulate_grad_hook"):
             raise RuntimeError("BackwardNorm needs torch >= 2.1 (Tensor.register_post_accumulate_grad_hook)")
-        self.named = _named_parameters(parameters)
+        self.named = named_parameters(parameters)
         self.names = [name for name, _ in self.named]
         if monitor is not None and monitor.names is None:
             raise ValueError("monitor must know its layers: GradientMonitor(names=[name for name, _ in ...])")
@@ -80,8 +78,6 @@ class BackwardNorm:
         return take
 
     def _take(self, index, grad):
-        from .torch import _dense_view, as_numpy
-
         if grad is None:
             return
         if grad.layout != torch.strided:
@@ -89,7 +85,7 @@ class BackwardNorm:
                 f"BackwardNorm: the gradient of {self.names[index]!r} is {grad.layout}; "
                 "only dense gradients are supported (for an embedding, use sparse=False)"
             )
-        view = _dense_view(grad)
+        view = dense_view(grad)
         array = as_numpy(view if view is not None else grad.contiguous())
         named = {self.names[index]: array}
         self._norms[index] = norm_partials(named)
@@ -117,8 +113,6 @@ class BackwardNorm:
     def _combined(self, slots, group, take, combine_here, combine_over_ranks):
         """The slots' partials combined, here or over the group's ranks; the rare
         overflow-safe path reads the gradients once more, for rescaled partials."""
-        from .torch import as_numpy
-
         def combine(parts):
             return combine_here(parts) if group is None else combine_over_ranks(parts, group=group)
 
@@ -139,8 +133,6 @@ class BackwardNorm:
         norm and the monitor's statistics are over every rank's gradients, and
         a step with inf/NaN on any rank is skipped on every rank.
         Returns what optimizer.step returns."""
-        from .torch import as_numpy
-
         total = self.total_norm(group=group)
         if self.monitor is not None and (math.isfinite(total) or (loss_scaler is None and not skip_nonfinite)):
             self.monitor.update_stats(self.grad_stats(group=group), allow_missing=True)
@@ -148,7 +140,7 @@ class BackwardNorm:
             name: (None if part is None or tensor.grad is None else as_numpy(tensor.grad))
             for (name, tensor), part in zip(self.named, self._norms)
         }
-        if getattr(optimizer, "_names", None) is None:
+        if getattr(optimizer, "names", None) is None:
             grads = list(grads.values())
         try:
             if group is not None:

@@ -1,0 +1,76 @@
+"""`gradguard bench`: the options and the sections they run."""
+
+from __future__ import annotations
+
+from .._command_line import whole_number
+from ..config import get_num_threads, set_num_threads
+from .clip_cases import format_table, run
+from .harness import torch
+from .norm_cases import format_norm_table, run_norms
+from .optim_cases import format_optimizer_table, run_optimizers
+from .workloads import workload_names
+
+
+def add_arguments(parser):
+    """The options of `gradguard bench`."""
+    parser.add_argument("--workloads", nargs="+", default=workload_names(), choices=workload_names())
+    parser.add_argument(
+        "--repeat", type=whole_number(1), default=7, help="timed calls per measurement (median reported)"
+    )
+    parser.add_argument(
+        "--threads", type=whole_number(1), default=get_num_threads(), help="threads for gradguard and torch"
+    )
+    parser.add_argument(
+        "--sections",
+        nargs="+",
+        default=["clip", "norm", "optim"],
+        choices=["clip", "norm", "optim", "backward", "sharded", "detection"],
+        help="clip: norms, clipping and statistics of the workloads; norm: layer norm; "
+        "optim: fused optimiser steps on gpt2-small; backward: a gpt2-small-shaped transformer's backward "
+        "+ clip + AdamW, the norm taken during backward (needs torch); sharded: the global-norm clip of "
+        "gpt2-small's gradients sharded over 2 processes (needs torch); "
+        "detection: the monitor on labelled training runs",
+    )
+
+
+def run_from_arguments(arguments):
+    if "clip" in arguments.sections:
+        rows = run(arguments.workloads, arguments.repeat, arguments.threads)
+        print(format_table(rows, arguments.threads))
+    if "norm" in arguments.sections:
+        set_num_threads(arguments.threads)
+        if torch is not None:
+            torch.set_num_threads(arguments.threads)
+        print()
+        print(format_norm_table(run_norms(arguments.repeat)))
+    if "optim" in arguments.sections:
+        set_num_threads(arguments.threads)
+        if torch is not None:
+            torch.set_num_threads(arguments.threads)
+        print()
+        print(format_optimizer_table(run_optimizers(max(3, arguments.repeat // 2))))
+    if "backward" in arguments.sections:
+        print()
+        if torch is None:
+            print("backward: skipped, torch is not installed")
+        else:
+            from .backward import format_measurement, measure
+
+            set_num_threads(arguments.threads)
+            torch.set_num_threads(arguments.threads)
+            medians, agreement = measure(rounds=max(3, arguments.repeat // 2))
+            print(format_measurement(medians, agreement, 4, 64))
+    if "sharded" in arguments.sections:
+        print()
+        if torch is None:
+            print("sharded: skipped, torch is not installed")
+        else:
+            from .sharded import format_sharded, measure_sharded
+
+            print(format_sharded(measure_sharded(repeat=arguments.repeat)))
+    if "detection" in arguments.sections:
+        from .detection import main_section
+
+        print()
+        main_section()
+    return 0

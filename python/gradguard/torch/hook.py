@@ -1,0 +1,96 @@
+"""Per-layer gradient statistics (and clipping) at every torch optimiser step,
+and a monitor fed from a module's named parameters."""
+
+from __future__ import annotations
+
+import math
+
+from .._arguments import real
+from ..clip import clip_with_norm_
+from ..monitor import GradientMonitor
+from ..stats import grad_stats
+from ._tensors import InPlace, as_numpy, named_parameters, scalar
+
+__all__ = ["GradGuardHook", "monitor_module"]
+
+
+def monitor_module(monitor, module, step=None, with_params=True):
+    """Feed a GradientMonitor from module.named_parameters() after backward;
+    parameters without a gradient this step (frozen, unused) are left out of
+    the step (GradientMonitor.update's allow_missing). Returns the step's findings."""
+    named = [(name, p) for name, p in module.named_parameters() if p.grad is not None]
+    grads = {name: as_numpy(p.grad) for name, p in named}
+    params = {name: as_numpy(p) for name, p in named} if with_params else None
+    return monitor.update(grads, params=params, step=step, allow_missing=True)
+
+
+class GradGuardHook:
+    """Per-layer gradient statistics (and optional clipping) at every optimiser step.
+
+    hook = GradGuardHook(model, optimizer=opt, max_norm=1.0) registers an
+    optimizer step pre-hook: each opt.step() (also when torch.amp.GradScaler
+    calls it) first feeds the monitor the parameters' gradients by name, then
+    clips them in place by their global L2 norm, with
+
+        total_norm = ||(||g_1||, ..., ||g_n||)||_2,  g_i <- g_i * min(1, max_norm / (total_norm + 1e-6))
+
+    as torch.nn.utils.clip_grad_norm_. Under a GradScaler this sees the
+    unscaled gradients (GradScaler.step unscales before it calls opt.step), and
+    a step the scaler skips for inf/NaN never reaches the hook, so it stays
+    skipped and leaves the monitor untouched.
+
+    Without an optimizer, call hook() after backward (and after
+    scaler.unscale_(opt) when scaling; pass scaler= so that a step with
+    inf/NaN gradients, which the scaler will skip, is neither recorded nor clipped;
+    skip_nonfinite=True does the same for a caller that skips such steps itself).
+
+    parameters: a torch.nn.Module or its named_parameters(); tensors that do
+    not require a gradient are left out, and a parameter whose .grad is None
+    on a step is skipped for that step. monitor: a GradientMonitor (default:
+    a new one over these names). CPU tensors only (this build has no CUDA
+    backend). hook.last_norm is the last step's pre-clip global norm;
+    hook.steps counts the steps seen; hook.remove() detaches it.
+    """
+
+    def __init__(self, parameters, monitor=None, *, optimizer=None, max_norm=None, scaler=None, skip_nonfinite=False):
+        self._named = named_parameters(parameters)
+        self.names = [name for name, _ in self._named]
+        self.monitor = GradientMonitor(names=self.names) if monitor is None else monitor
+        if self.monitor.names is None:
+            raise ValueError("monitor must know its layers: GradientMonitor(names=...), or pass none and one is made")
+        self.max_norm = real(scalar(max_norm), "max_norm", low=0.0, allow_none=True)
+        self.scaler = scaler
+        self.skip_nonfinite = bool(skip_nonfinite)
+        self.steps = 0
+        self.last_norm = None
+        self._handle = None
+        if optimizer is not None:
+            self._handle = optimizer.register_step_pre_hook(self._before_step)
+
+    def __call__(self):
+        """Record (and clip) the current gradients; returns the monitor's findings."""
+        present = [(name, p.grad) for name, p in self._named if p.grad is not None]
+        if not present:
+            return []
+        in_place = InPlace([grad for _, grad in present])
+        grads = {name: array for (name, _), array in zip(present, in_place.arrays)}
+        stats = grad_stats(grads)  # one read serves the monitor and the norm
+        norm = stats.global_norm
+        self.last_norm = norm
+        if (self.scaler is not None or self.skip_nonfinite) and not math.isfinite(norm):
+            return []  # the step will be skipped: nothing to record, nothing to clip
+        findings = self.monitor.update_stats(stats, step=self.steps, allow_missing=True)
+        self.steps += 1
+        if self.max_norm is not None and math.isfinite(norm):
+            clip_with_norm_(list(grads.values()), self.max_norm, norm)
+            in_place.finish()
+        return findings
+
+    def _before_step(self, optimizer, args, kwargs):
+        self()  # a step pre-hook must return None (or replacement arguments)
+
+    def remove(self):
+        """Detach from the optimiser (a no-op without one)."""
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
