@@ -1,5 +1,10 @@
 """Fixtures shared by the tests: SIMD targets, dtypes, sizes and tolerances."""
 
+import os
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pytest
 
@@ -58,3 +63,35 @@ def random_array(rng, size, dtype, scale=1.0):
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+def misaligned(values, dtype=np.float32):
+    """A contiguous, writable array whose data address is not a multiple of its itemsize."""
+    values = np.asarray(values, dtype=dtype)
+    buffer = bytearray(values.nbytes + 1)
+    array = np.frombuffer(buffer, dtype=dtype, offset=1, count=values.size).reshape(values.shape)
+    array[...] = values
+    assert not array.flags.aligned and array.flags.c_contiguous
+    return array
+
+
+def run_python(code, timeout=120, **env):
+    """A fresh interpreter running `code` (dedented), with `env` added to the environment."""
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=timeout,
+    )
+
+
+ELEMENTS = 64
+
+
+def layer_with_norm(rng, norm, zero_fraction=0.0):
+    values = rng.standard_normal(ELEMENTS)
+    if zero_fraction:
+        values[: int(round(zero_fraction * ELEMENTS))] = 0.0
+    length = np.linalg.norm(values)
+    return (values * (norm / length) if length > 0 else values).astype(np.float32)

@@ -2,21 +2,14 @@
 
 import multiprocessing
 import os
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
 import gradguard as gg
+from conftest import run_python
 from gradguard import _core
-
-
-def run_python(code, **env):
-    return subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ, **env}, timeout=120
-    )
 
 
 def test_show_config_prints_target_threads_compiler(capsys):
@@ -115,3 +108,24 @@ def test_one_version_from_pyproject_to_the_package():
     from importlib.metadata import version
 
     assert gg.__version__ == _core.__version__ == version("gradguard")
+
+
+def test_set_num_threads_that_fails_part_way_keeps_the_truth():
+    result = run_python("""
+        import resource, numpy as np, gradguard as gg
+        gg.set_num_threads(2)
+        with open("/proc/self/statm") as handle:
+            used = int(handle.read().split()[0]) * resource.getpagesize()
+        # room for a few thread stacks only
+        resource.setrlimit(resource.RLIMIT_AS, (used + (96 << 20), resource.RLIM_INFINITY))
+        try:
+            gg.set_num_threads(5000)
+        except RuntimeError as error:
+            print("refused:", error)
+        print(gg.get_num_threads())
+        print(gg.global_norm([np.ones(1_000_000, np.float32)]))
+    """)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("refused:")
+    assert lines[1] == "2" and float(lines[2]) == 1000.0

@@ -114,3 +114,13 @@ def test_torch_agrees():
             torch.stack([torch.linalg.vector_norm(torch.from_numpy(a).double(), ord) for a in arrays]), ord
         )
         assert gg.global_norm(arrays, ord=ord) == pytest.approx(float(expected), rel=1e-9)
+
+
+@pytest.mark.parametrize("ord", [50.0, 2000.0, 1e5])
+def test_large_orders_rescale(simd_target, ord):
+    values = np.random.default_rng(3).uniform(0.5, 4.0, 1000).astype(np.float32)
+    expected = reference.global_norm([values], ord)
+    assert gg.global_norm([values], ord=ord) == pytest.approx(expected, rel=1e-6)
+    clipped = values.copy()
+    gg.clip_by_global_norm([clipped], 1e9, ord=ord)
+    np.testing.assert_array_equal(clipped, values)  # far below the bound: untouched, not zeroed

@@ -90,3 +90,25 @@ def test_torch_agrees():
     assert stats.std[0] == pytest.approx(float(tensor.std(unbiased=False)), rel=1e-6)
     assert stats.abs_mean[0] == pytest.approx(float(tensor.abs().mean()), rel=1e-6)
     assert stats.l2[0] == pytest.approx(float(torch.linalg.vector_norm(tensor)), rel=1e-6)
+
+
+EXTREMES = [
+    np.array([3e38, -3e38, 1, 2], np.float32),
+    np.concatenate([np.ones(99, np.float32), np.array([2e19], np.float32)]),
+    (np.random.default_rng(0).standard_normal(1000) * 1e-38).astype(np.float32),
+    np.array([1e-45, -1e-45, 0.0], np.float32),
+    np.array([1e300, -1e300, 1.0], np.float64),
+    np.array([1e-310, 3e-310], np.float64),
+    np.array([65504.0, -65504.0, 1.0], np.float16),
+]
+
+
+@pytest.mark.parametrize("values", EXTREMES, ids=lambda v: f"{v.dtype}-{np.abs(v.astype(np.float64)).max():.0e}")
+def test_grad_stats_extreme_values(simd_target, values):
+    stats = gg.grad_stats([values])
+    expected = reference.grad_stats([values])
+    largest = float(np.abs(values.astype(np.float64)).max())
+    assert stats.l2[0] == pytest.approx(gg.global_norm([values]), rel=1e-9)
+    for field in ("mean", "std", "abs_mean"):
+        assert abs(getattr(stats, field)[0] - expected[field][0]) <= 1e-6 * largest, field
+    assert stats.n_nan[0] == 0 and stats.n_inf[0] == 0

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import gradguard as gg
+from conftest import run_python
 
 HUGE = 2**31 + 33
 pytestmark = pytest.mark.slow  # 4 GiB: not in the sanitizer pass
@@ -36,3 +37,19 @@ def test_in_place_clip_reaches_the_end(huge):
     huge[HUGE - 1] = 0.0
     gg.clip_by_global_norm([huge], 6.5, eps=0.0)
     assert huge[2**31] == 6.0 and huge[0] == 1.5 and huge[2**31 - 1] == -2.0
+
+
+def test_scratch_is_released_after_a_call_on_a_million_arrays():
+    result = run_python("""
+        import numpy as np, gradguard as gg
+        def resident():
+            with open("/proc/self/statm") as handle:
+                return int(handle.read().split()[1]) * 4096
+        arrays = [np.zeros(1, np.float32)] * 1_000_000   # one array, a million times: no Python memory
+        gg.grad_stats(arrays[:10]); gg.global_norm(arrays[:10])
+        before = resident()
+        gg.grad_stats(arrays); gg.global_norm(arrays); gg.clip_by_value(arrays[:1], 1.0)
+        print((resident() - before) >> 20)
+    """)
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout.strip()) < 64  # MiB still resident (the columns returned are 80 MB, freed)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import gradguard as gg
+from conftest import BFLOAT16
 from gradguard import init
 
 
@@ -121,3 +122,46 @@ def test_torch_parity_of_the_distributions():
             assert np.std(mine) == pytest.approx(np.std(reference), rel=0.1)
         assert torch.nn.init.calculate_gain("leaky_relu", 0.3) == pytest.approx(init.calculate_gain("leaky_relu", 0.3))
         assert torch.nn.init._calculate_fan_in_and_fan_out(torch.empty(shape)) == init.fans(shape)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_uniform_and_zeros_fill_in_place(dtype):
+    array = np.full((64, 32), 7.0, dtype)
+    assert init.uniform_(array, -0.5, 0.25, rng=0) is array
+    assert array.min() >= -0.5 and array.max() <= 0.25 and array.std() > 0.1
+    same = np.empty((64, 32), dtype)
+    init.uniform_(same, -0.5, 0.25, rng=0)
+    np.testing.assert_array_equal(array, same)  # the seed decides the values
+    assert init.zeros_(array) is array and not array.any()
+
+
+@pytest.mark.parametrize("fill", [init.zeros_, init.uniform_])
+def test_in_place_initialisers_refuse_what_they_cannot_fill(fill):
+    with pytest.raises(TypeError, match="floating-point"):
+        fill(np.ones(4, np.int32))
+    with pytest.raises(TypeError, match="floating-point"):
+        fill([1.0, 2.0])
+    read_only = np.ones(4, np.float32)
+    read_only.flags.writeable = False
+    with pytest.raises(ValueError, match="read-only"):
+        fill(read_only)
+    assert (read_only == 1).all()
+
+
+@pytest.mark.parametrize("param", [True, [1], {"a": "b"}])
+def test_calculate_gain_refuses_bad_slopes_like_torch(param):
+    with pytest.raises(ValueError):
+        gg.init.calculate_gain("leaky_relu", param)
+
+
+def test_kaiming_on_zero_elements_is_a_no_op_and_bfloat16_is_filled():
+    empty = np.zeros((0, 3), np.float32)
+    for initialiser in (gg.init.kaiming_uniform_, gg.init.kaiming_normal_):
+        with pytest.warns(UserWarning, match="no-op"):
+            assert initialiser(empty) is empty
+    if BFLOAT16 is not None:
+        weight = np.zeros((16, 8), BFLOAT16)
+        gg.init.kaiming_normal_(weight, rng=0)
+        gg.init.xavier_uniform_(weight, rng=0)
+        gg.init.orthogonal_(weight, rng=0)
+        assert np.abs(weight.astype(np.float32)).max() > 0

@@ -41,7 +41,7 @@ def test_missing_layers_refused_without_allow_missing_and_unknown_names_always()
     with pytest.raises(ValueError, match=r"unexpected \['z'\]"):
         monitor.update({"a": np.ones(3, np.float32), "z": np.ones(3, np.float32)}, allow_missing=True)
     assert monitor.summary()["steps"] == 0  # refused updates changed nothing
-    monitor.update(one, params={"a": np.ones(3, np.float32)}, allow_missing=True)
+    monitor.update(one, allow_missing=True)
     assert monitor.summary()["steps"] == 1
 
 

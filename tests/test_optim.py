@@ -30,10 +30,10 @@ DEFAULTS = {
     "rmsprop": dict(alpha=0.99, eps=1e-8),
 }
 STATE_NAMES = {
-    "sgd": ("momentum",),
+    "sgd": ("momentum_buffer",),
     "adam": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
     "adamw": ("exp_avg", "exp_avg_sq", "max_exp_avg_sq"),
-    "rmsprop": ("square_avg", "momentum", "grad_avg"),
+    "rmsprop": ("square_avg", "momentum_buffer", "grad_avg"),
 }
 
 
@@ -117,75 +117,6 @@ def test_half_gradients_with_float32_master_parameters(simd_target, grad_dtype):
         np.testing.assert_allclose(actual, wanted, rtol=1e-4, atol=1e-5)
 
 
-def test_state_dict_round_trip_resumes_exactly():
-    rng = np.random.default_rng(10)
-    params = [rng.standard_normal(s).astype(np.float32) for s in SHAPES]
-    sequence = _gradient_sequence(11, 20)
-    optimizer = gg.optim.Adam(params, lr=0.01, amsgrad=True, max_grad_norm=1.0)
-    for grads in sequence[:10]:
-        optimizer.step(grads)
-    saved_params = [p.copy() for p in params]
-    saved = optimizer.state_dict()
-    for grads in sequence[10:]:
-        optimizer.step(grads)
-    finished = [p.copy() for p in params]
-    resumed_params = [p.copy() for p in saved_params]
-    resumed = gg.optim.Adam(resumed_params, lr=0.5)
-    resumed.load_state_dict(saved)
-    for grads in sequence[10:]:
-        resumed.step(grads)
-    for a, b in zip(resumed_params, finished):
-        assert a.tobytes() == b.tobytes()
-    assert resumed.step_count == 20 and saved["step"] == 10
-
-
-def test_unscale_matches_torch_and_reports_overflow(simd_target):
-    grads = [np.array([1.0, 2.0, 3.0], np.float32), np.array([4.0, 65504.0], np.float16)]
-    assert gg.unscale_(grads, 0.5) is False
-    np.testing.assert_array_equal(grads[0], [0.5, 1.0, 1.5])
-    np.testing.assert_array_equal(grads[1], np.array([2.0, 32752.0], np.float16))
-    with_inf = [np.ones(100, np.float32), np.array([1.0, np.inf], np.float32)]
-    assert gg.unscale_(with_inf, 0.25) is True
-    assert with_inf[0][0] == 0.25 and np.isinf(with_inf[1][1])
-    torch = pytest.importorskip("torch")
-    values = np.random.default_rng(1).standard_normal(1000).astype(np.float32)
-    values[77] = np.nan
-    tensor = torch.tensor(values.copy())
-    found = torch.zeros(1)
-    torch._amp_foreach_non_finite_check_and_unscale_([tensor], found, torch.tensor(0.125))
-    assert gg.unscale_([values], 0.125) is bool(found.item())
-    np.testing.assert_array_equal(values, tensor.numpy())
-
-
-def test_loss_scaler_rule_matches_torch_grad_scaler():
-    scaler = gg.LossScaler(init_scale=8.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=3)
-    history = []
-    for found in [False, False, False, True, False, False, False, False]:
-        scaler.update(found)
-        history.append(scaler.get_scale())
-    assert history == [8.0, 8.0, 16.0, 8.0, 8.0, 8.0, 16.0, 16.0]
-    assert scaler.scale(np.float32(2.0)) == 32.0
-    restored = gg.LossScaler()
-    restored.load_state_dict(scaler.state_dict())
-    assert restored.state_dict() == scaler.state_dict()
-    torch = pytest.importorskip("torch")
-    if not hasattr(torch.amp, "GradScaler"):
-        pytest.skip("torch.amp.GradScaler missing")
-    reference_scaler = torch.amp.GradScaler(
-        "cpu", init_scale=8.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=3
-    )
-    ours = gg.LossScaler(init_scale=8.0, growth_factor=2.0, backoff_factor=0.5, growth_interval=3)
-    reference_scaler.scale(torch.ones(1))  # GradScaler creates its scale lazily
-    parameter = torch.nn.Parameter(torch.ones(1))
-    optimizer = torch.optim.SGD([parameter], lr=0.0)
-    for found in [False, False, False, True, False, False, False]:
-        parameter.grad = torch.tensor([math.inf if found else 1.0])
-        reference_scaler.step(optimizer)
-        reference_scaler.update()
-        ours.update(found)
-        assert ours.get_scale() == reference_scaler.get_scale()
-
-
 def test_step_with_loss_scaler_skips_on_overflow_and_unscales_otherwise(simd_target):
     params = [np.ones(10, np.float32)]
     scaler = gg.LossScaler(init_scale=1024.0)
@@ -261,3 +192,25 @@ def test_skipped_step_reports_no_update():
     params = [np.ones(5, np.float32)]
     report = gg.optim.SGD(params, lr=0.1).step([np.full(5, np.inf, np.float32)], gg.LossScaler(), return_report=True)
     assert report.skipped and report.update_norms is None and report.update_ratio is None
+
+
+def test_optimiser_snapshots_its_parameters():
+    first, second = np.ones(4, np.float32), np.ones(3, np.float32)
+    params = [first, second]
+    optimizer = gg.optim.SGD(params, lr=0.5)
+    params.append(np.ones(7, np.float32))  # the caller's list changes afterwards
+    params.reverse()
+    optimizer.step([np.ones(4, np.float32), np.ones(3, np.float32)])
+    np.testing.assert_array_equal(first, np.full(4, 0.5, np.float32))
+    np.testing.assert_array_equal(second, np.full(3, 0.5, np.float32))
+    assert [p is q for p, q in zip(optimizer.params, [first, second])] == [True, True]
+
+
+def test_optimizer_matches_gradient_dicts_by_name():
+    params = {"a": np.ones(3, np.float32), "b": np.ones(3, np.float32)}
+    optimizer = gg.optim.SGD(params, lr=1.0)
+    optimizer.step({"b": np.full(3, 2.0, np.float32), "a": np.full(3, 0.5, np.float32)})  # reversed
+    np.testing.assert_array_equal(params["a"], 0.5)
+    np.testing.assert_array_equal(params["b"], -1.0)
+    with pytest.raises(ValueError, match=r"missing \['b'\].*unexpected \['c'\]"):
+        optimizer.step({"a": np.ones(3, np.float32), "c": np.ones(3, np.float32)})

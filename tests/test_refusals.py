@@ -14,15 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gradguard as gg
+from conftest import misaligned
 
 DTYPES = [np.float32, np.float64, np.float16]
-
-
-def misaligned(values):
-    buffer = bytearray(values.nbytes + 1)
-    array = np.frombuffer(buffer, dtype=values.dtype, offset=1, count=values.size).reshape(values.shape)
-    array[...] = values
-    return array
 
 
 @st.composite
@@ -206,7 +200,7 @@ def test_reading_functions_leave_inputs_untouched(arrays, strided):
     gg.global_norm(arrays, ord=3.0)
     gg.grad_stats(arrays)
     monitor = gg.GradientMonitor()
-    monitor.update(arrays, params=arrays)
+    monitor.update(arrays)
     assert snapshot(arrays) == before
 
 
@@ -264,3 +258,64 @@ def test_every_in_place_entry_point_refuses_shared_memory(name, overlap):
     with pytest.raises(ValueError, match="same memory|overlap"):
         ENTRY_POINTS[name](None, [first, second])
     np.testing.assert_array_equal(buffer, before)
+
+
+def test_the_same_array_twice_is_refused_and_untouched():
+    a = np.ones(2**20, np.float32)
+    with pytest.raises(ValueError, match=r"arrays\[0\] and arrays\[1\] are the same memory"):
+        gg.clip_by_global_norm([a, a], 1.0)
+    assert (a == 1).all()
+    # reading twice is fine
+    assert gg.global_norm([a, a]) == pytest.approx(math.sqrt(2 * 2**20))
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda arrays: gg.clip_by_global_norm(arrays, 1.0),
+        lambda arrays: gg.clip_by_norm(arrays, 1.0),
+        lambda arrays: gg.clip_by_value(arrays, 0.5),
+        lambda arrays: gg.clip_with_norm_(arrays, 1.0, 100.0),
+        lambda arrays: gg.unscale_(arrays, 0.5),
+    ],
+)
+def test_overlapping_views_are_refused(call):
+    base = np.ones(1000, np.float32)
+    with pytest.raises(ValueError, match=r"\[0\] \('w'\) and .*\[1\] \('b'\) overlap in memory"):
+        call({"w": base[100:600], "b": base[:200]})
+    assert (base == 1).all()
+
+
+def test_sgd_over_one_parameter_twice_is_refused():
+    p = np.ones(10, np.float32)
+    with pytest.raises(ValueError, match="same memory"):
+        gg.optim.SGD([p, p], lr=0.1)
+
+
+def test_gradient_overlapping_a_parameter_is_refused():
+    buffer = np.ones(20, np.float32)
+    params, grad = [buffer[:10]], buffer[5:15]
+    optimizer = gg.optim.Adam(params, lr=0.1)
+    with pytest.raises(ValueError, match=r"overlap"):
+        optimizer.step([grad])
+    assert (buffer == 1).all() and optimizer.step_count == 0
+
+
+@pytest.mark.parametrize("overlapped", ["x", "residual", "weight"])
+def test_layer_norm_out_partly_overlapping_an_input(overlapped):
+    buffer = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    x = buffer[:32].reshape(4, 8).copy()
+    residual = np.ones((4, 8), np.float32)
+    weight = np.ones(8, np.float32)
+    out_buffer = np.zeros(40, np.float32)
+    source = {"x": x, "residual": residual, "weight": weight}[overlapped]
+    shared = np.zeros(source.size + 40, np.float32)
+    shared[: source.size] = source.ravel()
+    arguments = {"x": x, "residual": residual, "weight": weight}
+    arguments[overlapped] = shared[: source.size].reshape(source.shape)
+    out = shared[4:36].reshape(4, 8)
+    before = shared.copy()
+    with pytest.raises(ValueError, match=f"out overlaps {overlapped}"):
+        gg.layer_norm(arguments["x"], arguments["weight"], residual=arguments["residual"], out=out)
+    np.testing.assert_array_equal(shared, before)
+    del out_buffer

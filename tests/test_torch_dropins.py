@@ -6,6 +6,9 @@ import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
+
+import gradguard as gg  # noqa: E402
+from conftest import BFLOAT16  # noqa: E402
 from gradguard import torch as ggt  # noqa: E402
 
 
@@ -113,3 +116,42 @@ def test_half_precision_gradients_return_their_dtype():
     total = ggt.clip_grad_norm_([parameter], 1.0)
     assert total.dtype == torch.float16 and float(total) == 16.0
     np.testing.assert_allclose(parameter.grad.float().numpy(), 0.125, rtol=1e-3)
+
+
+def test_torch_adapter_matches_torch():
+    torch = pytest.importorskip("torch")
+    from gradguard.torch import clip_grad_norm_, monitor_module
+
+    model = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
+    twin = torch.nn.Sequential(torch.nn.Linear(20, 30), torch.nn.ReLU(), torch.nn.Linear(30, 5))
+    twin.load_state_dict(model.state_dict())
+    x = torch.randn(64, 20)
+    for network in (model, twin):
+        network(x).square().sum().backward()
+    total = clip_grad_norm_(model.parameters(), 0.5)
+    expected = torch.nn.utils.clip_grad_norm_(twin.parameters(), 0.5)
+    assert float(total) == pytest.approx(float(expected), rel=1e-6)
+    for ours, theirs in zip(model.parameters(), twin.parameters()):
+        np.testing.assert_allclose(ours.grad.numpy(), theirs.grad.numpy(), rtol=1e-6, atol=1e-9)
+    monitor = gg.GradientMonitor()
+    assert monitor_module(monitor, model) == []
+    assert monitor.names == [name for name, _ in model.named_parameters()]
+    if BFLOAT16 is not None:
+        weights = torch.nn.Parameter(torch.ones(8, dtype=torch.bfloat16))
+        weights.grad = torch.full((8,), 3.0, dtype=torch.bfloat16)
+        total = clip_grad_norm_([weights], 1.0)
+        assert total.dtype == torch.bfloat16  # torch returns the norm in the gradients' dtype
+        assert float(total) == pytest.approx(3.0 * 8**0.5, rel=1e-2)
+        assert float(weights.grad.float().norm()) == pytest.approx(1.0, rel=1e-2)
+
+
+def test_torch_drop_in_raises_a_runtime_error():
+    torch = pytest.importorskip("torch")
+    from gradguard.torch import clip_grad_norm_
+
+    parameter = torch.nn.Parameter(torch.ones(3))
+    parameter.grad = torch.tensor([1.0, math.inf, 0.0])
+    with pytest.raises(RuntimeError):
+        clip_grad_norm_([parameter], 1.0, error_if_nonfinite=True)
+    with pytest.raises(FloatingPointError):
+        clip_grad_norm_([parameter], 1.0, error_if_nonfinite=True)

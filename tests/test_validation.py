@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import gradguard as gg
-from conftest import BFLOAT16
+from conftest import BFLOAT16, misaligned, run_python
 
 
 def good(n=10):
@@ -134,3 +134,94 @@ def test_set_num_threads_validation():
         gg.set_num_threads(0)
     with pytest.raises(TypeError):
         gg.set_num_threads(1.5)
+
+
+def test_list_cleared_by_another_thread_during_the_call():
+    result = run_python("""
+        import threading, time
+        import numpy as np, gradguard as gg
+        for _ in range(6):
+            arrays = [np.ones(10**7, np.float32)]
+            fresh = []
+            def clear():
+                time.sleep(0.001)
+                arrays.clear()
+                fresh.append(np.zeros(10**7, np.float32))   # may reuse the freed block
+            thread = threading.Thread(target=clear)
+            thread.start()
+            gg.clip_by_value(arrays, 0.5)
+            thread.join()
+            assert not fresh[0].any(), "an unrelated array was written"
+        params = [np.ones(10**7, np.float32)]
+        optimizer = gg.optim.SGD(params, lr=0.1)
+        for _ in range(3):
+            grads = [np.ones(10**7, np.float32)]
+            thread = threading.Thread(target=lambda: (time.sleep(0.001), grads.clear(), params.clear()))
+            thread.start()
+            optimizer.step(grads)
+            thread.join()
+        print("ok")
+    """)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+def test_misaligned_reads_are_correct(simd_target):
+    values = np.random.default_rng(1).standard_normal(1000)
+    array = misaligned(values)
+    exact = values.astype(np.float32)
+    assert gg.global_norm([array]) == gg.global_norm([exact])
+    assert gg.grad_stats([array]).std[0] == gg.grad_stats([exact]).std[0]
+    monitor = gg.GradientMonitor()
+    monitor.update({"w": array})
+    params = [np.ones(1000, np.float32)]
+    gg.optim.SGD(params, lr=1.0).step([array])
+    np.testing.assert_array_equal(params[0], np.float32(1) - exact)
+    grads = [np.full((10, 100), 1.0, np.float32)]
+    gg.agc([misaligned(np.ones((10, 100)))], grads, clipping=0.01)
+    np.testing.assert_allclose(grads[0], 0.01, rtol=1e-6)
+
+
+def test_misaligned_in_place_refused_with_the_reason():
+    array = misaligned(np.ones(100))
+    for call in (
+        lambda: gg.clip_by_global_norm([array], 1.0),
+        lambda: gg.clip_by_value([array], 0.5),
+        lambda: gg.unscale_([array], 0.5),
+    ):
+        with pytest.raises(ValueError, match="not aligned"):
+            call()
+    with pytest.raises(ValueError, match="not aligned"):
+        gg.layer_norm(np.ones((2, 50), np.float32), out=misaligned(np.ones((2, 50))))
+    assert (array == 1).all()
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda: gg.clip_by_global_norm([np.ones(3, np.float32)], "1"),
+        lambda: gg.clip_by_global_norm([np.ones(3, np.float32)], True),
+        lambda: gg.global_norm([np.ones(3, np.float32)], ord=True),
+        lambda: gg.LossScaler(growth_interval=True),
+        lambda: gg.optim.SGD([np.ones(3, np.float32)], lr=True),
+    ],
+)
+def test_bool_and_str_scalars_refused(call):
+    with pytest.raises(TypeError):
+        call()
+
+
+def test_huge_integer_bound_is_infinite():
+    array = np.ones(3, np.float32)
+    assert gg.clip_by_global_norm([array], 10**400) == pytest.approx(math.sqrt(3))
+    assert (array == 1).all()
+
+
+def test_errors_name_the_layer():
+    monitor = gg.GradientMonitor()
+    with pytest.raises(TypeError, match=r"grads\[1\] \('h.0.bias'\)"):
+        monitor.update({"h.0.weight": np.ones(3, np.float32), "h.0.bias": np.arange(3)})
+    with pytest.raises(ValueError, match=r"grads\[1\] \('b'\) is read-only"):
+        frozen = np.ones(3, np.float32)
+        frozen.flags.writeable = False
+        gg.agc({"a": np.ones(3, np.float32), "b": np.ones(3, np.float32)}, {"a": np.ones(3, np.float32), "b": frozen})

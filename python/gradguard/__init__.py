@@ -13,17 +13,19 @@ from .adaptive import AutoClip, ZClip
 from .agc import agc
 from .amp import LossScaler, unscale_
 from .clip import (
+    CLIP_EPS,
     ClipReport,
     NonFiniteNormError,
     clip_by_global_norm,
     clip_by_norm,
     clip_by_value,
+    clip_coefficient,
     clip_with_norm_,
     global_norm,
 )
 from .config import config, get_num_threads, set_num_threads, show_config, simd_target
 from .guard import Guard, GuardAction
-from .monitor import Finding, GradientMonitor
+from .monitor import Finding, GradientMonitor, MonitorSettings
 from .norm import layer_norm, layer_norm_backward, rms_norm, rms_norm_backward
 from .partials import (
     PIECE_ELEMENTS,
@@ -36,7 +38,7 @@ from .partials import (
     shard_bounds,
     stats_partials,
 )
-from .stats import GradStats, grad_stats
+from .stats import STATS_FIELDS, GradStats, grad_stats
 
 __version__ = _core.__version__
 
@@ -55,6 +57,8 @@ __all__ = [
     "shard_bounds",
     "global_norm",
     "clip_by_global_norm",
+    "clip_coefficient",
+    "CLIP_EPS",
     "clip_with_norm_",
     "clip_by_norm",
     "clip_by_value",
@@ -62,6 +66,7 @@ __all__ = [
     "NonFiniteNormError",
     "grad_stats",
     "GradStats",
+    "STATS_FIELDS",
     "layer_norm",
     "layer_norm_backward",
     "rms_norm",
@@ -72,6 +77,7 @@ __all__ = [
     "LossScaler",
     "GradientMonitor",
     "Finding",
+    "MonitorSettings",
     "Guard",
     "GuardAction",
     "AutoClip",

@@ -52,7 +52,7 @@ class AutoClip:
         arrays, norm = _norm_for_clipping(arrays)
         threshold = self.observe(norm)
         if math.isfinite(threshold):
-            # clip_by_global_norm(g, threshold)'s rule: coef = threshold / (norm + 1e-6), applied when below 1.
+            # clip_by_global_norm(g, threshold)'s rule: coef = threshold / (norm + CLIP_EPS), applied when below 1.
             clip_with_norm_(arrays, threshold, norm)
         return norm, threshold
 
@@ -142,7 +142,7 @@ class ZClip:
 
     @staticmethod
     def _clip(arrays, norm, threshold):
-        """Scale by threshold / (norm + 1e-6) when norm > threshold (the ZClip authors'
+        """Scale by threshold / (norm + CLIP_EPS) when norm > threshold (the ZClip authors'
         rule: a norm at the threshold costs no write pass)."""
         if norm > threshold:
             clip_with_norm_(arrays, threshold, norm)

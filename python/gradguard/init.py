@@ -93,12 +93,13 @@ def _is_float_array(array):
     return array.dtype.kind == "f" or array.dtype.name == "bfloat16"  # ml_dtypes' bfloat16 is kind "V"
 
 
-def _fill(array, values):
+def _fill(array, values_of):
+    """array[...] = values_of(array.shape), after checking the array is a writable floating-point one."""
     if not _is_float_array(array):
         raise TypeError("initialisers fill floating-point NumPy arrays (float16/32/64, bfloat16)")
     if not array.flags.writeable:
         raise ValueError("the array to initialise is read-only")
-    array[...] = values.astype(array.dtype, copy=False)
+    array[...] = np.asarray(values_of(array.shape)).astype(array.dtype, copy=False)
     return array
 
 
@@ -112,17 +113,17 @@ def _empty_is_no_op(array, initialiser):
 
 def uniform_(array, a=0.0, b=1.0, rng=None):
     """U(a, b)."""
-    return _fill(array, _generator(rng).uniform(a, b, array.shape))
+    return _fill(array, lambda shape: _generator(rng).uniform(a, b, shape))
 
 
 def normal_(array, mean=0.0, std=1.0, rng=None):
     """N(mean, std^2)."""
-    return _fill(array, _generator(rng).normal(mean, std, array.shape))
+    return _fill(array, lambda shape: _generator(rng).normal(mean, std, shape))
 
 
 def zeros_(array):
-    array[...] = 0
-    return array
+    """0 everywhere (checked like every other initialiser: a writable floating-point array)."""
+    return _fill(array, np.zeros)
 
 
 def xavier_uniform_(array, gain=1.0, rng=None):
@@ -174,7 +175,7 @@ def orthogonal_(array, gain=1.0, rng=None):
     q *= np.sign(np.diag(r))
     if rows < columns:
         q = q.T
-    return _fill(array, gain * q.reshape(array.shape))
+    return _fill(array, lambda shape: gain * q.reshape(shape))
 
 
 def _new(filler):

@@ -29,6 +29,7 @@ except ImportError as error:  # pragma: no cover - exercised only without jax
 import numpy as np
 
 from ._arguments import positive_int, real
+from .clip import CLIP_EPS, clip_coefficient
 from .clip import global_norm as _global_norm
 from .stats import grad_stats as _grad_stats
 
@@ -87,13 +88,16 @@ def grad_stats(tree):
     return _grad_stats(leaves_by_path(tree))
 
 
-def clip_by_global_norm(tree, max_norm, eps=1e-6):
-    """(clipped tree, norm before clipping), torch's rule:
-    leaf * min(1, max_norm / (norm + eps)) for every leaf; the norm is taken by
-    gradguard's core on the shared CPU memory, the scaling by JAX."""
+def clip_by_global_norm(tree, max_norm, eps=CLIP_EPS):
+    """(clipped tree, norm before clipping), gg.clip_by_global_norm's rule
+    (gg.clip_coefficient): leaf * min(1, max_norm / (norm + eps)) for every
+    leaf, unchanged when that is 1; the norm and the coefficient are taken by
+    gradguard's core on the shared CPU memory, the scaling by JAX (its arrays
+    are immutable)."""
     max_norm = real(max_norm, "max_norm", low=0.0)
+    eps = real(eps, "eps", low=0.0, allow_inf=False)
     norm = global_norm(tree)
-    coefficient = min(1.0, max_norm / (norm + eps)) if norm == norm else float("nan")
+    coefficient = clip_coefficient(max_norm, norm, eps)
     if coefficient == 1.0:
         return tree, norm
     return jax.tree_util.tree_map(lambda leaf: leaf * jnp.asarray(coefficient, leaf.dtype), tree), norm
@@ -116,15 +120,18 @@ def _optax():
 
 
 def _tree_norm(updates):
-    """The global L2 norm of a pytree inside a traced function, in float32."""
+    """The global L2 norm of a pytree inside a traced function, in float32: a
+    jitted transformation cannot call the core (it has no values to read while
+    tracing), so this one norm is JAX's own."""
     leaves = jax.tree_util.tree_leaves(updates)
     return jnp.sqrt(sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in leaves))
 
 
 def _scaled(updates, norm, threshold):
-    """updates * threshold / (norm + 1e-6) where norm > threshold (ZClip's and
-    AutoClip's rule), unchanged otherwise."""
-    factor = jnp.where(norm > threshold, threshold / (norm + 1e-6), 1.0)
+    """gg.ZClip's and gg.AutoClip's rule, traced: where norm > threshold, updates
+    times gg.clip_coefficient(threshold, norm) = threshold / (norm + CLIP_EPS);
+    unchanged otherwise."""
+    factor = jnp.where(norm > threshold, threshold / (norm + CLIP_EPS), 1.0)
     return jax.tree_util.tree_map(lambda leaf: (leaf * factor).astype(leaf.dtype), updates)
 
 

@@ -22,7 +22,7 @@ except ImportError as error:  # pragma: no cover - exercised only without keras
 
 import numpy as np
 
-from .clip import global_norm
+from .clip import clip_coefficient, global_norm
 from .monitor import GradientMonitor
 
 __all__ = ["GradGuardCallback"]
@@ -42,7 +42,8 @@ def _to_numpy(name, gradient):
 class GradGuardCallback(keras.callbacks.Callback):
     """Feeds a GradientMonitor (layers named by variable path, e.g.
     "dense/kernel") with every step's gradients, optionally scales them by
-    min(1, max_norm / (norm + 1e-6)) (torch's clip_grad_norm_ rule) before
+    gg.clip_coefficient(max_norm, norm) = min(1, max_norm / (norm + CLIP_EPS))
+    (gg.clip_by_global_norm's rule, torch's clip_grad_norm_'s) before
     the optimiser applies them, and adds to the batch logs:
 
         gradguard_global_norm, gradguard_findings, gradguard_flagged_layers
@@ -97,9 +98,11 @@ class GradGuardCallback(keras.callbacks.Callback):
         norm = global_norm(arrays)
         self.last_norm = norm
         self.monitor.update(arrays, allow_missing=True)
-        if self.max_norm is None or not math.isfinite(norm) or norm <= self.max_norm:
+        if self.max_norm is None or not math.isfinite(norm):
+            return grads  # a non-finite step is left for the optimiser's own handling, not scaled into NaN
+        coefficient = clip_coefficient(self.max_norm, norm)
+        if coefficient == 1.0:
             return grads
-        coefficient = min(1.0, self.max_norm / (norm + 1e-6))
         return [None if g is None else keras.ops.multiply(g, keras.ops.cast(coefficient, g.dtype)) for g in grads]
 
     def _add_to(self, logs):

@@ -14,6 +14,8 @@ import math
 
 import numpy as np
 
+from .stats import STATS_FIELDS
+
 __all__ = [
     "compute_dtype",
     "global_norm",
@@ -26,7 +28,14 @@ __all__ = [
     "rms_norm",
     "layer_norm_backward",
     "rms_norm_backward",
+    "optimizer_step",
+    "agc",
+    "unscale",
+    "LossScaler",
 ]
+
+# torch.nn.utils.clip_grad_norm_'s eps (the spec; gg.CLIP_EPS must equal it).
+CLIP_EPS = 1e-6
 
 
 def compute_dtype(dtype):
@@ -70,7 +79,7 @@ def _scaled(array, coefficient):
     return (array.astype(compute) * compute(coefficient)).astype(array.dtype)
 
 
-def clip_coefficient(max_norm, total, eps):
+def clip_coefficient(max_norm, total, eps=CLIP_EPS):
     """min(1, max_norm / (total + eps)); NaN stays NaN (torch's clamp)."""
     if total == 0.0:
         return 1.0
@@ -78,7 +87,7 @@ def clip_coefficient(max_norm, total, eps):
     return coefficient if (coefficient < 1.0 or math.isnan(coefficient)) else 1.0
 
 
-def clip_by_global_norm(arrays, max_norm, ord=2.0, eps=1e-6):
+def clip_by_global_norm(arrays, max_norm, ord=2.0, eps=CLIP_EPS):
     """(total, clipped copies) with torch.nn.utils.clip_grad_norm_'s rule."""
     arrays = list(arrays)
     total = global_norm(arrays, ord)
@@ -88,7 +97,7 @@ def clip_by_global_norm(arrays, max_norm, ord=2.0, eps=1e-6):
     return total, [_scaled(a, coefficient) for a in arrays]
 
 
-def clip_by_norm(arrays, max_norm, ord=2.0, eps=1e-6):
+def clip_by_norm(arrays, max_norm, ord=2.0, eps=CLIP_EPS):
     """(per-array norms, clipped copies): each array by its own norm."""
     norms = tensor_norms(arrays, ord)
     out = []
@@ -112,7 +121,7 @@ def clip_by_value(arrays, low, high):
 
 def grad_stats(arrays):
     """Per-array statistics as a dict of float64/int64 arrays (see gradguard.GradStats)."""
-    fields = {name: [] for name in ("numel", "mean", "std", "abs_mean", "l2", "min", "max", "n_nan", "n_inf", "n_zero")}
+    fields = {name: [] for name in STATS_FIELDS}
     for array in arrays:
         values = np.asarray(array, dtype=np.float64).ravel()
         finite = values[np.isfinite(values)]
@@ -192,7 +201,9 @@ def rms_norm_backward(dy, x, rstd, weight=None):
 
 def optimizer_step(kind, params, grads, state, step, hyper, grad_scale=1.0):
     """One step of SGD / Adam / AdamW / RMSprop (torch.optim's formulas) on float64
-    copies: returns (new params, new state). state: dict name -> list of arrays."""
+    copies: returns (new params, new state). state: dict name -> list of arrays,
+    named as torch.optim names them (momentum_buffer, exp_avg, exp_avg_sq,
+    max_exp_avg_sq, square_avg, grad_avg)."""
     new_params, new_state = [], {name: list(values) for name, values in state.items()}
     for index, (param, grad) in enumerate(zip(params, grads)):
         p = np.asarray(param, np.float64).copy()
@@ -205,9 +216,9 @@ def optimizer_step(kind, params, grads, state, step, hyper, grad_scale=1.0):
                 buffer = (
                     g.copy()
                     if step == 1
-                    else hyper["momentum"] * new_state["momentum"][index] + (1 - hyper.get("dampening", 0.0)) * g
+                    else hyper["momentum"] * new_state["momentum_buffer"][index] + (1 - hyper.get("dampening", 0.0)) * g
                 )
-                new_state["momentum"][index] = buffer
+                new_state["momentum_buffer"][index] = buffer
                 g = g + hyper["momentum"] * buffer if hyper.get("nesterov") else buffer
             p -= hyper["lr"] * g
         elif kind in ("adam", "adamw"):
@@ -237,10 +248,64 @@ def optimizer_step(kind, params, grads, state, step, hyper, grad_scale=1.0):
             else:
                 average = np.sqrt(square_avg) + hyper["eps"]
             if hyper.get("momentum", 0.0) > 0:
-                buffer = hyper["momentum"] * new_state["momentum"][index] + g / average
-                new_state["momentum"][index] = buffer
+                buffer = hyper["momentum"] * new_state["momentum_buffer"][index] + g / average
+                new_state["momentum_buffer"][index] = buffer
                 p -= hyper["lr"] * buffer
             else:
                 p -= hyper["lr"] * g / average
         new_params.append(p)
     return new_params, new_state
+
+
+def _unit_axes(ndim, squeezed_ndim, unit_axis):
+    """The axes a unit's norm is taken over: timm's unitwise_norm ("first") or Optax's ("last")."""
+    if unit_axis == "first":
+        return None if ndim <= 1 else tuple(range(1, ndim))
+    if squeezed_ndim <= 1:  # scalars and vectors: one unit
+        return None
+    if ndim in (2, 3):  # IO and multi-head linear
+        return (0,)
+    return tuple(range(ndim - 1))  # HWIO convolutions
+
+
+def agc(params, grads, clipping=0.01, eps=1e-3, unit_axis="first"):
+    """Clipped float64 copies of the gradients, unit-wise adaptive clipping
+    (Brock et al. 2021, timm's and Optax's rule):
+    limit = clipping * max(||W_u||, eps); G_u * limit / max(||G_u||, 1e-6) where ||G_u|| >= limit."""
+    out = []
+    for param, grad in zip(params, grads):
+        p, g = np.asarray(param, np.float64), np.asarray(grad, np.float64)
+        axes = _unit_axes(p.ndim, np.squeeze(p).ndim, unit_axis)
+        param_norm = np.sqrt((p**2).sum(axis=axes, keepdims=True))
+        grad_norm = np.sqrt((g**2).sum(axis=axes, keepdims=True))
+        limit = clipping * np.maximum(param_norm, eps)
+        out.append(np.where(grad_norm < limit, g, g * (limit / np.maximum(grad_norm, 1e-6))))
+    return out
+
+
+def unscale(grads, inv_scale):
+    """(unscaled copies, found_inf): every gradient times inv_scale in its compute
+    type, and whether any value was NaN or inf before scaling."""
+    found = any(not np.all(np.isfinite(np.asarray(g, np.float64))) for g in grads)
+    return [_scaled(np.asarray(g), inv_scale) for g in grads], found
+
+
+class LossScaler:
+    """torch.amp.GradScaler's update rule: an overflow multiplies the scale by
+    backoff_factor and restarts the count; growth_interval clean steps in a row
+    multiply it by growth_factor unless that leaves the float32 range."""
+
+    def __init__(self, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000):
+        self.scale, self.growth_factor, self.backoff_factor = init_scale, growth_factor, backoff_factor
+        self.growth_interval, self.clean_steps = growth_interval, 0
+
+    def update(self, found_inf):
+        if found_inf:
+            self.scale *= self.backoff_factor
+            self.clean_steps = 0
+            return
+        self.clean_steps += 1
+        if self.clean_steps == self.growth_interval:
+            if self.scale * self.growth_factor <= float(np.finfo(np.float32).max):
+                self.scale *= self.growth_factor
+            self.clean_steps = 0

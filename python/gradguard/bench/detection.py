@@ -16,10 +16,11 @@ layer within the allowed delay of the onset, the delay, and the layer
 precision (the share of layers flagged after the onset that are truly
 affected).
 
-This first version holds fully connected networks (plain, residual with layer
+The corpus holds fully connected NumPy networks (plain, residual with layer
 norm at depth 30, sigmoid, tanh) on two data sets with SGD-momentum and Adam,
-warm-up + cosine schedules, a plateau, and zero-initialised biases; recurrent,
-convolutional and attention models are still to come.
+warm-up + cosine schedules, a plateau, and zero-initialised biases; and, when
+torch is installed, torch-built runs (detection_torch.py): an LSTM and a
+vanilla RNN on the adding problem, a small CNN and a 2-layer pre-LN transformer.
 """
 
 from __future__ import annotations
@@ -90,6 +91,15 @@ class Run:
         return self.sickness is None
 
 
+class CorpusError(AssertionError):
+    """A run of the corpus does not show what its ground truth says."""
+
+
+def _expect(condition, message):
+    if not condition:
+        raise CorpusError(message)
+
+
 @dataclass
 class RunRecord:
     """What one run recorded: per step the loss, each weight's gradient norm, the findings."""
@@ -109,36 +119,37 @@ class RunRecord:
         return not np.all(np.isfinite(last)) or last.mean() > losses[:10].mean()
 
     def verify(self):
-        """Raise AssertionError unless the run shows what its ground truth says."""
+        """Raise CorpusError unless the run shows what its ground truth says (a
+        check, not an assert: it holds under python -O too)."""
         run, losses = self.run, np.asarray(self.losses)
         norms = np.asarray(self.norms)
         if run.healthy:
-            assert np.all(np.isfinite(losses)) and np.all(np.isfinite(norms)), f"{run.name}: non-finite values"
+            _expect(np.all(np.isfinite(losses)) and np.all(np.isfinite(norms)), f"{run.name}: non-finite values")
             first, last = losses[:10].mean(), losses[-10:].mean()
-            assert last < 0.7 * first, f"{run.name}: the loss did not fall ({first:.3g} -> {last:.3g})"
+            _expect(last < 0.7 * first, f"{run.name}: the loss did not fall ({first:.3g} -> {last:.3g})")
             return
-        assert self.affected, f"{run.name}: no affected layer"
+        _expect(self.affected, f"{run.name}: no affected layer")
         onset = run.onset
         total = np.sqrt(np.nansum(np.where(np.isfinite(norms), norms, 0.0) ** 2, axis=1))
         if run.sickness in ("lr_explosion", "late_explosion"):
             before = np.median(total[max(0, onset - 20) : onset])
             window = norms[onset : onset + run.allowed_delay + 1]
             grew = ~np.all(np.isfinite(window)) or total[onset : onset + run.allowed_delay + 1].max() > 100 * before
-            assert grew, f"{run.name}: no explosion within {run.allowed_delay} steps of {onset}"
+            _expect(grew, f"{run.name}: no explosion within {run.allowed_delay} steps of {onset}")
         elif run.sickness == "vanishing":
-            assert all(norms[0, i] < 1e-3 * norms[0, -1] for i in self.affected), f"{run.name}: not vanishing"
+            _expect(all(norms[0, i] < 1e-3 * norms[0, -1] for i in self.affected), f"{run.name}: not vanishing")
         elif run.sickness == "dead":
-            assert run.layer in self.affected, f"{run.name}: the killed layer still has gradients"
+            _expect(run.layer in self.affected, f"{run.name}: the killed layer still has gradients")
         elif run.sickness == "nonfinite":
-            assert not np.isfinite(norms[onset, run.layer]), f"{run.name}: no non-finite gradient"
+            _expect(not np.isfinite(norms[onset, run.layer]), f"{run.name}: no non-finite gradient")
         elif run.sickness == "decay":
-            assert norms[onset + 20, run.layer] < 1e-3 * norms[onset, run.layer], f"{run.name}: no decay"
+            _expect(norms[onset + 20, run.layer] < 1e-3 * norms[onset, run.layer], f"{run.name}: no decay")
         elif run.sickness == "rnn_exploding":
             head = self.layers.index("head.weight")
-            assert max(norms[0, i] for i in self.affected) > 1e4 * norms[0, head], f"{run.name}: not exploding"
+            _expect(max(norms[0, i] for i in self.affected) > 1e4 * norms[0, head], f"{run.name}: not exploding")
         elif run.sickness == "spike":
             before = np.median(total[max(0, onset - 20) : onset])
-            assert total[onset] > 10 * before, f"{run.name}: no spike"
+            _expect(total[onset] > 10 * before, f"{run.name}: no spike")
 
 
 def corpus():
@@ -371,7 +382,7 @@ class _Training:
             # what a non-finite gradient does to an unguarded step: the parameters become NaN
             for value in self.params.values():
                 value[...] = np.nan
-        self.record.findings.extend(self.monitor.update(grads, params=self.params, step=step, step_report=report))
+        self.record.findings.extend(self.monitor.update(grads, step=step, step_report=report))
 
     def affected(self):
         """The truly affected layers (indices of weights), by the run's definition and record."""

@@ -38,7 +38,7 @@ def get_total_norm(tensors, norm_type=2.0, error_if_nonfinite=False, foreach=Non
 
 
 def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None):
-    """torch.nn.utils.clip_grads_with_norm_: every .grad *= min(1, max_norm / (total_norm + 1e-6))."""
+    """torch.nn.utils.clip_grads_with_norm_: every .grad *= min(1, max_norm / (total_norm + CLIP_EPS))."""
     grads = gradients(parameters)
     if not grads:
         return

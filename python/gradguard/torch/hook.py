@@ -14,14 +14,12 @@ from ._tensors import InPlace, as_numpy, named_parameters, scalar
 __all__ = ["GradGuardHook", "monitor_module"]
 
 
-def monitor_module(monitor, module, step=None, with_params=True):
+def monitor_module(monitor, module, step=None):
     """Feed a GradientMonitor from module.named_parameters() after backward;
     parameters without a gradient this step (frozen, unused) are left out of
     the step (GradientMonitor.update's allow_missing). Returns the step's findings."""
-    named = [(name, p) for name, p in module.named_parameters() if p.grad is not None]
-    grads = {name: as_numpy(p.grad) for name, p in named}
-    params = {name: as_numpy(p) for name, p in named} if with_params else None
-    return monitor.update(grads, params=params, step=step, allow_missing=True)
+    grads = {name: as_numpy(p.grad) for name, p in module.named_parameters() if p.grad is not None}
+    return monitor.update(grads, step=step, allow_missing=True)
 
 
 class GradGuardHook:
@@ -32,7 +30,7 @@ class GradGuardHook:
     calls it) first feeds the monitor the parameters' gradients by name, then
     clips them in place by their global L2 norm, with
 
-        total_norm = ||(||g_1||, ..., ||g_n||)||_2,  g_i <- g_i * min(1, max_norm / (total_norm + 1e-6))
+        total_norm = ||(||g_1||, ..., ||g_n||)||_2,  g_i <- g_i * min(1, max_norm / (total_norm + CLIP_EPS))
 
     as torch.nn.utils.clip_grad_norm_. Under a GradScaler this sees the
     unscaled gradients (GradScaler.step unscales before it calls opt.step), and

@@ -1,0 +1,291 @@
+"""The detectors: one per kind of finding (exploding, dead, vanishing,
+update ratio), each over all layers at once with NumPy, in order of priority
+(a layer flagged by one is not flagged by the next), on typed per-layer
+state: a streak per condition that needs `patience` steps, reported once per
+episode."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .settings import MonitorSettings
+
+__all__ = ["Finding", "REMEDIES", "Streaks", "LayerStates", "Detectors", "StepView"]
+
+REMEDIES = {
+    "exploding": "clip the global norm (or use AutoClip/ZClip) or lower the learning rate",
+    "vanishing": "add residual connections or normalisation, or use an initialisation suited to the activation",
+    "dead": "use a leaky activation or a lower learning rate",
+    "update_ratio": "adjust this layer's learning rate",
+}
+
+
+
+@dataclass(frozen=True)
+class Finding:
+    step: int
+    layer: str
+    kind: str  # "vanishing", "exploding", "dead", "update_ratio"
+    evidence: dict = field(default_factory=dict)
+    message: str = ""
+
+
+
+@dataclass(frozen=True)
+class StepView:
+    """One step's per-layer arrays, as the detectors read them."""
+
+    step: int
+    norm: np.ndarray
+    finite: np.ndarray
+    positive: np.ndarray
+    logs: np.ndarray
+    zero_fraction: np.ndarray
+    ratio: np.ndarray
+    stats: object
+    previous: object  # the previous step's norms, or None
+    center: np.ndarray  # median log norm of each layer's history
+    spread: np.ndarray  # robust spread of it
+    has_history: np.ndarray
+    present: np.ndarray  # layers with a gradient this step
+
+
+
+@dataclass
+class Streaks:
+    """One condition's per-layer streaks: steps it has held (streak), the step
+    the streak began (since), steps it has been clear, and whether this episode
+    was reported."""
+
+    streak: np.ndarray
+    since: np.ndarray
+    clear: np.ndarray
+    reported: np.ndarray
+
+    @classmethod
+    def zeros(cls, layers):
+        return cls(*(np.zeros(layers, dtype=np.int64) for _ in range(3)), np.zeros(layers, dtype=bool))
+
+    def advance(self, condition, step, blocked, patience):
+        """Advance the streaks; return the layers to report now: held for
+        `patience` steps, not reported in this episode, not taken by a
+        higher-priority finding. An episode ends after `patience` clear steps."""
+        self.since = np.where(condition & (self.streak == 0), step, self.since)
+        self.streak = np.where(condition, self.streak + 1, 0)
+        self.clear = np.where(condition, 0, self.clear + 1)
+        reported = self.reported & (self.clear < patience)
+        due = (self.streak >= patience) & ~reported & ~blocked
+        self.reported = reported | due
+        return due
+
+    def active(self, patience):
+        return self.streak >= patience
+
+
+@dataclass
+class LayerStates:
+    """Every detector's per-layer state."""
+
+    layers: int
+    vanishing: Streaks = None
+    dead: Streaks = None
+    update_ratio: Streaks = None
+    growth_streak: np.ndarray = None  # steps in a row the norm grew by growth_factor
+    exploding: np.ndarray = None  # flagged exploding at the last step
+
+    def __post_init__(self):
+        self.vanishing, self.dead, self.update_ratio = (Streaks.zeros(self.layers) for _ in range(3))
+        self.growth_streak = np.zeros(self.layers, dtype=np.int64)
+        self.exploding = np.zeros(self.layers, dtype=bool)
+
+    def flagged(self, patience) -> dict:
+        """kind -> per-layer bool: the layers each condition holds for now (the
+        one statement of what "flagged" means, for summary() and the report)."""
+        return {
+            "vanishing": self.vanishing.active(patience),
+            "exploding": self.exploding,
+            "dead": self.dead.active(patience),
+            "update_ratio": self.update_ratio.active(patience),
+        }
+
+
+class Detectors:
+    """The four detectors over one monitor's layers."""
+
+    def __init__(self, settings: MonitorSettings, names):
+        self.settings, self.names = settings, list(names)
+        self.states = LayerStates(len(self.names))
+
+    def detect(self, step, norm, zero_fraction, ratio, stats, previous, baseline, present=None):
+        """The step's findings, one detector per kind over all layers at once, in
+        order of priority: a layer flagged by one is not flagged by the next.
+        Layers absent this step (present False) count as finite, and their NaN
+        statistics meet no condition."""
+        count, center, spread = baseline.count, baseline.center, baseline.spread
+        present = np.ones(len(norm), dtype=bool) if present is None else present
+        finite = np.isfinite(norm) | ~present
+        positive = finite & (norm > 0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.where(positive, np.log(np.where(positive, norm, 1.0)), np.nan)
+        view = StepView(
+            step,
+            norm,
+            finite,
+            positive,
+            logs,
+            zero_fraction,
+            ratio,
+            stats,
+            previous,
+            center,
+            spread,
+            count >= self.settings.min_history,
+            present,
+        )
+        findings = []
+        exploding = self.exploding(view, findings)
+        dead = self.dead(view, findings, blocked=exploding)
+        vanishing = self.vanishing(view, findings, blocked=exploding | dead, exploding=exploding)
+        self.update_ratio(view, findings, blocked=exploding | dead | vanishing)
+        return findings
+
+    def _report(self, findings, step, mask, kind, evidence_of, message_of):
+        for index in np.flatnonzero(mask):
+            layer = self.names[index]
+            evidence = dict(evidence_of(index), remedy=REMEDIES[kind])
+            message = f"{message_of(index).replace('{layer}', layer)}; remedy: {REMEDIES[kind]}"
+            findings.append(Finding(step, layer, kind, evidence, message))
+
+    def exploding(self, view, findings):
+        """Non-finite values, far above the step's median layer (both from step 0),
+        a spike (robust z-score of log norm) or geometric growth; each reported as
+        it starts. Returns the layers exploding this step."""
+        s, state, norm = self.settings, self.states, view.norm
+        already = state.exploding
+        self._report(
+            findings,
+            view.step,
+            ~view.finite & ~already,
+            "exploding",
+            lambda i: {"n_nan": int(view.stats.n_nan[i]), "n_inf": int(view.stats.n_inf[i])},
+            lambda i: f"{{layer}}: gradient holds NaN/inf since step {view.step}",
+        )
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = (view.logs - view.center) / view.spread
+            spike = view.has_history & view.positive & (z > s.spike_z)
+            if view.previous is None:
+                grew = np.zeros(len(norm), dtype=bool)
+            else:
+                grew = view.positive & (view.previous > 0) & (norm >= s.growth_factor * view.previous)
+            # The reference is the median of the plausible layers (norm at most explode_floor):
+            # layers that are themselves exploding must not drag it up.
+            plausible = view.positive & (norm <= s.explode_floor)
+            median = float(np.median(norm[plausible])) if plausible.any() else np.nan
+            above = view.positive & (norm > s.explode_floor) & (norm > s.explode_ratio * median)
+        state.growth_streak = np.where(grew, state.growth_streak + 1, 0)
+        with np.errstate(invalid="ignore", over="ignore"):
+            well_above = ~view.has_history | (norm > s.growth_over_history * np.exp(view.center))
+        growing = (state.growth_streak >= s.growth_steps) & well_above
+        self._report(
+            findings,
+            view.step,
+            above & ~already,
+            "exploding",
+            lambda i: {"norm": float(norm[i]), "median_layer_norm": median},
+            lambda i: f"{{layer}}: norm {norm[i]:.3g} is {norm[i] / median:.3g}x the median layer's",
+        )
+        new_spike = spike & ~above & ~already
+        self._report(
+            findings,
+            view.step,
+            new_spike,
+            "exploding",
+            lambda i: {"norm": float(norm[i]), "z": float(z[i]), "median_norm": float(np.exp(view.center[i]))},
+            lambda i: (
+                f"{{layer}}: norm {norm[i]:.3g} is a spike, z = {z[i]:.1f} "
+                f"against its median {np.exp(view.center[i]):.3g}"
+            ),
+        )
+        self._report(
+            findings,
+            view.step,
+            growing & ~spike & ~above & ~already,
+            "exploding",
+            lambda i: {"norm": float(norm[i]), "growth_steps": int(state.growth_streak[i])},
+            lambda i: (
+                f"{{layer}}: norm grew x{s.growth_factor:g} or more for "
+                f"{state.growth_streak[i]} steps, now {norm[i]:.3g}"
+            ),
+        )
+        state.exploding = ~view.finite | above | spike | growing
+        return state.exploding.copy()
+
+    def dead(self, view, findings, blocked):
+        """At least dead_fraction of the gradient exactly zero for `patience` steps running."""
+        s, state, zero_fraction = self.settings, self.states, view.zero_fraction
+        condition = view.finite & (zero_fraction >= s.dead_fraction)
+        due = state.dead.advance(condition, view.step, blocked, s.patience)
+        self._report(
+            findings,
+            view.step,
+            due,
+            "dead",
+            lambda i: {"zero_fraction": float(zero_fraction[i])},
+            lambda i: (
+                f"{{layer}}: {zero_fraction[i]:.0%} of its gradient is exactly 0 since step "
+                f"{state.dead.since[i]} (dead units)"
+            ),
+        )
+        return condition
+
+    def vanishing(self, view, findings, blocked, exploding):
+        """Below an absolute floor, far below the step's median layer (taken over the
+        layers not exploding), or far below the layer's own history, for `patience` steps."""
+        s, state, norm, finite = self.settings, self.states, view.norm, view.finite
+        calm = finite & ~exploding & view.present
+        median_layer = float(np.median(norm[calm])) if calm.any() else np.nan
+        below_floor = finite & (norm < s.vanishing_floor)
+        below_median = finite & (median_layer > 0) & (norm < s.vanishing_ratio * median_layer)
+        with np.errstate(invalid="ignore"):
+            decayed = finite & view.has_history & (norm < s.decay_ratio * np.exp(view.center))
+        condition = below_floor | below_median | decayed
+        due = state.vanishing.advance(condition, view.step, blocked, s.patience)
+        reasons = (("floor", below_floor), ("below median layer", below_median), ("decayed from its history", decayed))
+
+        def reasons_of(i):
+            return [name for name, flags in reasons if flags[i]]
+
+        self._report(
+            findings,
+            view.step,
+            due,
+            "vanishing",
+            lambda i: {"norm": float(norm[i]), "median_layer_norm": median_layer, "reasons": reasons_of(i)},
+            lambda i: (
+                f"{{layer}} is vanishing since step {state.vanishing.since[i]}: "
+                f"norm {norm[i]:.3g} ({', '.join(reasons_of(i))})"
+            ),
+        )
+        return condition
+
+    def update_ratio(self, view, findings, blocked):
+        """||w_new - w_old|| / ||w_new|| outside [update_ratio_low, update_ratio_high]
+        for `patience` steps running (only where a StepReport gave the update)."""
+        s, state, ratio = self.settings, self.states, view.ratio
+        with np.errstate(invalid="ignore"):
+            off = np.isfinite(ratio) & ((ratio > s.update_ratio_high) | (ratio < s.update_ratio_low))
+        due = state.update_ratio.advance(off & view.finite, view.step, blocked, s.patience)
+        self._report(
+            findings,
+            view.step,
+            due,
+            "update_ratio",
+            lambda i: {"ratio": float(ratio[i])},
+            lambda i: (
+                f"{{layer}}: update / weight = {ratio[i]:.3g}, too "
+                f"{'large' if ratio[i] > s.update_ratio_high else 'small'} "
+                f"since step {state.update_ratio.since[i]}"
+            ),
+        )

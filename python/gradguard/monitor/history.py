@@ -1,0 +1,97 @@
+"""The monitor's memory: the last `window` steps of each layer's series in a
+ring, and each layer's robust baseline of its log norm."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import numpy as np
+
+__all__ = ["SERIES", "History", "Baseline"]
+
+# The series kept per step and layer.
+SERIES = ("norm", "abs_mean", "std", "zero_fraction", "update_ratio")
+# The least robust spread of a layer's log norm: a history with a MAD near 0
+# (two alternating levels, a plateau) must not turn ordinary jumps into spikes.
+MIN_SPREAD = 0.3
+
+
+class Baseline:
+    """Per layer, over the kept norms: count of positive finite norms, median of
+    log norm (center) and robust spread max(1.4826 MAD, MIN_SPREAD)."""
+
+    def __init__(self, count, center, spread):
+        self.count, self.center, self.spread = count, center, spread
+
+
+class History:
+    """A ring of `window` steps x `layers` values per series, oldest overwritten first."""
+
+    def __init__(self, window: int, layers: int, baseline_refresh: int):
+        self.window = window
+        self.steps = np.full(window, -1, dtype=np.int64)
+        self.series = {name: np.full((window, layers), np.nan) for name in SERIES}
+        self.count = 0  # steps recorded, ever
+        self._baseline: Optional[Baseline] = None
+        self._baseline_age = 0
+        self._baseline_refresh = baseline_refresh
+
+    def _kept(self):
+        """Ring rows of the kept steps, oldest first."""
+        kept = min(self.count, self.window)
+        return [(self.count - kept + i) % self.window for i in range(kept)]
+
+    def last_row(self) -> Optional[int]:
+        return (self.count - 1) % self.window if self.count else None
+
+    def previous_norm(self) -> Optional[np.ndarray]:
+        """The last recorded step's norms (a copy), or None before any step."""
+        row = self.last_row()
+        return None if row is None else self.series["norm"][row].copy()
+
+    def append(self, step: int, values: dict) -> None:
+        row = self.count % self.window
+        for name in SERIES:
+            self.series[name][row] = values[name]
+        self.steps[row] = step
+        self.count += 1
+
+    def as_dict(self, layers) -> dict:
+        """The kept window: 'step' (steps,), 'layers', and steps x layers arrays per series; oldest first."""
+        order = self._kept()
+        result = {"step": self.steps[order].copy(), "layers": list(layers)}
+        for name in SERIES:
+            result[name] = self.series[name][order].copy()
+        return result
+
+    def baseline(self) -> Baseline:
+        """The layers' baseline over the kept norms before this step, recomputed every baseline_refresh steps."""
+        if self._baseline is not None and self._baseline_age < self._baseline_refresh:
+            self._baseline_age += 1
+            return self._baseline
+        order = self._kept()
+        norms = self.series["norm"][order]
+        layers = norms.shape[1]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            logs = np.where(np.isfinite(norms) & (norms > 0), np.log(norms), np.nan)
+        count = np.sum(np.isfinite(logs), axis=0)
+        if order and count.any():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: layers with no history yet
+                center = np.nanmedian(logs, axis=0)
+                spread = np.maximum(1.4826 * np.nanmedian(np.abs(logs - center), axis=0), MIN_SPREAD)
+        else:
+            center = np.full(layers, np.nan)
+            spread = np.full(layers, MIN_SPREAD)
+        self._baseline = Baseline(count, center, spread)
+        self._baseline_age = 1
+        return self._baseline
+
+
+def empty_history(layers) -> dict:
+    """GradientMonitor.history() before any step."""
+    result = {"step": np.full(0, -1, dtype=np.int64), "layers": list(layers)}
+    for name in SERIES:
+        result[name] = np.empty((0, 0))
+    return result

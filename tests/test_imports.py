@@ -1,0 +1,57 @@
+"""The package's shape: the public import paths, no import cycle, and the
+framework adapters imported only on request (with a clear error when their
+framework is missing)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from conftest import run_python
+
+
+def test_torch_module_explains_a_missing_torch(monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "torch", None)
+    monkeypatch.delitem(sys.modules, "gradguard.torch", raising=False)
+    with pytest.raises(ImportError, match="gradguard.torch needs PyTorch"):
+        importlib.import_module("gradguard.torch")
+    monkeypatch.delitem(sys.modules, "gradguard.torch", raising=False)
+
+
+def test_gradguard_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = "import sys, gradguard; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
+
+
+PUBLIC = ("gradguard", "gradguard.optim", "gradguard.monitor", "gradguard.distributed", "gradguard.reference")
+
+
+@pytest.mark.parametrize("module", PUBLIC)
+def test_each_public_module_imports_on_its_own(module):
+    result = run_python(f"import {module}")
+    assert result.returncode == 0, result.stderr
+
+
+def test_no_module_imports_another_that_imports_it_back():
+    """Every module of the package imported alone, first: a cycle shows as an ImportError
+    on a partially initialised module for one of them."""
+    import pkgutil
+
+    import gradguard
+
+    skip = {"gradguard.torch", "gradguard.jax", "gradguard.keras", "gradguard.lightning"}
+    names = [
+        info.name
+        for info in pkgutil.walk_packages(gradguard.__path__, "gradguard.")
+        if not any(info.name == s or info.name.startswith(s + ".") for s in skip) and ".bench." not in info.name
+    ]
+    code = "import importlib, sys\nfor name in sys.argv[1:]:\n    importlib.import_module(name)"
+    for name in names:
+        result = subprocess.run([sys.executable, "-c", code, name], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, f"{name}: {result.stderr[-500:]}"
