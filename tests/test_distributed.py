@@ -207,6 +207,8 @@ def test_the_monitor_fed_across_ranks_sees_what_one_process_sees(ranks):
 
 def test_backward_norms_of_pipeline_stages_combine_over_ranks(ranks):
     _, _, results = ranks
+    if "backward/total" not in results[0]:
+        pytest.skip("torch is not installed: no BackwardNorm to run on the ranks")
     for rank_results in results:
         assert rank_results["backward/total"] == rank_results["backward/expected"]
         _assert_same_stats(rank_results["backward/stats"], rank_results["backward/expected_stats"])

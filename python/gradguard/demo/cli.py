@@ -32,7 +32,9 @@ def add_arguments(parser):
     )
     preset.add_argument("--full", action="store_true", help="10 seeds and twice the steps (about 10 minutes)")
     parser.add_argument("--seeds", type=whole_number(1), help="seeds per configuration (default 5)")
-    parser.add_argument("--first-seed", type=whole_number(0), default=0, help="seeds are first-seed, first-seed + 1, ...")
+    parser.add_argument(
+        "--first-seed", type=whole_number(0), default=0, help="seeds are first-seed, first-seed + 1, ..."
+    )
     parser.add_argument("--steps", type=whole_number(1), help="training steps of each spirals network (default 300)")
     parser.add_argument(
         "--sequence-steps", type=whole_number(1), help="training steps of each recurrent network (default 600)"

@@ -28,28 +28,9 @@ others raise when the engine's timeout expires: torch.distributed's process
 group timeout (init_process_group(timeout=)), or `timeout=` here for MPI.
 """
 
-from .api import (
-    clip_by_global_norm,
-    combine_norm_over_ranks,
-    combine_stats_over_ranks,
-    global_norm,
-    grad_stats,
-    monitor_update,
-    optimizer_step,
-    step_with_global_norm,
-)
+from . import api
+from .api import *  # noqa: F403 - the public calls, listed once in api.__all__
 from .communicator import RankFailed
 from .layout import LAYOUTS
 
-__all__ = [
-    "LAYOUTS",
-    "RankFailed",
-    "global_norm",
-    "clip_by_global_norm",
-    "grad_stats",
-    "monitor_update",
-    "optimizer_step",
-    "combine_norm_over_ranks",
-    "combine_stats_over_ranks",
-    "step_with_global_norm",
-]
+__all__ = ["LAYOUTS", "RankFailed", *api.__all__]

@@ -22,7 +22,6 @@ REMEDIES = {
 }
 
 
-
 @dataclass(frozen=True)
 class Finding:
     step: int
@@ -30,7 +29,6 @@ class Finding:
     kind: str  # "vanishing", "exploding", "dead", "update_ratio"
     evidence: dict = field(default_factory=dict)
     message: str = ""
-
 
 
 @dataclass(frozen=True)
@@ -50,7 +48,6 @@ class StepView:
     spread: np.ndarray  # robust spread of it
     has_history: np.ndarray
     present: np.ndarray  # layers with a gradient this step
-
 
 
 @dataclass

@@ -47,7 +47,6 @@ def text_report(monitor):
     return "\n".join(lines)
 
 
-
 def latest(monitor):
     """The last recorded step as one flat dict, for wandb.log or any logger:
 
@@ -74,7 +73,6 @@ def latest(monitor):
     return flat
 
 
-
 def log_to(monitor, writer, step=None, since=0):
     """Write the last step to a TensorBoard SummaryWriter (torch.utils.tensorboard
     or tensorboardX; anything with add_scalar(tag, value, global_step) and
@@ -94,7 +92,6 @@ def log_to(monitor, writer, step=None, since=0):
     return len(monitor.findings)
 
 
-
 def to_csv(monitor, path):
     """The kept window, one row per step and layer."""
     data = monitor.history()
@@ -104,7 +101,6 @@ def to_csv(monitor, path):
         for row, step in enumerate(data["step"]):
             for index, layer in enumerate(monitor.names):
                 writer.writerow([int(step), layer] + [repr(float(data[name][row, index])) for name in SERIES])
-
 
 
 def to_jsonl(monitor, path):

@@ -74,7 +74,9 @@ class Optimizer:
         super().__init_subclass__(**kwargs)
         settings = cls.settings_type
         if len(settings.state_names) > _core.STATE_SLOTS:
-            raise TypeError(f"{cls.__name__} keeps {len(settings.state_names)} state buffers; the core has {_core.STATE_SLOTS} slots")
+            raise TypeError(
+                f"{cls.__name__} keeps {len(settings.state_names)} state buffers; the core has {_core.STATE_SLOTS} slots"
+            )
         cls.__signature__ = inspect.Signature(
             [inspect.Parameter("params", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
             + settings.parameters()
@@ -291,7 +293,9 @@ class Optimizer:
             for index, (buffer, param) in enumerate(zip(given, self._params)):
                 if buffer is None:
                     if param_steps[index] > 0 and name in active:
-                        raise ValueError(f"state {name!r}[{index}] is missing, and this optimiser has taken {step} steps")
+                        raise ValueError(
+                            f"state {name!r}[{index}] is missing, and this optimiser has taken {step} steps"
+                        )
                     converted.append(None)
                     continue
                 if not isinstance(buffer, np.ndarray) or buffer.dtype.kind != "f":
@@ -448,5 +452,3 @@ class Optimizer:
             np.zeros(self._params[i].shape, dtype=self._params[i].dtype) if current[i] is None else current[i]
             for i in (range(len(current)) if chosen is None else chosen)
         ]
-
-

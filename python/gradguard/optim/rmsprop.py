@@ -26,11 +26,7 @@ class RMSpropSettings(Settings):
     state_names = ("square_avg", "momentum_buffer", "grad_avg")
 
     def active_states(self) -> tuple:
-        return tuple(
-            name
-            for name, used in zip(self.state_names, (True, self.momentum > 0, self.centered))
-            if used
-        )
+        return tuple(name for name, used in zip(self.state_names, (True, self.momentum > 0, self.centered)) if used)
 
     def fill(self, kernel, step: int) -> None:
         pass  # every kernel setting is a field of the same name

@@ -113,6 +113,7 @@ class BackwardNorm:
     def _combined(self, slots, group, take, combine_here, combine_over_ranks):
         """The slots' partials combined, here or over the group's ranks; the rare
         overflow-safe path reads the gradients once more, for rescaled partials."""
+
         def combine(parts):
             return combine_here(parts) if group is None else combine_over_ranks(parts, group=group)
 
