@@ -91,6 +91,10 @@ def run_scenarios(rank, size, group):
         clipped = copies(part)
         results[f"clip_total/{layout}"] = ggd.clip_by_global_norm(clipped, 1.0, layout=layout, **where)
         results[f"clipped/{layout}"] = clipped
+    # Partials a caller took itself (each rank its own tensors), combined over the ranks.
+    mine = disjoint_part(grads, rank, size)
+    results["combine/norm"] = ggd.combine_norm_over_ranks([gg.norm_partials(mine)], **where)
+    results["combine/stats"] = ggd.combine_stats_over_ranks([gg.stats_partials(mine)], **where)
     shards, offsets = sharded_part(grads, rank, size)
     results["norm/sharded_offsets"] = ggd.global_norm(shards, layout="sharded", offsets=offsets, **where)
     uneven, uneven_offsets = sharded_part(grads, rank, size, aligned=False)

@@ -111,6 +111,22 @@ def test_global_norm_is_the_single_process_norm_bit_for_bit_on_every_rank(ranks,
         assert rank_results[f"norm/{layout}/{ord}"] == expected
 
 
+def test_partials_taken_by_the_caller_combine_over_ranks_bit_for_bit(ranks):
+    _, _, results = ranks
+    expected_norm, expected_stats = gg.global_norm(worker.model_grads()), gg.grad_stats(worker.model_grads())
+    for rank_results in results:
+        assert rank_results["combine/norm"] == expected_norm
+        _assert_same_stats(rank_results["combine/stats"], expected_stats)
+        assert rank_results["combine/stats"].names == expected_stats.names
+
+
+def test_combine_over_ranks_refuses_what_is_not_partials():
+    with pytest.raises(TypeError, match="NormPartials"):
+        ggd.combine_norm_over_ranks([gg.stats_partials([np.ones(3)])], group=worker.OneRank())
+    with pytest.raises(TypeError, match="StatsPartials"):
+        ggd.combine_stats_over_ranks([np.ones(3)], group=worker.OneRank())
+
+
 @pytest.mark.parametrize("layout", ["disjoint", "replicated", "sharded"])
 def test_grad_stats_are_the_single_process_stats_bit_for_bit(ranks, layout):
     _, _, results = ranks

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import gradguard as gg
+from gradguard import _core
 
 ORDERS = [2.0, 1.0, math.inf, 3.0, 0.5, 50.0]
 
@@ -242,6 +243,7 @@ def test_the_fields_read_per_piece():
     np.testing.assert_array_equal(stats.n_nan, [1, 0, 0])
     np.testing.assert_array_equal(stats.n_inf, [0, 1, 0])
     np.testing.assert_array_equal(stats.n_zero, [0, 0, 1])
+    np.testing.assert_array_equal(stats.n_finite, [f.size for f in finite])
     np.testing.assert_allclose(stats.sum, [f.sum() for f in finite], rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(stats.m2, [((f - f.mean()) ** 2).sum() for f in finite], rtol=1e-12)
     np.testing.assert_allclose(stats.abs_sum, [np.abs(f).sum() for f in finite], rtol=1e-12)
@@ -250,3 +252,11 @@ def test_the_fields_read_per_piece():
     norm = gg.norm_partials([array[np.isfinite(array)]], rescaled=True)
     assert norm.power_sum.sum() == pytest.approx(np.sum(array[np.isfinite(array)] ** 2), rel=1e-12)
     assert norm.max_abs.max() == np.abs(array[np.isfinite(array)]).max()
+
+
+def test_the_row_layouts_are_the_cores():
+    """The partials' columns are named by the core; each kind's rows have exactly those fields."""
+    assert gg.norm_partials([np.ones(3)]).values.shape[1] == len(_core.NORM_PARTIAL_FIELDS)
+    assert gg.stats_partials([np.ones(3)]).values.shape[1] == len(_core.STATS_PARTIAL_FIELDS)
+    assert gg.PIECE_ELEMENTS == _core.PIECE_ELEMENTS == 1 << 16
+    assert tuple(f.name for f in dataclasses.fields(gg.GradStats))[: len(gg.STATS_FIELDS)] == gg.STATS_FIELDS

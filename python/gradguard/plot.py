@@ -8,15 +8,17 @@ import numpy as np
 
 from ._arguments import as_array_list
 
-__all__ = ["gradient_flow", "norm_lines", "gradient_histogram"]
+__all__ = ["gradient_flow", "norm_lines", "gradient_histogram", "blank_figure"]
 
 
-def _figure(width, height):
+def blank_figure(width, height, dpi=100):
+    """A matplotlib Figure of width x height inches (the object API: no GUI backend),
+    or an ImportError that says how to get matplotlib."""
     try:
         from matplotlib.figure import Figure
     except ImportError:
         raise ImportError("gradguard.plot needs matplotlib: pip install matplotlib") from None
-    return Figure(figsize=(width, height), dpi=100)
+    return Figure(figsize=(width, height), dpi=dpi)
 
 
 def _history_of(source):
@@ -33,7 +35,7 @@ def gradient_flow(source, path, findings=None, title="gradient flow: log10 ||g||
     norms = np.asarray(history["norm"], dtype=np.float64).T
     with np.errstate(divide="ignore", invalid="ignore"):
         image = np.log10(norms)
-    figure = _figure(10, 6)
+    figure = blank_figure(10, 6)
     axes = figure.add_subplot()
     steps = np.asarray(history["step"])
     extent = (steps[0] - 0.5, steps[-1] + 0.5, len(history["layers"]) - 0.5, -0.5) if steps.size else None
@@ -66,7 +68,7 @@ def norm_lines(source, path, layers=None, title="gradient norm per layer"):
     history = _history_of(source)
     names = list(history["layers"])
     chosen = names if layers is None else [name for name in layers if name in names]
-    figure = _figure(10, 6)
+    figure = blank_figure(10, 6)
     axes = figure.add_subplot()
     for name in chosen:
         axes.plot(history["step"], history["norm"][:, names.index(name)], label=name, linewidth=1)
@@ -94,7 +96,7 @@ def gradient_histogram(grads, path, bins=100, sample=1_000_000, seed=0, title="d
     magnitudes = np.abs(values[np.isfinite(values) & (values != 0)])
     if magnitudes.size > sample:
         magnitudes = np.random.default_rng(seed).choice(magnitudes, sample, replace=False)
-    figure = _figure(8, 5)
+    figure = blank_figure(8, 5)
     axes = figure.add_subplot()
     if magnitudes.size:
         axes.hist(np.log10(magnitudes), bins=bins, color="tab:blue")

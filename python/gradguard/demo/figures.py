@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..plot import blank_figure
 from .experiments import ARCHITECTURE_LABELS, EXPLODING_LENGTH, INIT_DEPTH
 from .summary import find, groups
 
@@ -15,10 +16,8 @@ from .summary import find, groups
 LOG_FLOOR, LOG_CEILING = -12.0, 2.0
 
 
-def _figure(width, height):
-    from matplotlib.figure import Figure
-
-    return Figure(figsize=(width, height), dpi=110)
+def _demo_figure(width, height):
+    return blank_figure(width, height, dpi=110)
 
 
 def _steps(group):
@@ -58,7 +57,7 @@ def _panels(out, name, panels, height):
     """One figure with a row per panel (a function drawing on an axes); None without panels."""
     if not panels:
         return None
-    figure = _figure(11, height * len(panels))
+    figure = _demo_figure(11, height * len(panels))
     for row, draw in enumerate(panels, start=1):
         draw(figure, figure.add_subplot(len(panels), 1, row))
     figure.tight_layout()
@@ -157,7 +156,7 @@ def convergence_by_depth(records, out):
     optimisers = list(dict.fromkeys(g.optimiser for g in depth_groups))
     depths = sorted({g.size for g in depth_groups})
     labels = [label for label in ARCHITECTURE_LABELS.values() if find(all_groups, "depth", label)]
-    figure = _figure(11, 3.6 * len(optimisers))
+    figure = _demo_figure(11, 3.6 * len(optimisers))
     for row, optimiser in enumerate(optimisers, start=1):
         axes = figure.add_subplot(len(optimisers), 1, row)
         width = 0.8 / len(depths)
