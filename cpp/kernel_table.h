@@ -1,7 +1,7 @@
 // The per-target kernel table: every SIMD target (baseline, avx2, avx512)
 // compiles the same kernel sources into its own namespace and exports one
 // KernelTable; dispatch.cpp picks one at import. Kernels work on one
-// contiguous piece of one tensor; multi_tensor.cpp splits lists into pieces.
+// contiguous piece of one tensor; multi_tensor/plan.h splits lists into pieces.
 #pragma once
 #include <cstdint>
 

@@ -34,6 +34,10 @@ std::vector<TensorRef> rows_of(const TensorRef& tensor, int64_t units) {
 }
 
 // Column ranges of about a piece of elements each (fixed by the shape only).
+// Units along the columns (output-last layouts) cut across every contiguous
+// piece, so they cannot be pieces of multi_tensor_apply's plan: each task
+// owns whole columns instead, and its sums stay in one order for any thread
+// count. Units along the rows do go through the plan (rows_of, global_norm).
 int64_t column_step(int64_t rows, int64_t columns) {
   // At least a cache line of float32 columns per task, so that two tasks never write one line of sums.
   constexpr int64_t kMinColumnsPerTask = 16;
