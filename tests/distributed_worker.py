@@ -150,7 +150,70 @@ def run_scenarios(rank, size, group):
         scaled = {name: shard * np.float32(0.1**step) for name, shard in grad_shards.items()}
         ggd.monitor_update(monitor, scaled, layout="sharded", **where)
     results["monitor/history"] = monitor.history()
+    results.update(refusal_scenarios(rank, size, group))
     results.update(backward_scenario(rank, size, group))
+    return results
+
+
+def _outcome(call):
+    """(the type of the exception call() raised or None, seconds it took)."""
+    start = time.monotonic()
+    try:
+        call()
+        failure = None
+    except Exception as error:  # noqa: BLE001 - the type is the result
+        failure = type(error).__name__
+    return failure, time.monotonic() - start
+
+
+def refusal_scenarios(rank, size, group):
+    """Calls that the last rank alone refuses (or that the ranks make
+    differently): every rank must raise at once, and nothing be written."""
+    where = {"group": group}
+    last = rank == size - 1
+    results = {}
+    part = disjoint_part(model_grads(), rank, size)
+
+    # an optimiser step whose gradients the last rank gives in the wrong dtype
+    params = {name: np.ones(array.shape, np.float32) for name, array in part.items()}
+    optimizer = gg.optim.AdamW(params, lr=0.1, max_grad_norm=1.0)
+    grads = {name: array.astype(np.float64 if last else np.float32) for name, array in part.items()}
+    results["refuse/step"] = _outcome(lambda: ggd.optimizer_step(optimizer, grads, **where))
+    results["refuse/step_unchanged"] = all((p == 1).all() for p in params.values()) and optimizer.step_count == 0
+    scaler = 3 if last else gg.LossScaler()
+    good = {name: array.astype(np.float32) for name, array in part.items()}
+    results["refuse/scaler"] = _outcome(lambda: ggd.optimizer_step(optimizer, good, loss_scaler=scaler, **where))
+    results["refuse/scaler_unchanged"] = all((p == 1).all() for p in params.values()) and optimizer.step_count == 0
+
+    # a scalar refused on the last rank only
+    clipped = copies(part)
+    results["refuse/max_norm"] = _outcome(lambda: ggd.clip_by_global_norm(clipped, -1.0 if last else 1e-3, **where))
+    results["refuse/max_norm_unchanged"] = all(np.array_equal(clipped[n], part[n]) for n in part)
+    results["refuse/ord"] = _outcome(lambda: ggd.global_norm(part, 0 if last else 2.0, **where))
+    results["refuse/different_max_norm"] = _outcome(
+        lambda: ggd.clip_by_global_norm(copies(part), 2.0 if last else 1.0, **where)
+    )
+    results["refuse/layout"] = _outcome(
+        lambda: ggd.global_norm(copies(model_grads()), layout="replicated" if last else "disjoint", **where)
+    )
+    every = model_grads()
+    reordered = dict(reversed(list(every.items()))) if last else every
+    results["refuse/replicated_order"] = _outcome(lambda: ggd.global_norm(reordered, layout="replicated", **where))
+    if hasattr(group, "allgather"):  # MPI: a timeout refused on one rank
+        results["refuse/timeout"] = _outcome(lambda: ggd.global_norm(part, group=group, timeout=-1 if last else 30))
+    else:  # torch.distributed: timeout= is for MPI, refused on the rank that gives it
+        results["refuse/timeout"] = _outcome(lambda: ggd.global_norm(part, group=group, timeout=1.0 if last else None))
+
+    # a generator is read once: the same norm and clip as the list
+    arrays = list(copies(part).values())
+    results["generator/norm"] = ggd.global_norm((array for array in arrays), **where)
+    results["generator/list_norm"] = ggd.global_norm(arrays, **where)
+    generated = [array.copy() for array in arrays]
+    ggd.clip_by_global_norm((array for array in generated), 1e-3, **where)
+    listed = [array.copy() for array in arrays]
+    ggd.clip_by_global_norm(listed, 1e-3, **where)
+    results["generator/clipped_alike"] = all(np.array_equal(a, b) for a, b in zip(generated, listed))
+    results["generator/clipped"] = any(not np.array_equal(a, b) for a, b in zip(generated, arrays) if a.size)
     return results
 
 

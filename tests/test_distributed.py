@@ -280,3 +280,43 @@ def test_without_a_process_group_the_error_says_what_to_do():
         ggd.global_norm([np.ones(3)])
     with pytest.raises(ValueError, match="init_process_group"):
         ggd.global_norm([np.ones(3)], group=object())
+
+
+REFUSED_ON_THE_LAST_RANK = {
+    "refuse/step": "TypeError",  # a float64 gradient for a float32 parameter
+    "refuse/scaler": "TypeError",  # loss_scaler=3
+    "refuse/max_norm": "ValueError",
+    "refuse/ord": "ValueError",
+    "refuse/timeout": "ValueError",
+}
+
+
+@pytest.mark.parametrize("key", sorted(REFUSED_ON_THE_LAST_RANK))
+def test_a_refusal_on_one_rank_raises_on_every_rank_at_once(ranks, key):
+    _, size, results = ranks
+    for rank, rank_results in enumerate(results):
+        failure, seconds = rank_results[key]
+        expected = REFUSED_ON_THE_LAST_RANK[key] if rank == size - 1 else "RankFailed"
+        assert failure == expected, (rank, failure)
+        assert seconds < 10  # at once, not at the end of a timeout
+
+
+@pytest.mark.parametrize("key", ["refuse/step_unchanged", "refuse/scaler_unchanged", "refuse/max_norm_unchanged"])
+def test_a_refused_call_writes_nothing_on_any_rank(ranks, key):
+    _, _, results = ranks
+    assert all(rank_results[key] for rank_results in results)
+
+
+@pytest.mark.parametrize("key", ["refuse/different_max_norm", "refuse/layout", "refuse/replicated_order"])
+def test_ranks_that_disagree_all_refuse(ranks, key):
+    _, _, results = ranks
+    for rank_results in results:
+        failure, seconds = rank_results[key]
+        assert failure == "ValueError" and seconds < 10
+
+
+def test_a_generator_of_gradients_is_read_once(ranks):
+    _, _, results = ranks
+    for rank_results in results:
+        assert rank_results["generator/norm"] == rank_results["generator/list_norm"]
+        assert rank_results["generator/clipped_alike"] and rank_results["generator/clipped"]

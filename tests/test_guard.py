@@ -160,3 +160,14 @@ def test_nonfinite_norms_never_enter_the_clippers_history():
     guard.step(grads(1.0))
     guard.step(grads(1.0))
     assert zclip.mean is not None and math.isfinite(zclip.mean)
+
+
+def test_a_generator_of_gradients_is_read_once():
+    params, optimizer = params_and_optimizer(max_grad_norm=None)
+    expected_params, expected = params_and_optimizer(max_grad_norm=None)
+    guard, reference_guard = gg.Guard(optimizer, clip=0.5), gg.Guard(expected, clip=0.5)
+    report = guard.step(g for g in grads(3.0).values())
+    expected_report = reference_guard.step(list(grads(3.0).values()))
+    assert report.grad_norm == expected_report.grad_norm and report.clip_coef == expected_report.clip_coef < 1
+    for name in params:
+        np.testing.assert_array_equal(params[name], expected_params[name])

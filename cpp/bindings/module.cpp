@@ -389,11 +389,14 @@ PYBIND11_MODULE(_core, m) {
   // (settings_of[i] picks parameter i's; empty: all the first). Returns (norm
   // of the unscaled gradients or None, coefficient, skipped, indices of
   // non-finite gradients, and with want_step_norms the per-parameter norms of
-  // the update applied and of the new parameters, else None twice).
+  // the update applied and of the new parameters, else None twice). check_only:
+  // validate every argument and return None (gradguard.distributed checks every
+  // rank's step before any rank steps).
   m.def("optimizer_step", [](const py::list& params, const py::list& grads, const py::list& states,
                              std::vector<OptimizerStep> settings, const std::vector<int64_t>& settings_of,
-                             const StepPolicy& policy, const py::object& names) {
+                             const StepPolicy& policy, const py::object& names, bool check_only) {
     OptimizerArguments arguments = optimizer_arguments(params, grads, states, settings, settings_of, names);
+    if (check_only) return py::object(py::none());  // every array validated, nothing read or written
     StepOutcome outcome;
     {
       py::gil_scoped_release released;
@@ -405,10 +408,10 @@ PYBIND11_MODULE(_core, m) {
       update_norms = to_array(outcome.step_norms.update);
       param_norms = to_array(outcome.step_norms.param);
     }
-    return py::make_tuple(reported, outcome.coefficient, outcome.skipped, index_list(outcome.norm.nonfinite()),
-                          update_norms, param_norms);
+    return py::object(py::make_tuple(reported, outcome.coefficient, outcome.skipped,
+                                     index_list(outcome.norm.nonfinite()), update_norms, param_norms));
   }, py::arg("params"), py::arg("grads"), py::kw_only(), py::arg("states"), py::arg("settings"),
-     py::arg("settings_of"), py::arg("policy"), py::arg("names"));
+     py::arg("settings_of"), py::arg("policy"), py::arg("names"), py::arg("check_only") = false);
 
   // Unit-wise adaptive clipping (multi_tensor/agc.h), the whole list in one
   // call: units[i] units per tensor, along its rows (units_first) or its

@@ -136,6 +136,7 @@ class Guard:
         step = self.step_count
         self.step_count += 1
         array_list, names = as_array_list(grads, "grads")
+        grads = array_list if names is None else dict(zip(names, array_list))  # one snapshot: a generator is read once
         norm, _ = _core.global_norm(array_list, 2.0, names)
         nonfinite = not math.isfinite(norm) or (loss is not None and not math.isfinite(loss))
         explosion = nonfinite or self._is_spike(norm)

@@ -19,7 +19,7 @@ from ..partials import (
 )
 from ..stats import GradStats
 from .communicator import Communicator, exchange
-from .layout import combined
+from .layout import Call, combined
 
 __all__ = [
     "global_norm",
@@ -37,6 +37,8 @@ def _over_ranks(parts, kind, combine, group, timeout):
     comm = Communicator(group, timeout)
 
     def mine():
+        if comm.refusal is not None:
+            raise comm.refusal
         listed = list(parts)
         if not all(isinstance(part, kind) for part in listed):
             raise TypeError(f"parts must be a list of {kind.__name__}")
@@ -60,15 +62,14 @@ def combine_stats_over_ranks(parts, *, group=None, timeout: Optional[Real] = Non
     return _over_ranks(parts, StatsPartials, combine_stats_partials, group, timeout)
 
 
-def _norm_over_ranks(grads, ord, group, layout, offsets, timeout, for_writing=False):
-    """(total, keys of non-finite tensors) of the global norm over every rank."""
-    order = norm_order(ord)
+def _norm_over_ranks(call):
+    """(total, keys of non-finite tensors) of the global norm over every rank, for an
+    agreed call whose terms are (name, ord, ...)."""
+    order = call.terms[1]
     total, _, nonfinite, _ = combined(
-        grads,
-        (group, layout, offsets, timeout),
+        call,
         lambda arrays, grid, rescaled: norm_partials(arrays, order, rescaled=rescaled, offsets=grid),
         lambda parts, by_name: combine_norm_details(parts, by_name=by_name),
-        for_writing,
     )
     return total, nonfinite
 
@@ -89,7 +90,8 @@ def global_norm(
     each tensor counted once whatever the layout; NaN on any rank gives NaN
     everywhere, otherwise inf anywhere gives inf. Equal bit for bit to
     gg.global_norm of all the gradients in their global order."""
-    return _norm_over_ranks(grads, ord, group, layout, offsets, timeout)[0]
+    call = Call(grads, group, layout, offsets, timeout, check=lambda call: ("global_norm", norm_order(ord)))
+    return _norm_over_ranks(call.agree())[0]
 
 
 def clip_by_global_norm(
@@ -117,12 +119,17 @@ def clip_by_global_norm(
     Returns the total norm before clipping, or with return_report a
     gg.ClipReport (nonfinite: the names, or global indices, of the tensors
     holding NaN/inf on any rank)."""
-    bound = non_negative(max_norm, "max_norm")
-    epsilon = non_negative(eps, "eps", allow_inf=False)
-    total, nonfinite = _norm_over_ranks(grads, ord, group, layout, offsets, timeout, for_writing=True)
+
+    def check(call):
+        bound, epsilon = non_negative(max_norm, "max_norm"), non_negative(eps, "eps", allow_inf=False)
+        return ("clip_by_global_norm", norm_order(ord), bound, epsilon, bool(error_if_nonfinite))
+
+    call = Call(grads, group, layout, offsets, timeout, for_writing=True, check=check).agree()
+    _, _, bound, epsilon, _ = call.terms
+    total, nonfinite = _norm_over_ranks(call)
     if error_if_nonfinite and not math.isfinite(total):
         raise nonfinite_norm_error(total, ord, nonfinite, where="over every rank")
-    coefficient = clip_with_norm_(grads, bound, total, eps=epsilon)
+    coefficient = clip_with_norm_(call.grads, bound, total, eps=epsilon)
     if not return_report:
         return total
     return ClipReport(
@@ -142,9 +149,9 @@ def grad_stats(
     entry per tensor (per whole tensor for "sharded", its shards' partials
     merged with Chan et al.'s formula), in the global order, bit for bit the
     single-process result. Takes the rescaled pass only when some tensor needs it."""
+    call = Call(grads, group, layout, offsets, timeout, check=lambda call: ("grad_stats",)).agree()
     return combined(
-        grads,
-        (group, layout, offsets, timeout),
+        call,
         lambda arrays, grid, rescaled: stats_partials(arrays, rescaled=rescaled, offsets=grid),
         lambda parts, by_name: combine_stats_partials(parts, by_name=by_name),
     )
@@ -175,12 +182,24 @@ def optimizer_step(
         total = global_norm(grads over every rank) (unscaled by the loss scale)
         step(grads, grad_norm=total)    # the coefficient min(1, max_norm / (total + eps)) inside the update
 
-    A step whose gradients hold inf/NaN on any rank is skipped on every rank
-    (parameters and state untouched, the loss scaler backing off), the one
-    outcome that keeps ranks consistent. Returns what optimizer.step returns."""
-    total, nonfinite = _norm_over_ranks(grads, 2.0, group, layout, offsets, timeout)
+    Every rank's step is checked (optimizer.check_step: the gradients, the loss
+    scaler, the hyperparameters) inside the first exchange: a step refused on
+    one rank raises there and RankFailed on every other rank, and no rank
+    writes anything. A step whose gradients hold inf/NaN on any rank is
+    skipped on every rank (parameters and state untouched, the loss scaler
+    backing off), the one outcome that keeps ranks consistent. Returns what
+    optimizer.step returns."""
+
+    def check(call):
+        if not hasattr(optimizer, "check_step"):
+            raise TypeError(f"optimizer must be a gg.optim optimiser, not {type(optimizer).__name__}")
+        optimizer.check_step(call.grads, loss_scaler=loss_scaler)
+        return ("optimizer_step", 2.0)
+
+    call = Call(grads, group, layout, offsets, timeout, check=check).agree()
+    total, nonfinite = _norm_over_ranks(call)
     return step_with_global_norm(
-        optimizer, grads, total, nonfinite, loss_scaler=loss_scaler, return_report=return_report
+        optimizer, call.grads, total, nonfinite, loss_scaler=loss_scaler, return_report=return_report
     )
 
 

@@ -31,13 +31,21 @@ class Communicator:
 
     def __init__(self, group, timeout):
         self._mpi = group is not None and hasattr(group, "allgather") and hasattr(group, "Get_rank")
-        self._timeout = _MPI_TIMEOUT if timeout is None else real(timeout, "timeout", low=0.0, low_open=True)
+        # A timeout refused here is refused inside the first exchange (refusal()), so
+        # that every rank raises at once; meanwhile the default bounds the wait.
+        self.refusal = None
+        self._timeout = _MPI_TIMEOUT
+        try:
+            if timeout is not None:
+                if not self._mpi:
+                    raise ValueError("timeout= is for MPI; torch.distributed uses its process group's timeout")
+                self._timeout = real(timeout, "timeout", low=0.0, low_open=True)
+        except (TypeError, ValueError) as error:
+            self.refusal = error
         if self._mpi:
             self._group = group
             self.rank, self.size = group.Get_rank(), group.Get_size()
             return
-        if timeout is not None:
-            raise ValueError("timeout= is for MPI; torch.distributed uses its process group's timeout")
         try:
             import torch.distributed as torch_distributed
         except ImportError:

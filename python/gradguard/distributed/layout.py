@@ -10,7 +10,7 @@ from .._arguments import as_array_list
 from ..partials import RescaledPartialsNeeded
 from .communicator import Communicator, exchange
 
-__all__ = ["LAYOUTS", "gathered_partials", "combined"]
+__all__ = ["LAYOUTS", "Call", "combined"]
 
 LAYOUTS = ("replicated", "disjoint", "sharded")
 
@@ -35,6 +35,8 @@ def _prepared(grads, layout, offsets, for_writing):
     """This rank's arguments, checked: (arrays, names, given offsets or None)."""
     layout = _layout(layout)
     array_list, names = as_array_list(grads, "grads")
+    if names is not None and len(set(names)) != len(names):
+        raise ValueError("grads has names that are equal as strings; each tensor needs its own name")
     if for_writing:
         _core.check_writable(array_list, names, "grads")
     if layout != "sharded":
@@ -45,57 +47,89 @@ def _prepared(grads, layout, offsets, for_writing):
         raise ValueError('layout="sharded" needs the shards as a dict name -> shard (tensors are matched by name)')
     if offsets is None:
         return array_list, names, None
+    if not isinstance(offsets, dict):
+        raise TypeError(f"offsets must be a dict name -> the shard's first element, not {type(offsets).__name__}")
     missing = [name for name in names if name not in offsets]
     if missing:
         raise ValueError(f"offsets has no entry for {missing[:5]}")
     return array_list, names, [int(offsets[name]) for name in names]
 
 
-def gathered_partials(grads, group, layout, offsets, timeout, take, *, for_writing=False):
-    """(every rank's partials in rank order, whether to combine by name).
-    Everything that can fail runs inside an exchange, so it fails on every rank."""
-    comm = Communicator(group, timeout)
-    prepared = []
+class Call:
+    """One distributed call on this rank. agree() takes one snapshot of the
+    gradients (a generator is read once) and checks everything this rank can
+    refuse: the call's own arguments (check(call), returning the terms every
+    rank must give alike), the layout, the arrays. It runs inside the first
+    exchange, so a refusal on any rank raises on every rank before anything
+    is read or written, and every rank also refuses a call whose terms,
+    layout or (replicated) tensors differ between ranks. The number of
+    exchanges never depends on one rank's arguments."""
 
-    def prepare():
-        prepared.append(_prepared(grads, layout, offsets, for_writing))
-        array_list, names, _ = prepared[0]
-        return {name: int(np.size(array)) for name, array in zip(names or (), array_list)}
+    def __init__(self, grads, group, layout, offsets, timeout, *, for_writing=False, check=None):
+        self.comm = Communicator(group, timeout)
+        self._grads, self._layout, self._offsets = grads, layout, offsets
+        self._for_writing, self._check = for_writing, check
+        self.arrays = self.names = self.given = self.grid = None
+        self.terms = None
 
-    grid = None
-    if layout == "sharded" and offsets is None:
-        # Shard r starts where the shards of ranks < r with the same name end.
-        everyone = exchange(comm, prepare)
-        names = prepared[0][1]
-        grid = [sum(sizes.get(name, 0) for sizes in everyone[: comm.rank]) for name in names]
+    @property
+    def grads(self):
+        """The snapshot, as the caller gave it: a dict name -> array, or a list."""
+        return self.arrays if self.names is None else dict(zip(self.names, self.arrays))
 
-    def work():
-        if not prepared:
-            prepare()
-        array_list, names, given = prepared[0]
-        if layout == "replicated":
-            sizes = [int(np.size(array)) for array in array_list]
-            chosen = _share(sizes, comm.rank, comm.size)
-            if names is None:
-                return tuple(sizes), take([array_list[i] for i in chosen], None)
-            return tuple(sizes), take({names[i]: array_list[i] for i in chosen}, None)
-        source = array_list if names is None else dict(zip(names, array_list))
-        return None, take(source, given if given is not None else grid)
+    def _mine(self):
+        if self.comm.refusal is not None:
+            raise self.comm.refusal
+        self.arrays, self.names, self.given = _prepared(self._grads, self._layout, self._offsets, self._for_writing)
+        self.terms = self._check(self) if self._check is not None else ()
+        sizes = tuple(int(np.size(array)) for array in self.arrays)
+        return self.terms, self._layout, None if self.names is None else tuple(self.names), sizes
 
-    everyone = exchange(comm, work)
-    if layout == "replicated" and len({sizes for sizes, _ in everyone}) > 1:
-        raise ValueError('layout="replicated" needs the same tensors on every rank; the ranks hold different sizes')
-    return [part for _, part in everyone], layout == "sharded"
+    def agree(self):
+        everyone = exchange(self.comm, self._mine)
+        terms = {rank: entry[0] for rank, entry in enumerate(everyone)}
+        if len(set(terms.values())) > 1:
+            raise ValueError(f"the ranks called with different arguments: {_by_rank(terms)}")
+        layouts = {rank: entry[1] for rank, entry in enumerate(everyone)}
+        if len(set(layouts.values())) > 1:
+            raise ValueError(f"the ranks called with different layouts: {_by_rank(layouts)}")
+        if self._layout == "replicated" and len({(entry[2], entry[3]) for entry in everyone}) > 1:
+            raise ValueError(
+                'layout="replicated" needs the same tensors on every rank, in the same order and of the same '
+                "sizes; the ranks hold different ones"
+            )
+        if self._layout == "sharded" and self.given is None:
+            # Shard r starts where the shards of ranks < r with the same name end.
+            sizes = [dict(zip(entry[2], entry[3])) for entry in everyone]
+            self.grid = [sum(earlier.get(name, 0) for earlier in sizes[: self.comm.rank]) for name in self.names]
+        return self
+
+    def partials(self, take):
+        """(every rank's partials in rank order, whether to combine by name) of take(arrays, offsets)."""
+
+        def work():
+            if self._layout == "replicated":
+                sizes = [int(np.size(array)) for array in self.arrays]
+                chosen = _share(sizes, self.comm.rank, self.comm.size)
+                if self.names is None:
+                    return take([self.arrays[i] for i in chosen], None)
+                return take({self.names[i]: self.arrays[i] for i in chosen}, None)
+            return take(self.grads, self.given if self.given is not None else self.grid)
+
+        return exchange(self.comm, work), self._layout == "sharded"
 
 
-def combined(grads, where, take, combine, for_writing=False):
-    """combine(parts, by_name) of every rank's partials, take(arrays, offsets, rescaled).
-    Every rank sees the same partials, so when the plain ones cannot be combined
-    (the rare overflow-safe path) every rank takes the rescaled ones together."""
+def _by_rank(values):
+    return "; ".join(f"rank {rank}: {value!r}" for rank, value in values.items())
+
+
+def combined(call, take, combine):
+    """combine(parts, by_name) of every rank's partials, take(arrays, offsets, rescaled),
+    for a call the ranks have agreed on. Every rank sees the same partials, so
+    when the plain ones cannot be combined (the rare overflow-safe path) every
+    rank takes the rescaled ones together."""
     for rescaled in (False, True):
-        parts, by_name = gathered_partials(
-            grads, *where, lambda arrays, grid, rescaled=rescaled: take(arrays, grid, rescaled), for_writing=for_writing
-        )
+        parts, by_name = call.partials(lambda arrays, grid, rescaled=rescaled: take(arrays, grid, rescaled))
         try:
             return combine(parts, by_name)
         except RescaledPartialsNeeded:

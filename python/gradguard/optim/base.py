@@ -346,28 +346,11 @@ class Optimizer:
         update norm ||p_new - p_old|| and new norm ||p_new|| from the same pass
         (NaN for a parameter skipped for a None gradient).
         """
-        grad_list = self._matched_grads(grads)
-        groups = self._checked_groups()
-        # chosen: the parameters stepping (None: all of them, the common case, kept cheap).
-        chosen = None
-        if any(grad is None for grad in grad_list):
-            chosen = [index for index, grad in enumerate(grad_list) if grad is not None]
-        policy = self._policy(loss_scaler, skip_nonfinite, return_report, grad_norm)
-        settings, settings_of = self._step_settings(groups, chosen)
-        groups_stepping = range(len(groups)) if chosen is None else set(self._group_of[chosen].tolist())
-        active = {name for group in groups_stepping for name in groups[group].active_states()}
-        # New buffers are committed to self.state only once the step has been accepted.
-        buffers = {name: self._buffers_for(name, chosen) for name in self.settings_type.state_names if name in active}
-        step_names = self._names if chosen is None or self._names is None else [self._names[i] for i in chosen]
-        norm, coefficient, skipped, nonfinite_indices, update_norms, param_norms = _core.optimizer_step(
-            self._params if chosen is None else [self._params[i] for i in chosen],
-            grad_list if chosen is None else [grad_list[i] for i in chosen],
-            states=[(name, buffers.get(name)) for name in self.settings_type.state_names],
-            settings=settings,
-            settings_of=settings_of,
-            policy=policy,
-            names=step_names,
+        grad_list, chosen, groups, buffers, arguments = self._prepared_step(
+            grads, loss_scaler, skip_nonfinite, return_report, grad_norm
         )
+        step_names = arguments["names"]
+        norm, coefficient, skipped, nonfinite_indices, update_norms, param_norms = _core.optimizer_step(**arguments)
         stepping = range(len(self._params)) if chosen is None else chosen
         nonfinite = tuple((step_names or list(stepping))[i] for i in nonfinite_indices)
         if skipped:
@@ -382,6 +365,49 @@ class Optimizer:
         report = StepReport(norm, coefficient, skipped, nonfinite, update_norms, param_norms, self.names)
         return report if return_report else norm
 
+    def check_step(self, grads: Arrays, loss_scaler: Optional[LossScaler] = None) -> None:
+        """Everything step(grads, loss_scaler) would refuse, refused here, with
+        nothing read for the norm and nothing written: the gradients (matched
+        by name, shapes, dtypes, memory), the hyperparameters of every group,
+        the loss scaler. gradguard.distributed checks every rank's step this way
+        before any rank steps."""
+        self._prepared_step(grads, loss_scaler, False, False, None, check_only=True)
+
+    def _prepared_step(self, grads, loss_scaler, skip_nonfinite, return_report, grad_norm, check_only=False):
+        """(grad_list, chosen, group settings, new state buffers, the core call's
+        arguments) of one step, every argument checked; with check_only, the
+        core validates the arrays too and stops there."""
+        grad_list = self._matched_grads(grads)
+        groups = self._checked_groups()
+        # chosen: the parameters stepping (None: all of them, the common case, kept cheap).
+        chosen = None
+        if any(grad is None for grad in grad_list):
+            chosen = [index for index, grad in enumerate(grad_list) if grad is not None]
+        policy = self._policy(loss_scaler, skip_nonfinite, return_report, grad_norm)
+        settings, settings_of = self._step_settings(groups, chosen)
+        groups_stepping = range(len(groups)) if chosen is None else set(self._group_of[chosen].tolist())
+        active = {name for group in groups_stepping for name in groups[group].active_states()}
+        # New buffers are committed to self.state only once the step has been accepted;
+        # a check needs only the existing ones (new zero buffers are valid by construction).
+        buffers = {
+            name: self._existing_buffers(name, chosen) if check_only else self._buffers_for(name, chosen)
+            for name in self.settings_type.state_names
+            if name in active
+        }
+        step_names = self._names if chosen is None or self._names is None else [self._names[i] for i in chosen]
+        arguments = dict(
+            params=self._params if chosen is None else [self._params[i] for i in chosen],
+            grads=grad_list if chosen is None else [grad_list[i] for i in chosen],
+            states=[(name, buffers.get(name)) for name in self.settings_type.state_names],
+            settings=settings,
+            settings_of=settings_of,
+            policy=policy,
+            names=step_names,
+        )
+        if check_only:
+            _core.optimizer_step(**arguments, check_only=True)
+        return grad_list, chosen, groups, buffers, arguments
+
     def _matched_grads(self, grads):
         """The gradients as a list in parameter order (matched by name when both sides are named)."""
         grad_list, names = as_array_list(grads, "grads")
@@ -392,6 +418,8 @@ class Optimizer:
 
     def _policy(self, loss_scaler, skip_nonfinite, return_report, grad_norm):
         """The core's StepPolicy for this step: whether the norm is taken (or given), the clip, the loss scale."""
+        if loss_scaler is not None and not (hasattr(loss_scaler, "get_scale") and hasattr(loss_scaler, "update")):
+            raise TypeError(f"loss_scaler must be a gg.LossScaler, not {type(loss_scaler).__name__}")
         policy = _core.StepPolicy()
         policy.inverse_scale = 1.0 if loss_scaler is None else 1.0 / loss_scaler.get_scale()
         policy.want_norm = self.max_grad_norm is not None or loss_scaler is not None or bool(skip_nonfinite)
@@ -442,6 +470,11 @@ class Optimizer:
         full = np.full(len(self._params), np.nan)
         full[chosen] = values
         return full
+
+    def _existing_buffers(self, name, chosen):
+        """The stepping parameters' buffers of one state when they all exist, else None."""
+        current = [self.state[name][i] for i in (range(len(self._params)) if chosen is None else chosen)]
+        return None if any(buffer is None for buffer in current) else current
 
     def _buffers_for(self, name, chosen):
         """The state buffers of the stepping parameters (new zero buffers where none yet)."""
