@@ -99,3 +99,24 @@ def test_autoclip_clips_at_the_percentile_itself():
     gg.clip_by_global_norm(expected, threshold)
     np.testing.assert_array_equal(grads[0], expected[0])
     assert grads[0][0] < 3.0
+
+
+def test_a_nonfinite_norm_does_not_poison_zclip():
+    clipper = gg.ZClip(warmup_steps=5, max_grad_norm=None)
+    for norm in (1.0, 1.1, 0.9, 1.0, 1.05):
+        clipper.observe(norm)
+    boundary = clipper.mean + clipper.z_thresh * clipper.var**0.5
+    assert clipper.observe(math.nan) == pytest.approx(boundary)
+    assert clipper.observe(math.inf) == pytest.approx(boundary)
+    assert math.isfinite(clipper.mean) and math.isfinite(clipper.var)
+    spike = [np.full(4, 5e5)]  # norm 1e6
+    norm, threshold = clipper(spike)
+    assert norm == 1e6 and threshold < 10 and np.linalg.norm(spike[0]) < 10
+
+
+def test_a_nonfinite_norm_during_warm_up_is_not_counted():
+    clipper = gg.ZClip(warmup_steps=3, max_grad_norm=2.0)
+    assert clipper.observe(math.nan) == 2.0
+    for norm in (1.0, 1.0, 1.0):
+        clipper.observe(norm)
+    assert clipper.mean == 1.0 and clipper.var == 0.0

@@ -171,3 +171,16 @@ def test_a_generator_of_gradients_is_read_once():
     assert report.grad_norm == expected_report.grad_norm and report.clip_coef == expected_report.clip_coef < 1
     for name in params:
         np.testing.assert_array_equal(params[name], expected_params[name])
+
+
+def test_torch_guard_refuses_names_that_do_not_name_each_parameter_once():
+    torch = pytest.importorskip("torch")
+    from gradguard.torch import Guard as TorchGuard
+
+    model = torch.nn.Linear(3, 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with pytest.raises(ValueError, match=r"repeated: \['a'\]"):
+        TorchGuard(optimizer, names=["a", "a"])
+    with pytest.raises(ValueError, match="got 1 names"):
+        TorchGuard(optimizer, names=["weight"])
+    TorchGuard(optimizer, names=["weight", "bias"])

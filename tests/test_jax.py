@@ -146,3 +146,22 @@ def test_top_level_functions_read_jax_arrays_and_refuse_to_write_them():
     assert gg.grad_stats({"k": tree["dense"]["kernel"]}).names == ("k",)
     with pytest.raises(ValueError, match=r"arrays\[0\] is read-only"):
         gg.clip_by_global_norm([tree["dense"]["kernel"]], 0.1)  # JAX arrays are immutable: gradguard.jax clips
+
+
+def test_zclip_ignores_non_finite_norms_like_gg_zclip():
+    transform = ggj.zclip(warmup_steps=3, max_grad_norm=None)
+    state = transform.init(_tree())
+    update = jax.jit(transform.update)
+    for _ in range(4):
+        _, state = update(_tree(), state)
+    before = (float(state.mean), float(state.var))
+    _, state = update(jax.tree_util.tree_map(lambda leaf: leaf * jnp.nan, _tree()), state)
+    assert (float(state.mean), float(state.var)) == before  # not poisoned
+    spike = jax.tree_util.tree_map(lambda leaf: leaf * 1e6, _tree())
+    out, state = update(spike, state)
+    assert ggj.global_norm(out) < 1e-3 * ggj.global_norm(spike)  # a later spike is still clipped
+
+
+def test_leaves_with_the_same_path_are_refused():
+    with pytest.raises(ValueError, match="tree path 'a/b'"):
+        ggj.leaves_by_path({"a/b": np.ones(2), "a": {"b": np.ones(2)}})

@@ -82,3 +82,15 @@ def _adam():
     optimizer = gg.optim.Adam(params, lr=0.1, max_grad_norm=1.0)
     optimizer.step([np.full(3, 0.5, np.float32)])
     return optimizer
+
+
+def test_max_grad_norm_set_after_construction_is_checked_at_the_step():
+    params = [np.ones(3, np.float32)]
+    optimizer = gg.optim.SGD(params, lr=0.1)
+    optimizer.max_grad_norm = -1.0
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        optimizer.step([np.ones(3, np.float32)])
+    optimizer.max_grad_norm = float("nan")
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        optimizer.step([np.ones(3, np.float32)])
+    assert (params[0] == 1).all() and optimizer.step_count == 0

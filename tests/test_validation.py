@@ -1,5 +1,6 @@
 """Bad input: a clear exception naming the argument, and nothing written."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -225,3 +226,16 @@ def test_errors_name_the_layer():
         frozen = np.ones(3, np.float32)
         frozen.flags.writeable = False
         gg.agc({"a": np.ones(3, np.float32), "b": np.ones(3, np.float32)}, {"a": np.ones(3, np.float32), "b": frozen})
+
+
+def test_keys_equal_as_strings_are_refused_everywhere():
+    colliding = {1: np.ones(3, np.float32), "1": np.ones(3, np.float32)}
+    for call in (gg.global_norm, gg.grad_stats, lambda g: gg.clip_by_global_norm(g, 1.0)):
+        with pytest.raises(ValueError, match=r"equal as strings: \['1'\]"):
+            call(colliding)
+    with pytest.raises(ValueError, match="unique"):
+        gg.GradientMonitor(names=["a", "a"])
+    stats = gg.grad_stats([np.ones(3), np.ones(3)])
+    repeated = dataclasses.replace(stats, names=("a", "a"))
+    with pytest.raises(ValueError, match="more than once"):
+        gg.GradientMonitor().update_stats(repeated)

@@ -63,11 +63,23 @@ def as_array_list(arrays, argument="arrays"):
             items = list(arrays.items())
             names, values = [name for name, _ in items], [value for _, value in items]
         names = [str(name) for name in names]
+        if len(set(names)) != len(names):
+            raise ValueError(f"{argument} has keys that are equal as strings: {duplicates(names)}")
         return _numpy_values(values, lambda index: f"{argument}[{names[index]!r}]"), names
     if isinstance(arrays, (str, bytes)) or not hasattr(arrays, "__iter__"):
         raise TypeError(f"{argument} must be a list, tuple or dict of NumPy arrays, got {type(arrays).__name__}")
     snapshot = list(arrays)
     return _numpy_values(snapshot, lambda index: f"{argument}[{index}]"), None
+
+
+def duplicates(names) -> list:
+    """The names that occur more than once, in order of first appearance."""
+    seen, repeated = set(), []
+    for name in names:
+        if name in seen and name not in repeated:
+            repeated.append(name)
+        seen.add(name)
+    return repeated
 
 
 def _numpy_values(values, label_of):

@@ -122,8 +122,15 @@ class ZClip:
     def observe(self, norm: float) -> float:
         """Record a step's global norm and return the threshold to clip it at: the
         state update of __call__ without touching arrays, for a caller that clips
-        elsewhere (gg.Guard, an optimiser's max_grad_norm)."""
+        elsewhere (gg.Guard, an optimiser's max_grad_norm). A non-finite norm (an
+        fp16 overflow, one NaN batch) is not recorded, as AutoClip does: it would
+        make the mean and variance NaN for good. Its threshold is the spike
+        boundary mean + z_thresh * std (max_grad_norm while warming up)."""
         cap = math.inf if self.max_grad_norm is None else self.max_grad_norm
+        if not math.isfinite(norm):
+            if self.mean is None:
+                return cap
+            return min(self.mean + self.z_thresh * math.sqrt(self.var), cap)
         if self.mean is None:
             self._warmup.append(norm)
             if len(self._warmup) >= self.warmup_steps:

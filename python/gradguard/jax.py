@@ -74,6 +74,8 @@ def leaves_by_path(tree) -> dict:
                 f"leaf {name!r} lives on {sorted(d.platform for d in devices())}; gradguard reads CPU arrays and this "
                 "build has no CUDA backend (jax.device_get it, or use optax on the device)"
             )
+        if name in named:
+            raise ValueError(f"two leaves have the tree path {name!r} (a key holding '/' against a nested one?)")
         named[name] = np.asarray(leaf)
     return named
 
@@ -152,8 +154,9 @@ def zclip(alpha=0.97, z_thresh=2.5, max_grad_norm=1.0, eps=1e-6, warmup_steps=25
         clip at min(threshold, max_grad_norm)                 (threshold = g otherwise)
         mean = alpha mean + (1 - alpha) x;  var = alpha var + (1 - alpha) (x - mean)^2
 
-    x being the clipped norm on a spike and g otherwise. The norm is the
-    global L2 norm of the updates (float32); state is three scalars, so it runs under jit.
+    x being the clipped norm on a spike and g otherwise; a non-finite norm is
+    not recorded (its threshold is the spike boundary). The norm is the global
+    L2 norm of the updates (float32); state is three scalars, so it runs under jit.
     """
     optax = _optax()
     alpha = real(alpha, "alpha", low=0.0, high=1.0, low_open=True, high_open=True)
@@ -192,6 +195,11 @@ def zclip(alpha=0.97, z_thresh=2.5, max_grad_norm=1.0, eps=1e-6, warmup_steps=25
             jnp.where(warming, warm_mean, ema_mean),
             jnp.where(warming, warm_var, ema_var),
         )
+        # A non-finite norm is not recorded (gg.ZClip's rule): its threshold is the spike boundary.
+        finite = jnp.isfinite(norm)
+        boundary = jnp.where(warming, cap, jnp.minimum(state.mean + z_thresh * std, cap))
+        threshold = jnp.where(finite, threshold, boundary)
+        new_state = jax.tree_util.tree_map(lambda new, old: jnp.where(finite, new, old), new_state, state)
         return _scaled(updates, norm, threshold), new_state
 
     return optax.GradientTransformation(init_fn, update_fn)

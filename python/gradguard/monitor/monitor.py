@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from .._arguments import Arrays, as_array_list, in_order_of
+from .._arguments import Arrays, as_array_list, duplicates, in_order_of
 from ..stats import STATS_FIELDS, GradStats, stats_of
 from . import sinks
 from .detectors import Detectors, Finding
@@ -63,6 +63,8 @@ class GradientMonitor:
         self.window = self.settings.window
         self.max_findings = self.settings.max_findings
         self.names = None if names is None else [str(n) for n in names]
+        if self.names is not None and duplicates(self.names):
+            raise ValueError(f"names must be unique (as strings); repeated: {duplicates(self.names)}")
         self._named = names is not None  # whether layers have real names, so that dicts match by them
         self.findings = []
         self.actions = []  # what a gg.Guard did, for the report (bounded like the findings)
@@ -130,7 +132,9 @@ class GradientMonitor:
         """
         if not isinstance(stats, GradStats):
             raise TypeError(f"stats must be a GradStats (from gg.grad_stats), not {type(stats).__name__}")
-        names = list(stats.names) if stats.names is not None else None
+        names = [str(name) for name in stats.names] if stats.names is not None else None
+        if names is not None and duplicates(names):
+            raise ValueError(f"stats names layers more than once: {duplicates(names)}")
         labels, order, subset, present = self._matched(names, len(stats), allow_missing, "layers' statistics", "stats")
         fields = {key: getattr(stats, key)[order] for key in STATS_FIELDS}
         subset = tuple(subset) if subset is not None else None

@@ -420,13 +420,15 @@ class Optimizer:
         """The core's StepPolicy for this step: whether the norm is taken (or given), the clip, the loss scale."""
         if loss_scaler is not None and not (hasattr(loss_scaler, "get_scale") and hasattr(loss_scaler, "update")):
             raise TypeError(f"loss_scaler must be a gg.LossScaler, not {type(loss_scaler).__name__}")
+        # Checked at every step: opt.max_grad_norm may have been set since the last one.
+        max_grad_norm = real(self.max_grad_norm, "max_grad_norm", low=0.0, allow_none=True)
         policy = _core.StepPolicy()
         policy.inverse_scale = 1.0 if loss_scaler is None else 1.0 / loss_scaler.get_scale()
-        policy.want_norm = self.max_grad_norm is not None or loss_scaler is not None or bool(skip_nonfinite)
+        policy.want_norm = max_grad_norm is not None or loss_scaler is not None or bool(skip_nonfinite)
         if grad_norm is not None:
             policy.known_norm = real(grad_norm, "grad_norm", low=0.0) / policy.inverse_scale
-        if self.max_grad_norm is not None:
-            policy.max_norm = self.max_grad_norm
+        if max_grad_norm is not None:
+            policy.max_norm = max_grad_norm
         policy.clip_eps = CLIP_EPS
         policy.skip_nonfinite = loss_scaler is not None or bool(skip_nonfinite)
         policy.want_step_norms = bool(return_report)

@@ -6,6 +6,7 @@ import copy
 
 import torch as _torch
 
+from .._arguments import duplicates
 from ..clip import clip_with_norm_
 from ..guard import Guard as _Guard
 from ..optim import StepReport
@@ -54,6 +55,11 @@ class Guard(_Guard):
     def __init__(self, optimizer, clip=None, monitor=None, *, names=None, **policies):
         super().__init__(_TorchStep(optimizer), clip, monitor, **policies)
         self._names = None if names is None else [str(name) for name in names]
+        if self._names is not None and (duplicates(self._names) or len(self._names) != len(self.optimizer.tensors)):
+            raise ValueError(
+                f"names must name each of the optimiser's {len(self.optimizer.tensors)} parameters once; "
+                f"got {len(self._names)} names, repeated: {duplicates(self._names)}"
+            )
 
     def step(self, loss=None):
         adapter = self.optimizer
