@@ -260,3 +260,42 @@ def test_the_row_layouts_are_the_cores():
     assert gg.stats_partials([np.ones(3)]).values.shape[1] == len(_core.STATS_PARTIAL_FIELDS)
     assert gg.PIECE_ELEMENTS == _core.PIECE_ELEMENTS == 1 << 16
     assert tuple(f.name for f in dataclasses.fields(gg.GradStats))[: len(gg.STATS_FIELDS)] == gg.STATS_FIELDS
+
+
+@pytest.mark.parametrize(
+    "offsets, error",
+    [
+        ([2**63 - 100], ValueError),
+        ([2**62], ValueError),
+        ([1.5], TypeError),
+        (["65536"], TypeError),
+        ([True], TypeError),
+        ([-1], ValueError),
+        ({"a": 0}, TypeError),
+        ([0, 0], ValueError),
+    ],
+)
+def test_offsets_are_whole_numbers_that_fit(offsets, error):
+    with pytest.raises(error, match="offsets"):
+        gg.norm_partials([np.ones(10)], offsets=offsets)
+    with pytest.raises(error, match="offsets"):
+        gg.stats_partials([np.ones(10)], offsets=offsets)
+
+
+@pytest.mark.parametrize("numel, world", [(10.5, 2), (True, 2), ("10", 2), (10, 2.5), (-1, 2), (10, 0)])
+def test_shard_bounds_takes_whole_numbers(numel, world):
+    with pytest.raises((TypeError, ValueError)):
+        gg.shard_bounds(numel, world)
+
+
+def test_altered_partials_tables_are_refused():
+    parts = gg.norm_partials([np.ones(10), np.ones(5)])
+    for ord in (math.nan, -1.0, 0.0):
+        with pytest.raises(ValueError, match="ord"):
+            gg.combine_norm_partials([dataclasses.replace(parts, ord=ord)])
+    with pytest.raises(ValueError, match="do not hold"):
+        gg.combine_norm_partials([dataclasses.replace(parts, tensor=np.array([-1, 1]))])
+    with pytest.raises(ValueError, match="fields per piece"):
+        gg.combine_norm_partials([dataclasses.replace(parts, values=parts.values[:, :3])])
+    with pytest.raises(ValueError, match="fields per piece"):
+        gg.combine_norm_partials([dataclasses.replace(parts, values=parts.values.ravel())])

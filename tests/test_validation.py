@@ -159,7 +159,10 @@ def test_list_cleared_by_another_thread_during_the_call():
             grads = [np.ones(10**7, np.float32)]
             thread = threading.Thread(target=lambda: (time.sleep(0.001), grads.clear(), params.clear()))
             thread.start()
-            optimizer.step(grads)
+            try:
+                optimizer.step(grads)
+            except ValueError as error:  # cleared before the step took its snapshot: a refusal, not a crash
+                assert "grads has 0 arrays" in str(error), error
             thread.join()
         print("ok")
     """)

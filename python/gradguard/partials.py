@@ -29,7 +29,7 @@ from typing import Optional, Union
 import numpy as np
 
 from . import _core
-from ._arguments import Arrays, Real, as_array_list, norm_order
+from ._arguments import Arrays, Real, as_array_list, norm_order, positive_int
 from .stats import GradStats, stats_from_columns
 
 __all__ = [
@@ -150,11 +150,32 @@ class StatsPartials(_Partials):
 def _taken(arrays, offsets, take):
     """(names, sizes, tensor, offset, values) of take(array_list, names, grid offsets)."""
     array_list, names = as_array_list(arrays)
-    # the core checks the count and signs of the offsets
-    grid = [] if offsets is None else [int(value) for value in offsets]
+    grid = [] if offsets is None else shard_offsets(offsets, array_list)
     tensor, offset, values = take(array_list, names, grid)
     sizes = np.array([np.size(array) for array in array_list], dtype=np.int64)
     return (tuple(names) if names is not None else None), sizes, tensor, offset, values
+
+
+# The last element of a shard must stay below 2^62: the core adds offsets to
+# element counts in int64, and this leaves room for any sum it forms.
+_MAX_ELEMENT = 1 << 62
+
+
+def shard_offsets(offsets, array_list) -> list:
+    """offsets as a list of ints, one per array, each a whole number >= 0 (not
+    a bool, a float or a string) whose shard ends below 2^62."""
+    if isinstance(offsets, (str, bytes, dict)) or not hasattr(offsets, "__iter__"):
+        raise TypeError(f"offsets must be a list of ints, one per array, not {type(offsets).__name__}")
+    offsets = list(offsets)
+    if len(offsets) != len(array_list):
+        raise ValueError(f"offsets has {len(offsets)} entries for {len(array_list)} arrays")
+    checked = []
+    for index, (value, array) in enumerate(zip(offsets, array_list)):
+        value = positive_int(value, f"offsets[{index}]", minimum=0)
+        if value + int(np.size(array)) > _MAX_ELEMENT:
+            raise ValueError(f"offsets[{index}] = {value} puts the shard's end beyond 2^62 elements")
+        checked.append(value)
+    return checked
 
 
 def norm_partials(
@@ -190,6 +211,15 @@ def _gathered(parts, kind, by_name):
     parts = list(parts)
     if not all(isinstance(part, kind) for part in parts):
         raise TypeError(f"parts must be {kind.__name__} (from gg.{kind.__name__.replace('P', '_p', 1).lower()})")
+    width = len(_core.NORM_PARTIAL_FIELDS if kind is NormPartials else _core.STATS_PARTIAL_FIELDS)
+    for part in parts:
+        tensor, offset, values = (np.asarray(part.tensor), np.asarray(part.offset), np.asarray(part.values))
+        if values.ndim != 2 or values.shape[1] != width or not (tensor.shape == offset.shape == (len(values),)):
+            raise ValueError(
+                f"partials: a table of {values.shape} values, {width} fields per piece expected (altered?)"
+            )
+        if len(tensor) and (tensor.min() < 0 or tensor.max() >= len(part)):
+            raise ValueError("partials: a piece names a tensor the partials do not hold (the partials were altered?)")
     if by_name:
         if any(part.names is None for part in parts):
             raise ValueError("by_name needs partials taken from dicts name -> array")
@@ -207,7 +237,6 @@ def _gathered(parts, kind, by_name):
         )
         tensors = np.concatenate([part.tensor + starts[i] for i, part in enumerate(parts)] or [np.zeros(0, np.int64)])
     offsets = np.concatenate([part.offset for part in parts] or [np.zeros(0, np.int64)])
-    width = len(_core.NORM_PARTIAL_FIELDS if kind is NormPartials else _core.STATS_PARTIAL_FIELDS)
     values = np.concatenate([part.values for part in parts] or [np.zeros((0, width))])
     order = np.lexsort((offsets, tensors))
     return tensors[order], offsets[order], values[order], keys, parts
@@ -233,7 +262,8 @@ def combine_norm_details(parts, *, by_name=False):
     orders = {part.ord for part in parts}
     if len(orders) > 1:
         raise ValueError(f"the partials were taken with different ord: {sorted(orders)}")
-    order = orders.pop() if orders else 2.0
+    # the ord travels with the partials: checked like an argument (altered partials are refused)
+    order = norm_order(orders.pop()) if orders else 2.0
     total, needs_rescaled, nonfinite, per_tensor = _core.combine_norm_partials(tensors, offsets, values, keys, order)
     if needs_rescaled:
         raise RescaledPartialsNeeded(
@@ -267,9 +297,8 @@ def shard_bounds(numel: int, world_size: int) -> list:
     """[(start, stop)] for world_size shards of a tensor of numel elements, each
     boundary on the piece grid (a multiple of PIECE_ELEMENTS), the pieces
     dealt as evenly as they go: shards cut so combine by name is bit-identical."""
-    numel, world_size = int(numel), int(world_size)
-    if numel < 0 or world_size < 1:
-        raise ValueError("numel must be >= 0 and world_size >= 1")
+    numel = positive_int(numel, "numel", minimum=0)
+    world_size = positive_int(world_size, "world_size", minimum=1)
     pieces = -(-numel // PIECE_ELEMENTS)
     bounds = [min(numel, (pieces * rank // world_size) * PIECE_ELEMENTS) for rank in range(world_size + 1)]
     bounds[-1] = numel

@@ -7,7 +7,7 @@ import numpy as np
 
 from .. import _core
 from .._arguments import as_array_list
-from ..partials import RescaledPartialsNeeded
+from ..partials import RescaledPartialsNeeded, shard_offsets
 from .communicator import Communicator, exchange
 
 __all__ = ["LAYOUTS", "Call", "combined"]
@@ -52,7 +52,7 @@ def _prepared(grads, layout, offsets, for_writing):
     missing = [name for name in names if name not in offsets]
     if missing:
         raise ValueError(f"offsets has no entry for {missing[:5]}")
-    return array_list, names, [int(offsets[name]) for name in names]
+    return array_list, names, shard_offsets([offsets[name] for name in names], array_list)
 
 
 class Call:
