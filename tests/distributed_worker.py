@@ -7,6 +7,7 @@ part of them for each layout, runs the scenario, and pickles what it got to
 OUT_DIR/rank<r>.pkl; the test compares that with the single-process calls.
 """
 
+import functools
 import math
 import os
 import pickle
@@ -151,6 +152,7 @@ def run_scenarios(rank, size, group):
         ggd.monitor_update(monitor, scaled, layout="sharded", **where)
     results["monitor/history"] = monitor.history()
     results.update(refusal_scenarios(rank, size, group))
+    results.update(random_refusals(rank, size, group))
     results.update(backward_scenario(rank, size, group))
     return results
 
@@ -204,6 +206,12 @@ def refusal_scenarios(rank, size, group):
     else:  # torch.distributed: timeout= is for MPI, refused on the rank that gives it
         results["refuse/timeout"] = _outcome(lambda: ggd.global_norm(part, group=group, timeout=1.0 if last else None))
 
+    # sharded: a rank holding no shard of a tensor (its name left out) would leave that part out of the norm
+    shards = sharded_part(model_grads(), rank, size)[0]
+    if last:
+        shards.pop("layer0")
+    results["refuse/sharded_missing_name"] = _outcome(lambda: ggd.global_norm(shards, layout="sharded", **where))
+
     # a generator is read once: the same norm and clip as the list
     arrays = list(copies(part).values())
     results["generator/norm"] = ggd.global_norm((array for array in arrays), **where)
@@ -215,6 +223,121 @@ def refusal_scenarios(rank, size, group):
     results["generator/clipped_alike"] = all(np.array_equal(a, b) for a, b in zip(generated, listed))
     results["generator/clipped"] = any(not np.array_equal(a, b) for a, b in zip(generated, arrays) if a.size)
     return results
+
+
+def _read_only(arrays):
+    frozen = copies(arrays)
+    for array in frozen.values():
+        array.setflags(write=False)
+    return frozen
+
+
+# Per entry point, the refusals one rank can make: (what, the call's keywords
+# on the refusing rank, the error it raises there). Every call is made with
+# the same keywords on the other ranks, minus the refusal.
+REFUSALS = {
+    "global_norm": [
+        ("ord", {"ord": 0}, "ValueError"),
+        ("layout", {"layout": "nope"}, "ValueError"),
+        ("not an array", {"grads": ["x"]}, "TypeError"),
+    ],
+    "clip_by_global_norm": [
+        ("max_norm", {"max_norm": -1.0}, "ValueError"),
+        ("eps", {"eps": math.nan}, "ValueError"),
+        ("read-only", {"read_only": True}, "ValueError"),
+        ("error_if_nonfinite", {"error_if_nonfinite": "no"}, "TypeError"),
+    ],
+    "grad_stats": [("not an array", {"grads": ["x"]}, "TypeError"), ("layout", {"layout": "nope"}, "ValueError")],
+    "monitor_update": [("not a monitor", {"monitor": None}, "TypeError"), ("step", {"step": "3"}, "TypeError")],
+    "optimizer_step": [
+        ("float64", {"float64": True}, "TypeError"),
+        ("loss_scaler", {"loss_scaler": 3}, "TypeError"),
+        ("lr", {"lr": -1.0}, "ValueError"),
+        ("max_grad_norm", {"max_grad_norm": -1.0}, "ValueError"),
+    ],
+    "combine_norm_over_ranks": [
+        ("not partials", {"parts": [3.0]}, "TypeError"),
+        ("check", {"check": True}, "RuntimeError"),
+    ],
+    "combine_stats_over_ranks": [
+        ("not partials", {"parts": [3.0]}, "TypeError"),
+        ("check", {"check": True}, "RuntimeError"),
+    ],
+}
+
+
+def _refused_check():
+    raise RuntimeError("this rank's step is refused")
+
+
+def _refusable_call(entry, mine, grads, optimizer, monitor, where):
+    """One entry point called with this rank's refusal (mine) or none."""
+    if entry == "global_norm":
+        ggd.global_norm(grads, mine.get("ord", 2.0), layout=mine.get("layout", "disjoint"), **where)
+    elif entry == "clip_by_global_norm":
+        ggd.clip_by_global_norm(
+            grads,
+            mine.get("max_norm", 1e-3),
+            eps=mine.get("eps", 1e-6),
+            error_if_nonfinite=mine.get("error_if_nonfinite", False),
+            **where,
+        )
+    elif entry == "grad_stats":
+        ggd.grad_stats(grads, layout=mine.get("layout", "disjoint"), **where)
+    elif entry == "monitor_update":
+        ggd.monitor_update(mine.get("monitor", monitor), grads, mine.get("step"), **where)
+    elif entry == "optimizer_step":
+        wanted = np.float64 if mine.get("float64") else np.float32  # the parameters are float32
+        given = {n: a.astype(wanted) for n, a in grads.items()}
+        if "lr" in mine:
+            optimizer.param_groups[0]["lr"] = mine["lr"]
+        if "max_grad_norm" in mine:
+            optimizer.max_grad_norm = mine["max_grad_norm"]
+        ggd.optimizer_step(optimizer, given, loss_scaler=mine.get("loss_scaler"), **where)
+    else:
+        take = gg.norm_partials if entry == "combine_norm_over_ranks" else gg.stats_partials
+        parts = mine.get("parts", [take(list(grads.values()))])
+        combine = getattr(ggd, entry)
+        combine(parts, check=_refused_check if mine.get("check") else None, **where)
+
+
+def random_refusals(rank, size, group, cases=12):
+    """A property test across ranks: each case draws (from one seed, alike on
+    every rank) an entry point, a refusal and the rank that makes it. Every
+    rank records what it raised, how long that took, and whether anything it
+    holds changed (arrays, optimiser and monitor state)."""
+    where = {"group": group}
+    outcomes = []
+    rng = np.random.default_rng(size)
+    entries = sorted(REFUSALS)
+    for case in range(cases):
+        entry = entries[case % len(entries)]
+        what, refusal, error = REFUSALS[entry][rng.integers(len(REFUSALS[entry]))]
+        chosen = int(rng.integers(size))
+        mine = refusal if rank == chosen else {}
+        part = disjoint_part(model_grads(seed=case), rank, size)
+        grads = _read_only(part) if mine.get("read_only") else copies(part)
+        grads = mine.get("grads", grads)
+        params = {name: np.ones(array.shape, np.float32) for name, array in part.items()}
+        optimizer = gg.optim.AdamW(params, lr=0.1, max_grad_norm=1.0)
+        monitor = gg.GradientMonitor()
+        ggd.monitor_update(monitor, copies(part), **where)  # a monitor with history, alike on every rank
+        before = (copies(part), copies(params), optimizer.state_dict(), repr(monitor.state_dict()))
+
+        failure, seconds = _outcome(functools.partial(_refusable_call, entry, mine, grads, optimizer, monitor, where))
+        if isinstance(grads, dict):
+            grads_kept = all(np.array_equal(grads[n], before[0][n]) for n in part)
+        else:
+            grads_kept = True
+        optimizer.param_groups[0]["lr"], optimizer.max_grad_norm = 0.1, 1.0  # undo the refusal's own edit
+        unchanged = (
+            grads_kept
+            and all(np.array_equal(params[n], before[1][n]) for n in params)
+            and repr(optimizer.state_dict()) == repr(before[2])
+            and repr(monitor.state_dict()) == before[3]
+        )
+        outcomes.append((entry, what, chosen, error, failure, seconds, unchanged))
+    return {"random_refusals": outcomes}
 
 
 def backward_scenario(rank, size, group):

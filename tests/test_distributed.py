@@ -307,7 +307,9 @@ def test_a_refused_call_writes_nothing_on_any_rank(ranks, key):
     assert all(rank_results[key] for rank_results in results)
 
 
-@pytest.mark.parametrize("key", ["refuse/different_max_norm", "refuse/layout", "refuse/replicated_order"])
+@pytest.mark.parametrize(
+    "key", ["refuse/different_max_norm", "refuse/layout", "refuse/replicated_order", "refuse/sharded_missing_name"]
+)
 def test_ranks_that_disagree_all_refuse(ranks, key):
     _, _, results = ranks
     for rank_results in results:
@@ -320,3 +322,18 @@ def test_a_generator_of_gradients_is_read_once(ranks):
     for rank_results in results:
         assert rank_results["generator/norm"] == rank_results["generator/list_norm"]
         assert rank_results["generator/clipped_alike"] and rank_results["generator/clipped"]
+
+
+def test_a_refusal_on_a_random_rank_stops_every_rank_at_once_with_nothing_written(ranks):
+    """Property test: every entry point, refusals drawn at random, on a random rank."""
+    _, size, results = ranks
+    cases = [rank_results["random_refusals"] for rank_results in results]
+    assert {case[0] for case in cases[0]} == set(worker.REFUSALS)  # every entry point was tried
+    for index, case in enumerate(cases[0]):
+        entry, what, chosen, error = case[:4]
+        for rank in range(size):
+            _, _, _, _, failure, seconds, unchanged = cases[rank][index]
+            expected = error if rank == chosen else "RankFailed"
+            assert failure == expected, (entry, what, chosen, rank, failure)
+            assert seconds < 10, (entry, what, rank, seconds)
+            assert unchanged, (entry, what, rank)

@@ -91,8 +91,9 @@ def test_combination_refuses_mixed_orders_and_non_partials():
 
 
 def _shards(rng, arrays, ranks, aligned):
-    """Each array cut into `ranks` contiguous shards, as dicts name -> shard per rank, with offsets."""
-    per_rank = [({}, []) for _ in range(ranks)]
+    """Each array cut into `ranks` contiguous shards, as dicts name -> shard per rank, with their
+    placement (partials' keywords: offsets, numel)."""
+    per_rank = [({}, {"offsets": [], "numel": []}) for _ in range(ranks)]
     for index, array in enumerate(arrays):
         if aligned:
             bounds = gg.shard_bounds(array.size, ranks)
@@ -102,7 +103,8 @@ def _shards(rng, arrays, ranks, aligned):
             bounds = list(zip(edges[:-1], edges[1:]))
         for rank, (start, stop) in enumerate(bounds):
             per_rank[rank][0][f"t{index}"] = array[start:stop]
-            per_rank[rank][1].append(start)
+            per_rank[rank][1]["offsets"].append(start)
+            per_rank[rank][1]["numel"].append(array.size)
     return per_rank
 
 
@@ -114,9 +116,9 @@ def test_shards_on_the_piece_grid_combine_bit_for_bit(ranks, ord, simd_target):
         arrays = _arrays(rng)
         whole = {f"t{index}": array for index, array in enumerate(arrays)}
         shards = _shards(rng, arrays, ranks, aligned=True)
-        parts = [gg.norm_partials(named, ord, offsets=offsets) for named, offsets in shards]
+        parts = [gg.norm_partials(named, ord, **offsets) for named, offsets in shards]
         assert _same(gg.combine_norm_partials(parts, by_name=True), gg.global_norm(arrays, ord))
-        stats = gg.combine_stats_partials([gg.stats_partials(named, offsets=o) for named, o in shards], by_name=True)
+        stats = gg.combine_stats_partials([gg.stats_partials(named, **o) for named, o in shards], by_name=True)
         _assert_same_stats(stats, gg.grad_stats(whole))
 
 
@@ -124,9 +126,9 @@ def test_shards_off_the_grid_agree_to_rounding():
     rng = np.random.default_rng(7)
     arrays = [rng.standard_normal(300_000).astype(np.float32), rng.standard_normal(100_003)]
     shards = _shards(rng, arrays, 3, aligned=False)
-    norm = gg.combine_norm_partials([gg.norm_partials(n, offsets=o) for n, o in shards], by_name=True)
+    norm = gg.combine_norm_partials([gg.norm_partials(n, **o) for n, o in shards], by_name=True)
     assert norm == pytest.approx(gg.global_norm(arrays), rel=1e-14)
-    stats = gg.combine_stats_partials([gg.stats_partials(n, offsets=o) for n, o in shards], by_name=True)
+    stats = gg.combine_stats_partials([gg.stats_partials(n, **o) for n, o in shards], by_name=True)
     expected = gg.grad_stats(arrays)
     for field in ("mean", "std", "abs_mean", "l2", "min", "max"):
         np.testing.assert_allclose(getattr(stats, field), getattr(expected, field), rtol=1e-6, atol=1e-9)
@@ -174,22 +176,38 @@ def test_statistics_rare_path_needs_rescaled_partials_and_is_then_exact(values):
     expected = gg.grad_stats({"w": array})
     shards = _shards(rng, [array], 3, aligned=True)
     shards = [({"w": named["t0"]}, offsets) for named, offsets in shards]
-    plain = [gg.stats_partials(named, offsets=o) for named, o in shards]
+    plain = [gg.stats_partials(named, **o) for named, o in shards]
     with pytest.raises(gg.RescaledPartialsNeeded):
         gg.combine_stats_partials(plain, by_name=True)
-    rescaled = [gg.stats_partials(named, offsets=o, rescaled=True) for named, o in shards]
+    rescaled = [gg.stats_partials(named, rescaled=True, **o) for named, o in shards]
     _assert_same_stats(gg.combine_stats_partials(rescaled, by_name=True), expected)
 
 
 def test_shards_that_do_not_tile_their_tensor_are_refused():
     array = np.arange(200_000, dtype=np.float32)
-    first = gg.norm_partials({"w": array[:65_536]}, offsets=[0])
-    again = gg.norm_partials({"w": array[:65_536]}, offsets=[0])
-    with pytest.raises(ValueError, match="'w' do not tile"):
-        gg.combine_norm_partials([first, again], by_name=True)
-    gap = gg.norm_partials({"w": array[131_072:]}, offsets=[131_072])
-    with pytest.raises(ValueError, match="'w' do not tile"):
+    first = gg.norm_partials({"w": array[:65_536]}, offsets=[0], numel=[array.size])
+    again = gg.norm_partials({"w": array[:65_536]}, offsets=[0], numel=[array.size])
+    middle = gg.norm_partials({"w": array[65_536:131_072]}, offsets=[65_536], numel=[array.size])
+    gap = gg.norm_partials({"w": array[131_072:]}, offsets=[131_072], numel=[array.size])
+    with pytest.raises(ValueError, match="'w' (do not tile|hold)"):
+        gg.combine_norm_partials([first, again, middle, gap], by_name=True)
+    with pytest.raises(ValueError, match="'w' (do not tile|hold)"):
         gg.combine_norm_partials([first, gap], by_name=True)
+    # A missing last shard is found too: the partials carry the whole tensor's size.
+    with pytest.raises(ValueError, match="'w' hold 131072 of its 200000 elements"):
+        gg.combine_norm_partials([first, middle], by_name=True)
+    stats = [gg.stats_partials({"w": array[:65_536]}, offsets=[0], numel=[array.size])]
+    with pytest.raises(ValueError, match="'w' hold 65536 of its 200000 elements"):
+        gg.combine_stats_partials(stats, by_name=True)
+    assert gg.combine_norm_partials([first, middle, gap], by_name=True) == gg.global_norm(array)
+    with pytest.raises(ValueError, match="disagree on its size"):
+        gg.combine_norm_partials(
+            [first, gg.norm_partials({"w": array[65_536:]}, offsets=[65_536], numel=[array.size + 1])], by_name=True
+        )
+    with pytest.raises(ValueError, match="offsets and numel go together"):
+        gg.norm_partials({"w": array[:65_536]}, offsets=[0])
+    with pytest.raises(ValueError, match="run past numel"):
+        gg.norm_partials({"w": array[:65_536]}, offsets=[0], numel=[1000])
     with pytest.raises(ValueError, match="by_name"):
         gg.combine_norm_partials([gg.norm_partials([array])], by_name=True)
     with pytest.raises(ValueError, match="offsets has 2 entries for 1 arrays"):
@@ -277,9 +295,11 @@ def test_the_row_layouts_are_the_cores():
 )
 def test_offsets_are_whole_numbers_that_fit(offsets, error):
     with pytest.raises(error, match="offsets"):
-        gg.norm_partials([np.ones(10)], offsets=offsets)
+        gg.norm_partials([np.ones(10)], offsets=offsets, numel=[(1 << 62) - 10])
     with pytest.raises(error, match="offsets"):
-        gg.stats_partials([np.ones(10)], offsets=offsets)
+        gg.stats_partials([np.ones(10)], offsets=offsets, numel=[(1 << 62) - 10])
+    with pytest.raises(error, match="numel"):
+        gg.norm_partials([np.ones(10)], offsets=[0], numel=offsets)
 
 
 @pytest.mark.parametrize("numel, world", [(10.5, 2), (True, 2), ("10", 2), (10, 2.5), (-1, 2), (10, 0)])

@@ -122,12 +122,24 @@ def name_of(index, names, argument="arrays"):
     return f"{argument}[{index}] ({names[index]!r})"
 
 
-def real(value, argument, *, low=None, high=None, low_open=False, high_open=False, allow_inf=True, allow_none=False):
+def real(
+    value,
+    argument,
+    *,
+    low=None,
+    high=None,
+    low_open=False,
+    high_open=False,
+    allow_inf=True,
+    allow_none=False,
+    allow_nan=False,
+):
     """value as a float after checking it is a real number in the given interval.
 
     bool and str are refused with TypeError (``True`` is not a norm bound, and
     ``'1'`` is a mistake, not a number). An integer too large for a float is
-    +-inf. NaN is always refused; inf only with allow_inf.
+    +-inf. NaN is refused unless allow_nan (a loss may be NaN: that is news,
+    not a mistake); inf only with allow_inf.
     """
     if value is None and allow_none:
         return None
@@ -145,6 +157,8 @@ def real(value, argument, *, low=None, high=None, low_open=False, high_open=Fals
     except OverflowError:
         number = math.inf if value > 0 else -math.inf
     if math.isnan(number):
+        if allow_nan:
+            return number
         raise ValueError(f"{argument} must not be NaN")
     below = low is not None and (number <= low if low_open else number < low)
     above = high is not None and (number >= high if high_open else number > high)
@@ -171,6 +185,27 @@ def positive_int(value, argument, minimum=1):
     if value < minimum:
         raise ValueError(f"{argument} must be an int >= {minimum}, got {value!r}")
     return int(value)
+
+
+def boolean(value, argument):
+    """value as a bool: True/False or NumPy's (a string such as 'no', a number or None is refused)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{argument} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def state_entries(state, what, required, optional=()) -> dict:
+    """The entries of a state dict given to `what`.load_state_dict, checked to
+    be a mapping with every required key and no key outside required + optional
+    (a ValueError names the missing and the unexpected keys); optional keys absent are None."""
+    if not isinstance(state, Mapping):
+        raise TypeError(f"{what}.load_state_dict takes the dict its state_dict() returns, not {type(state).__name__}")
+    missing = [key for key in required if key not in state]
+    unexpected = [key for key in state if key not in required and key not in optional]
+    if missing or unexpected:
+        parts = ([f"missing {missing}"] if missing else []) + ([f"unexpected {unexpected}"] if unexpected else [])
+        raise ValueError(f"{what} state_dict: {'; '.join(parts)} (expected {list(required)})")
+    return {key: state.get(key) for key in (*required, *optional)}
 
 
 def norm_order(ord):

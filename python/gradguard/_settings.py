@@ -16,7 +16,7 @@ import inspect
 from dataclasses import MISSING, asdict, field, fields
 from typing import Callable
 
-from ._arguments import positive_int, real
+from ._arguments import boolean, positive_int, real
 
 
 def setting(default=MISSING, check: Callable = None, doc: str = ""):
@@ -87,11 +87,7 @@ def integer(minimum=1):
 
 def flag(value, name):
     """A rule: a bool (NumPy's included)."""
-    import numpy as np
-
-    if not isinstance(value, (bool, np.bool_)):
-        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
-    return bool(value)
+    return boolean(value, name)
 
 
 def pair(rule, description):

@@ -13,7 +13,7 @@ from collections import deque
 import numpy as np
 
 from . import _core
-from ._arguments import Arrays, as_array_list, positive_int, real
+from ._arguments import Arrays, as_array_list, positive_int, real, state_entries
 from .clip import clip_with_norm_
 
 __all__ = ["AutoClip", "ZClip"]
@@ -25,6 +25,17 @@ def _norm_for_clipping(arrays):
     array_list, names = as_array_list(arrays)
     norm, _ = _core.global_norm(array_list, 2.0, names, True)
     return (dict(zip(names, array_list)) if names is not None else array_list), norm
+
+
+def _finite_norms(values, argument):
+    """values as a 1-D float64 array of finite norms >= 0 (from a state dict)."""
+    try:
+        norms = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise TypeError(f"{argument} must be a 1-D sequence of norms, got {type(values).__name__}") from None
+    if norms.ndim != 1 or not np.all(np.isfinite(norms)) or np.any(norms < 0):
+        raise ValueError(f"{argument} must be a 1-D sequence of finite norms >= 0")
+    return norms
 
 
 class AutoClip:
@@ -72,10 +83,9 @@ class AutoClip:
 
     def load_state_dict(self, state):
         """Restore a state_dict(); validated first, nothing changes unless all of it is valid."""
+        state = state_entries(state, "AutoClip", ("percentile", "history", "norms"))
         percentile, history = self._checked(state["percentile"], state["history"])
-        norms = np.asarray(state["norms"], dtype=np.float64)
-        if norms.ndim != 1 or not np.all(np.isfinite(norms)) or np.any(norms < 0):
-            raise ValueError("norms must be a 1-D sequence of finite norms >= 0")
+        norms = _finite_norms(state["norms"], "norms")
         self.percentile, self.history = percentile, history
         self._norms = deque((float(x) for x in norms), maxlen=history)
 
@@ -168,13 +178,20 @@ class ZClip:
 
     def load_state_dict(self, state):
         """Restore a state_dict(); validated first, nothing changes unless all of it is valid."""
+        state = state_entries(
+            state, "ZClip", ("alpha", "z_thresh", "max_grad_norm", "eps", "warmup_steps", "warmup", "mean", "var")
+        )
         settings = self._checked(
             state["alpha"], state["z_thresh"], state["max_grad_norm"], state["eps"], state["warmup_steps"]
         )
-        warmup = [float(x) for x in np.asarray(state["warmup"], dtype=np.float64).reshape(-1)]
+        warmup = [float(x) for x in _finite_norms(state["warmup"], "warmup")]
+        if len(warmup) >= settings[-1]:
+            raise ValueError(f"warmup holds {len(warmup)} norms; a warm-up of {settings[-1]} steps keeps fewer")
         mean = real(state["mean"], "mean", allow_none=True)
         var = real(state["var"], "var", low=0.0, allow_none=True)
         if (mean is None) != (var is None):
             raise ValueError("mean and var are both None (still warming up) or both numbers")
+        if mean is not None and warmup:
+            raise ValueError("warmup holds norms, but mean and var are set: the warm-up is over")
         (self.alpha, self.z_thresh, self.max_grad_norm, self.eps, self.warmup_steps) = settings
         self._warmup, self.mean, self.var = warmup, mean, var

@@ -14,7 +14,7 @@ from typing import Optional, Union
 import numpy as np
 
 from . import _core
-from ._arguments import Arrays, Real, as_array_list, finite_or_none, name_of, non_negative, norm_order, real
+from ._arguments import Arrays, Real, as_array_list, boolean, finite_or_none, name_of, non_negative, norm_order, real
 
 __all__ = [
     "CLIP_EPS",
@@ -144,7 +144,7 @@ def clip_by_global_norm(
         bound,
         ord=norm_order(ord),
         eps=epsilon,
-        error_if_nonfinite=bool(error_if_nonfinite),
+        error_if_nonfinite=boolean(error_if_nonfinite, "error_if_nonfinite"),
         names=names,
     )
     labels = tuple(names[index] for index in nonfinite) if names is not None else tuple(nonfinite)

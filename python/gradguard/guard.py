@@ -23,15 +23,17 @@ Every action is recorded as a GuardAction (step, cause, action, detail), in
 
 from __future__ import annotations
 
+import copy
 import math
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 from typing import Optional, Union
 
 import numpy as np
 
 from . import _core
-from ._arguments import Arrays, as_array_list, positive_int, real
+from ._arguments import Arrays, as_array_list, boolean, positive_int, real, state_entries
 from .adaptive import AutoClip, ZClip
 
 __all__ = ["Guard", "GuardAction"]
@@ -43,6 +45,20 @@ class GuardAction:
     cause: str  # "nonfinite", "explosion", "divergence", "calm"
     action: str  # "skipped step", "lr backoff", "lr restored", "restored snapshot"
     detail: str = ""
+
+
+def _listed(value, argument) -> list:
+    if not isinstance(value, (list, tuple)):
+        raise TypeError(f"Guard state_dict: {argument} must be a list, not {type(value).__name__}")
+    return list(value)
+
+
+def _loaded_action(entry) -> GuardAction:
+    entry = state_entries(entry, "GuardAction", ("step", "cause", "action", "detail"))
+    step = positive_int(entry["step"], "action step", minimum=0)
+    if not all(isinstance(entry[key], str) for key in ("cause", "action", "detail")):
+        raise TypeError("Guard state_dict: an action's cause, action and detail are strings")
+    return GuardAction(step, entry["cause"], entry["action"], entry["detail"])
 
 
 class Guard:
@@ -89,7 +105,7 @@ class Guard:
         elif clip is not None and not isinstance(clip, (ZClip, AutoClip)):
             clip = real(clip, "clip", low=0.0)
         self.optimizer, self.clip, self.monitor = optimizer, clip, monitor
-        self.skip_nonfinite = bool(skip_nonfinite)
+        self.skip_nonfinite = boolean(skip_nonfinite, "skip_nonfinite")
         self.explosion_factor = real(explosion_factor, "explosion_factor", low=1.0, allow_inf=False)
         self.window = positive_int(window, "window")
         self.backoff_after = positive_int(backoff_after, "backoff_after")
@@ -130,14 +146,26 @@ class Guard:
             group["lr"] = base * scale
 
     # -- the step --------------------------------------------------------------------------
-    def step(self, grads: Arrays, loss: Optional[float] = None):
+    def step(self, grads: Arrays, loss: Optional[float] = None, *, allow_missing: bool = False):
         """One guarded step: returns the optimiser's StepReport (None when the step
-        was skipped or replaced by a restore)."""
-        step = self.step_count
-        self.step_count += 1
+        was skipped or replaced by a restore).
+
+        Everything the step could refuse is checked before anything changes:
+        the gradients (optimizer.check_step: names, shapes, dtypes, memory, the
+        hyperparameters), the monitor's layers, the loss (a real number; NaN
+        and inf are accepted: they are what the guard is for). A refused step
+        raises and leaves the guard, its clipper, the optimiser, the parameters
+        and the monitor as they were. allow_missing: the monitor may miss the
+        layers without a gradient this step (the torch Guard's None gradients)."""
         array_list, names = as_array_list(grads, "grads")
         grads = array_list if names is None else dict(zip(names, array_list))  # one snapshot: a generator is read once
+        loss = real(loss, "loss", allow_none=True, allow_nan=True)
+        self.optimizer.check_step(grads)
+        if self.monitor is not None:
+            self.monitor.check_update(grads, allow_missing=allow_missing)
         norm, _ = _core.global_norm(array_list, 2.0, names)
+        step = self.step_count
+        self.step_count += 1
         nonfinite = not math.isfinite(norm) or (loss is not None and not math.isfinite(loss))
         explosion = nonfinite or self._is_spike(norm)
         report = None
@@ -161,7 +189,7 @@ class Guard:
             if not explosion:
                 self._calm_step(step, norm)
         if self.monitor is not None:
-            self.monitor.update(grads, step=step, step_report=report)
+            self.monitor.update(grads, step=step, step_report=report, allow_missing=allow_missing)
         return report
 
     # -- policies ----------------------------------------------------------------------------
@@ -206,9 +234,20 @@ class Guard:
         if self._snapshot is None:
             return False
         params, state = self._snapshot
-        for target, saved in zip(self.optimizer.params, params):
+        targets = self.optimizer.params
+        changed = [
+            f"params[{index}] is now {target.dtype}{target.shape}, the snapshot's {saved.dtype}{saved.shape}"
+            for index, (target, saved) in enumerate(zip(targets, params))
+            if target.shape != saved.shape or target.dtype != saved.dtype
+        ]
+        if len(targets) != len(params) or changed:
+            raise RuntimeError(
+                "gg.Guard cannot restore its snapshot: the parameters changed since it was taken "
+                f"({len(targets)} parameters, the snapshot {len(params)}; {'; '.join(changed[:3]) or 'a parameter added or removed'})"
+            )
+        self.optimizer.load_state_dict(state)  # validated before it writes: a refusal here leaves the parameters alone
+        for target, saved in zip(targets, params):
             target[...] = saved
-        self.optimizer.load_state_dict(state)
         self._scale_lr(max(self.lr_scale * self.lr_backoff, self.lr_floor))
         self._in_a_row = 0
         self._act(
@@ -225,6 +264,95 @@ class Guard:
         self.actions.append(entry)
         if self.monitor is not None and hasattr(self.monitor, "note_action"):
             self.monitor.note_action(entry)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """What a resumed run needs to act as the uninterrupted one would: the
+        step count, the learning-rate backoff in force and each group's base
+        rate, the recent finite norms and explosions, the streaks, the
+        adaptive clipper's state, the actions taken and the snapshot (copies)."""
+        snapshot = None
+        if self._snapshot is not None:
+            params, state = self._snapshot
+            snapshot = {"params": [p.copy() for p in params], "optimizer": copy.deepcopy(state)}
+        return {
+            "step_count": self.step_count,
+            "lr_scale": self.lr_scale,
+            "base_lrs": list(self._base_lrs),
+            "norms": list(self._norms),
+            "explosions": list(self._explosions),
+            "in_a_row": self._in_a_row,
+            "good_steps": self._good_steps,
+            "clip": self.clip.state_dict() if isinstance(self.clip, (ZClip, AutoClip)) else self.clip,
+            "actions": [asdict(action) for action in self.actions],
+            "snapshot": snapshot,
+        }
+
+    def load_state_dict(self, state_dict) -> None:
+        """Restore a state_dict() and set the optimiser's learning rates to the
+        bases times the backoff it held. Validated first (numbers in range, one
+        base rate per group, the clipper's state by the clipper's own rules, a
+        snapshot of the parameters' shapes and dtypes); nothing changes unless
+        all of it is valid."""
+        state = state_entries(
+            state_dict,
+            "Guard",
+            ("step_count", "lr_scale", "base_lrs", "norms", "explosions", "in_a_row", "good_steps", "clip", "actions"),
+            ("snapshot",),
+        )
+        step_count = positive_int(state["step_count"], "step_count", minimum=0)
+        lr_scale = real(state["lr_scale"], "lr_scale", low=0.0, high=1.0, low_open=True)
+        bases = state["base_lrs"]
+        if not isinstance(bases, (list, tuple)) or len(bases) != len(self.optimizer.param_groups):
+            raise ValueError(
+                f"Guard state_dict: base_lrs must hold one rate per group ({len(self.optimizer.param_groups)})"
+            )
+        bases = [real(base, f"base_lrs[{i}]", low=0.0, allow_inf=False) for i, base in enumerate(bases)]
+        norms = [real(norm, "norms[]", low=0.0, allow_inf=False) for norm in _listed(state["norms"], "norms")]
+        explosions = [
+            positive_int(step, "explosions[]", minimum=0) for step in _listed(state["explosions"], "explosions")
+        ]
+        if any(step >= step_count for step in explosions) or explosions != sorted(explosions):
+            raise ValueError("Guard state_dict: explosions must be earlier steps, in order")
+        in_a_row = positive_int(state["in_a_row"], "in_a_row", minimum=0)
+        good_steps = positive_int(state["good_steps"], "good_steps", minimum=0)
+        clip = self._loaded_clip(state["clip"])
+        actions = [_loaded_action(entry) for entry in _listed(state["actions"], "actions")]
+        snapshot = self._loaded_snapshot(state["snapshot"])
+        self.step_count, self._base_lrs, self._in_a_row, self._good_steps = step_count, bases, in_a_row, good_steps
+        self._norms = deque(norms[-self.window :], maxlen=self.window)
+        self._explosions = deque(explosions)
+        self.clip, self.actions, self._snapshot = clip, actions, snapshot
+        self._scale_lr(lr_scale)
+
+    def _loaded_clip(self, saved):
+        if isinstance(self.clip, (ZClip, AutoClip)):
+            clip = copy.deepcopy(self.clip)  # loaded into a copy: a refusal leaves this guard's clipper alone
+            clip.load_state_dict(saved)
+            return clip
+        if saved != self.clip and not (saved is None and self.clip is None):
+            raise ValueError(f"Guard state_dict: clip {saved!r}; this guard clips at {self.clip!r}")
+        return self.clip
+
+    def _loaded_snapshot(self, saved):
+        if saved is None:
+            return None
+        saved = state_entries(saved, "Guard snapshot", ("params", "optimizer"))
+        targets = self.optimizer.params
+        params = _listed(saved["params"], "snapshot['params']")
+        if len(params) != len(targets):
+            raise ValueError(
+                f"Guard state_dict: the snapshot holds {len(params)} parameters; the optimiser {len(targets)}"
+            )
+        for index, (param, target) in enumerate(zip(params, targets)):
+            if not isinstance(param, np.ndarray) or param.shape != target.shape or param.dtype != target.dtype:
+                what = f"{param.dtype}{param.shape}" if isinstance(param, np.ndarray) else type(param).__name__
+                raise ValueError(
+                    f"Guard state_dict: snapshot['params'][{index}] is {what}; the parameter is {target.dtype}{target.shape}"
+                )
+        if not isinstance(saved["optimizer"], Mapping):
+            raise TypeError("Guard state_dict: snapshot['optimizer'] must be the optimiser's state_dict()")
+        return [p.copy() for p in params], copy.deepcopy(saved["optimizer"])
 
     def summary(self) -> dict:
         """Counts of actions by kind, and the learning rate now."""

@@ -15,6 +15,7 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without lightning
     raise ImportError("gradguard.lightning needs PyTorch Lightning: pip install lightning") from error
 
+from ._arguments import boolean
 from .monitor import GradientMonitor
 from .torch import GradGuardHook
 
@@ -42,9 +43,9 @@ class GradGuardCallback(Callback):
         super().__init__()
         self.monitor = monitor
         self.max_norm = max_norm
-        self.per_layer = bool(per_layer)
-        self.skip_nonfinite = bool(skip_nonfinite)
-        self.report = bool(report)
+        self.per_layer = boolean(per_layer, "per_layer")
+        self.skip_nonfinite = boolean(skip_nonfinite, "skip_nonfinite")
+        self.report = boolean(report, "report")
         self.skipped_steps = 0
         self._hook = None
 

@@ -29,7 +29,7 @@ from typing import Optional, Union
 import numpy as np
 
 from . import _core
-from ._arguments import Arrays, Real, as_array_list, norm_order, positive_int
+from ._arguments import Arrays, Real, as_array_list, boolean, norm_order, positive_int
 from .stats import GradStats, stats_from_columns
 
 __all__ = [
@@ -68,6 +68,12 @@ class _Partials:
     tensor: np.ndarray
     offset: np.ndarray
     values: np.ndarray
+    numel: Optional[np.ndarray] = None  # per array, the element count of the whole tensor it is part of (None: sizes)
+
+    @property
+    def whole_sizes(self) -> np.ndarray:
+        """Per array, the element count of the whole tensor it is a shard of (its own size when whole)."""
+        return self.sizes if self.numel is None else self.numel
 
     def __len__(self):
         return len(self.sizes)
@@ -147,13 +153,35 @@ class StatsPartials(_Partials):
         return self._column("max")
 
 
-def _taken(arrays, offsets, take):
-    """(names, sizes, tensor, offset, values) of take(array_list, names, grid offsets)."""
+def _taken(arrays, offsets, numel, take):
+    """The fields of a partials object: names, sizes, tensor, offset, values (of
+    take(array_list, names, grid offsets)) and numel, every argument checked first."""
     array_list, names = as_array_list(arrays)
     grid = [] if offsets is None else shard_offsets(offsets, array_list)
-    tensor, offset, values = take(array_list, names, grid)
     sizes = np.array([np.size(array) for array in array_list], dtype=np.int64)
-    return (tuple(names) if names is not None else None), sizes, tensor, offset, values
+    whole = None
+    if offsets is not None or numel is not None:
+        if offsets is None or numel is None:
+            raise ValueError(
+                "offsets and numel go together: where each shard starts and how many elements its whole tensor has "
+                "(so that combining finds a missing shard, the last one included)"
+            )
+        whole = np.array(shard_offsets(numel, array_list, argument="numel"), dtype=np.int64)
+        beyond = np.flatnonzero(np.asarray(grid, dtype=np.int64) + sizes > whole)
+        if len(beyond):
+            index = int(beyond[0])
+            raise ValueError(
+                f"offsets[{index}] + the shard's {sizes[index]} elements run past numel[{index}] = {whole[index]}"
+            )
+    tensor, offset, values = take(array_list, names, grid)
+    return dict(
+        names=tuple(names) if names is not None else None,
+        sizes=sizes,
+        tensor=tensor,
+        offset=offset,
+        values=values,
+        numel=whole,
+    )
 
 
 # The last element of a shard must stay below 2^62: the core adds offsets to
@@ -161,47 +189,66 @@ def _taken(arrays, offsets, take):
 _MAX_ELEMENT = 1 << 62
 
 
-def shard_offsets(offsets, array_list) -> list:
-    """offsets as a list of ints, one per array, each a whole number >= 0 (not
-    a bool, a float or a string) whose shard ends below 2^62."""
+def shard_offsets(offsets, array_list, argument="offsets") -> list:
+    """offsets (or numel: argument) as a list of ints, one per array, each a
+    whole number >= 0 (not a bool, a float or a string) whose shard ends below 2^62."""
     if isinstance(offsets, (str, bytes, dict)) or not hasattr(offsets, "__iter__"):
-        raise TypeError(f"offsets must be a list of ints, one per array, not {type(offsets).__name__}")
+        raise TypeError(f"{argument} must be a list of ints, one per array, not {type(offsets).__name__}")
     offsets = list(offsets)
     if len(offsets) != len(array_list):
-        raise ValueError(f"offsets has {len(offsets)} entries for {len(array_list)} arrays")
+        raise ValueError(f"{argument} has {len(offsets)} entries for {len(array_list)} arrays")
     checked = []
     for index, (value, array) in enumerate(zip(offsets, array_list)):
-        value = positive_int(value, f"offsets[{index}]", minimum=0)
+        value = positive_int(value, f"{argument}[{index}]", minimum=0)
         if value + int(np.size(array)) > _MAX_ELEMENT:
-            raise ValueError(f"offsets[{index}] = {value} puts the shard's end beyond 2^62 elements")
+            raise ValueError(f"{argument}[{index}] = {value} puts the shard's end beyond 2^62 elements")
         checked.append(value)
     return checked
 
 
 def norm_partials(
-    arrays: Arrays, ord: Union[Real, str] = 2.0, *, rescaled: bool = False, offsets: Optional[Sequence[int]] = None
+    arrays: Arrays,
+    ord: Union[Real, str] = 2.0,
+    *,
+    rescaled: bool = False,
+    offsets: Optional[Sequence[int]] = None,
+    numel: Optional[Sequence[int]] = None,
 ) -> NormPartials:
     """The piece partials of gg.global_norm(arrays, ord), to combine with other
-    ranks' (combine_norm_partials). offsets: where each array starts within the
-    whole tensor it is a shard of (default 0: whole tensors). rescaled=True also
-    takes the scaled sums the rare overflow/underflow path needs (two more passes)."""
+    ranks' (combine_norm_partials). offsets, numel: for shards of tensors
+    (ZeRO, FSDP), where each array starts within its whole tensor and how many
+    elements that tensor has (default: whole tensors), so that a combination
+    by name finds a shard missing anywhere, the last one included. rescaled=True
+    also takes the scaled sums the rare overflow/underflow path needs (two more passes)."""
     order = norm_order(ord)
+    rescaled = boolean(rescaled, "rescaled")
     taken = _taken(
         arrays,
         offsets,
-        lambda array_list, names, grid: _core.norm_partials(array_list, order, names, bool(rescaled), grid),
+        numel,
+        lambda array_list, names, grid: _core.norm_partials(array_list, order, names, rescaled, grid),
     )
-    return NormPartials(taken[0], taken[1], bool(rescaled), *taken[2:], order)
+    return NormPartials(rescaled=rescaled, ord=order, **taken)
 
 
-def stats_partials(arrays: Arrays, *, rescaled: bool = False, offsets: Optional[Sequence[int]] = None) -> StatsPartials:
+def stats_partials(
+    arrays: Arrays,
+    *,
+    rescaled: bool = False,
+    offsets: Optional[Sequence[int]] = None,
+    numel: Optional[Sequence[int]] = None,
+) -> StatsPartials:
     """The piece partials of gg.grad_stats(arrays), to combine with other ranks'
-    (combine_stats_partials). offsets and rescaled as for norm_partials (the
-    scaled pass is one more read)."""
+    (combine_stats_partials). offsets, numel and rescaled as for norm_partials
+    (the scaled pass is one more read)."""
+    rescaled = boolean(rescaled, "rescaled")
     taken = _taken(
-        arrays, offsets, lambda array_list, names, grid: _core.stats_partials(array_list, names, bool(rescaled), grid)
+        arrays,
+        offsets,
+        numel,
+        lambda array_list, names, grid: _core.stats_partials(array_list, names, rescaled, grid),
     )
-    return StatsPartials(taken[0], taken[1], bool(rescaled), *taken[2:])
+    return StatsPartials(rescaled=rescaled, **taken)
 
 
 def _gathered(parts, kind, by_name):
@@ -227,6 +274,8 @@ def _gathered(parts, kind, by_name):
         index_of = {name: index for index, name in enumerate(keys)}
         mapped = [np.array([index_of[name] for name in part.names], dtype=np.int64) for part in parts]
         tensors = np.concatenate([mapped[i][part.tensor] for i, part in enumerate(parts)] or [np.zeros(0, np.int64)])
+        count = _NORM_COLUMN["count"] if kind is NormPartials else _STATS_COLUMN["count"]
+        _check_whole(parts, mapped, keys, tensors, count)
     else:
         names = [part.names for part in parts]
         starts = np.cumsum([0] + [len(part) for part in parts])
@@ -240,6 +289,32 @@ def _gathered(parts, kind, by_name):
     values = np.concatenate([part.values for part in parts] or [np.zeros((0, width))])
     order = np.lexsort((offsets, tensors))
     return tensors[order], offsets[order], values[order], keys, parts
+
+
+def _check_whole(parts, mapped, keys, tensors, count_column):
+    """Shards combined by name must make whole tensors: every shard of a name
+    agrees on the tensor's element count, and its pieces hold that many (the
+    core then checks that they tile it without gap or overlap)."""
+    whole = np.full(len(keys), -1, dtype=np.int64)
+    for part, indices in zip(parts, mapped):
+        sizes = np.asarray(part.whole_sizes, dtype=np.int64)
+        if sizes.shape != indices.shape:
+            raise ValueError("partials: numel does not hold one count per array (the partials were altered?)")
+        for key, size in zip(indices.tolist(), sizes.tolist()):
+            if whole[key] not in (-1, size):
+                raise ValueError(
+                    f"the shards of tensor {keys[key]!r} disagree on its size: {whole[key]} and {size} elements"
+                )
+            whole[key] = size
+    counts = np.concatenate([np.asarray(part.values)[:, count_column] for part in parts] or [np.zeros(0)])
+    held = np.bincount(tensors, weights=counts, minlength=len(keys))
+    short = np.flatnonzero(held != whole)
+    if len(short):
+        key = int(short[0])
+        raise ValueError(
+            f"the shards of tensor {keys[key]!r} hold {int(held[key])} of its {int(whole[key])} elements "
+            "(a shard missing, counted twice, or given the wrong offset)"
+        )
 
 
 def combine_norm_partials(parts: Sequence[NormPartials], *, by_name: bool = False) -> float:

@@ -22,19 +22,19 @@ from .workloads import make_gradients
 
 def _shards(rank, size):
     gradients = make_gradients("gpt2-small")
-    shards, offsets = {}, {}
+    shards, offsets, numel = {}, {}, {}
     for name, array in gradients.items():
         start, stop = gg.shard_bounds(array.size, size)[rank]
         shards[name] = array.reshape(-1)[start:stop].copy()
-        offsets[name] = start
-    return shards, offsets
+        offsets[name], numel[name] = start, array.size
+    return shards, offsets, numel
 
 
 def _rank_main(rank, size, port, repeat, out_path):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size)
-    shards, offsets = _shards(rank, size)
+    shards, offsets, numel = _shards(rank, size)
     # A bound far above the norm: the clip then reads the gradients and writes
     # nothing, as most steps of a healthy run do; a bound halved every round
     # scales them every time (read + write).
@@ -53,7 +53,9 @@ def _rank_main(rank, size, port, repeat, out_path):
         # The same steps one by one; the barrier keeps waiting for the other rank out of the gather's time.
         dist.barrier()
         start = time.perf_counter()
-        mine = gg.norm_partials(shards, offsets=[offsets[name] for name in shards])
+        mine = gg.norm_partials(
+            shards, offsets=[offsets[name] for name in shards], numel=[numel[name] for name in shards]
+        )
         middle_start = time.perf_counter()
         dist.barrier()
         middle = time.perf_counter()

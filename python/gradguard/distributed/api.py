@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
-from .._arguments import Arrays, Real, non_negative, norm_order
+from .._arguments import Arrays, Real, boolean, non_negative, norm_order, positive_int
 from ..clip import CLIP_EPS, ClipReport, clip_with_norm_, nonfinite_norm_error
 from ..optim import StepReport
 from ..partials import (
@@ -33,12 +33,14 @@ __all__ = [
 ]
 
 
-def _over_ranks(parts, kind, combine, group, timeout):
+def _over_ranks(parts, kind, combine, group, timeout, check):
     comm = Communicator(group, timeout)
 
     def mine():
         if comm.refusal is not None:
             raise comm.refusal
+        if check is not None:
+            check()
         listed = list(parts)
         if not all(isinstance(part, kind) for part in listed):
             raise TypeError(f"parts must be a list of {kind.__name__}")
@@ -47,19 +49,26 @@ def _over_ranks(parts, kind, combine, group, timeout):
     return combine([part for rank_parts in exchange(comm, mine) for part in rank_parts])
 
 
-def combine_norm_over_ranks(parts, *, group=None, timeout: Optional[Real] = None) -> float:
+def combine_norm_over_ranks(
+    parts, *, group=None, timeout: Optional[Real] = None, check: Optional[Callable[[], None]] = None
+) -> float:
     """The global norm from every rank's norm partials of its own tensors (a
     list of gg.NormPartials the caller took, e.g. during backward), gathered
     and combined in rank order on every rank ("disjoint"): bit for bit
     gg.global_norm of all the tensors in that order. RescaledPartialsNeeded,
-    on every rank alike, when the rare path needs partials taken with rescaled=True."""
-    return _over_ranks(parts, NormPartials, combine_norm_partials, group, timeout)
+    on every rank alike, when the rare path needs partials taken with rescaled=True.
+    check: run on this rank inside the exchange (e.g. the step about to be
+    taken, optimizer.check_step): an exception there raises on this rank and
+    RankFailed on every other, before any rank goes on."""
+    return _over_ranks(parts, NormPartials, combine_norm_partials, group, timeout, check)
 
 
-def combine_stats_over_ranks(parts, *, group=None, timeout: Optional[Real] = None) -> GradStats:
+def combine_stats_over_ranks(
+    parts, *, group=None, timeout: Optional[Real] = None, check: Optional[Callable[[], None]] = None
+) -> GradStats:
     """gg.grad_stats of every rank's tensors from their gg.StatsPartials, as
-    combine_norm_over_ranks does for the norm."""
-    return _over_ranks(parts, StatsPartials, combine_stats_partials, group, timeout)
+    combine_norm_over_ranks does for the norm (check likewise)."""
+    return _over_ranks(parts, StatsPartials, combine_stats_partials, group, timeout, check)
 
 
 def _norm_over_ranks(call):
@@ -68,7 +77,7 @@ def _norm_over_ranks(call):
     order = call.terms[1]
     total, _, nonfinite, _ = combined(
         call,
-        lambda arrays, grid, rescaled: norm_partials(arrays, order, rescaled=rescaled, offsets=grid),
+        lambda arrays, placement, rescaled: norm_partials(arrays, order, rescaled=rescaled, **placement),
         lambda parts, by_name: combine_norm_details(parts, by_name=by_name),
     )
     return total, nonfinite
@@ -122,7 +131,13 @@ def clip_by_global_norm(
 
     def check(call):
         bound, epsilon = non_negative(max_norm, "max_norm"), non_negative(eps, "eps", allow_inf=False)
-        return ("clip_by_global_norm", norm_order(ord), bound, epsilon, bool(error_if_nonfinite))
+        return (
+            "clip_by_global_norm",
+            norm_order(ord),
+            bound,
+            epsilon,
+            boolean(error_if_nonfinite, "error_if_nonfinite"),
+        )
 
     call = Call(grads, group, layout, offsets, timeout, for_writing=True, check=check).agree()
     _, _, bound, epsilon, _ = call.terms
@@ -149,19 +164,43 @@ def grad_stats(
     entry per tensor (per whole tensor for "sharded", its shards' partials
     merged with Chan et al.'s formula), in the global order, bit for bit the
     single-process result. Takes the rescaled pass only when some tensor needs it."""
-    call = Call(grads, group, layout, offsets, timeout, check=lambda call: ("grad_stats",)).agree()
+    return _stats_over_ranks(grads, lambda call: ("grad_stats",), group, layout, offsets, timeout)
+
+
+def _stats_over_ranks(grads, check, group, layout, offsets, timeout):
+    call = Call(grads, group, layout, offsets, timeout, check=check).agree()
     return combined(
         call,
-        lambda arrays, grid, rescaled: stats_partials(arrays, rescaled=rescaled, offsets=grid),
+        lambda arrays, placement, rescaled: stats_partials(arrays, rescaled=rescaled, **placement),
         lambda parts, by_name: combine_stats_partials(parts, by_name=by_name),
     )
 
 
-def monitor_update(monitor, grads: Arrays, step: Optional[int] = None, **where) -> list:
+def monitor_update(
+    monitor,
+    grads: Arrays,
+    step: Optional[int] = None,
+    *,
+    group=None,
+    layout: str = "disjoint",
+    offsets: Optional[dict] = None,
+    timeout: Optional[Real] = None,
+) -> list:
     """Feed a GradientMonitor (the same on every rank) with the statistics of
-    every rank's gradients (grad_stats(grads, **where)); returns the step's
-    findings, the same on every rank."""
-    return monitor.update_stats(grad_stats(grads, **where), step)
+    every rank's gradients (grad_stats(grads, ...)); returns the step's
+    findings, the same on every rank. The monitor and step are checked in the
+    first exchange: a monitor refused on one rank, or monitors that differ
+    between ranks (layers, last step), raise on every rank before any records."""
+
+    def check(call):
+        if not hasattr(monitor, "update_stats") or not hasattr(monitor, "state_dict"):
+            raise TypeError(f"monitor must be a gg.GradientMonitor, not {type(monitor).__name__}")
+        given = None if step is None else positive_int(step, "step", minimum=0)
+        names = None if monitor.names is None else tuple(monitor.names)
+        return ("monitor_update", names, monitor.summary()["last_step"], given)
+
+    stats = _stats_over_ranks(grads, check, group, layout, offsets, timeout)
+    return monitor.update_stats(stats, step)
 
 
 def optimizer_step(

@@ -69,7 +69,7 @@ class Call:
         self.comm = Communicator(group, timeout)
         self._grads, self._layout, self._offsets = grads, layout, offsets
         self._for_writing, self._check = for_writing, check
-        self.arrays = self.names = self.given = self.grid = None
+        self.arrays = self.names = self.given = self.grid = self.numel = None
         self.terms = None
 
     @property
@@ -83,7 +83,8 @@ class Call:
         self.arrays, self.names, self.given = _prepared(self._grads, self._layout, self._offsets, self._for_writing)
         self.terms = self._check(self) if self._check is not None else ()
         sizes = tuple(int(np.size(array)) for array in self.arrays)
-        return self.terms, self._layout, None if self.names is None else tuple(self.names), sizes
+        given = None if self.given is None else tuple(self.given)
+        return self.terms, self._layout, None if self.names is None else tuple(self.names), sizes, given
 
     def agree(self):
         everyone = exchange(self.comm, self._mine)
@@ -98,23 +99,47 @@ class Call:
                 'layout="replicated" needs the same tensors on every rank, in the same order and of the same '
                 "sizes; the ranks hold different ones"
             )
-        if self._layout == "sharded" and self.given is None:
-            # Shard r starts where the shards of ranks < r with the same name end.
-            sizes = [dict(zip(entry[2], entry[3])) for entry in everyone]
-            self.grid = [sum(earlier.get(name, 0) for earlier in sizes[: self.comm.rank]) for name in self.names]
+        if self._layout == "sharded":
+            self._place_shards(everyone)
         return self
 
+    def _place_shards(self, everyone):
+        """Each shard's offset and its whole tensor's size, from every rank's entry.
+        Every rank names every tensor, in one order (a rank holding none of a
+        tensor gives an empty shard): a rank that leaves a name out would leave
+        its part out of the norm."""
+        names = {rank: entry[2] for rank, entry in enumerate(everyone)}
+        if len(set(names.values())) > 1:
+            raise ValueError(
+                'layout="sharded" needs every rank to name the same tensors in the same order (an empty shard '
+                f"where a rank holds none of one); the ranks differ: {_by_rank(names)}"
+            )
+        if len({entry[4] is None for entry in everyone}) > 1:
+            raise ValueError('layout="sharded": some ranks gave offsets and others did not')
+        sizes = np.array([entry[3] for entry in everyone], dtype=np.int64).reshape(len(everyone), len(self.names))
+        if self.given is None:
+            # Shard r starts where the shards of ranks < r with the same name end.
+            self.grid = sizes[: self.comm.rank].sum(axis=0).tolist()
+            self.numel = sizes.sum(axis=0).tolist()
+        else:
+            ends = np.array([entry[4] for entry in everyone], dtype=np.int64).reshape(sizes.shape) + sizes
+            self.grid, self.numel = self.given, ends.max(axis=0).tolist()
+
     def partials(self, take):
-        """(every rank's partials in rank order, whether to combine by name) of take(arrays, offsets)."""
+        """(every rank's partials in rank order, whether to combine by name) of
+        take(arrays, placement): placement is {} for whole tensors, else the
+        shards' offsets and their tensors' numel (partials' keywords)."""
 
         def work():
             if self._layout == "replicated":
                 sizes = [int(np.size(array)) for array in self.arrays]
                 chosen = _share(sizes, self.comm.rank, self.comm.size)
                 if self.names is None:
-                    return take([self.arrays[i] for i in chosen], None)
-                return take({self.names[i]: self.arrays[i] for i in chosen}, None)
-            return take(self.grads, self.given if self.given is not None else self.grid)
+                    return take([self.arrays[i] for i in chosen], {})
+                return take({self.names[i]: self.arrays[i] for i in chosen}, {})
+            if self._layout == "sharded":
+                return take(self.grads, {"offsets": self.grid, "numel": self.numel})
+            return take(self.grads, {})
 
         return exchange(self.comm, work), self._layout == "sharded"
 
@@ -124,12 +149,12 @@ def _by_rank(values):
 
 
 def combined(call, take, combine):
-    """combine(parts, by_name) of every rank's partials, take(arrays, offsets, rescaled),
+    """combine(parts, by_name) of every rank's partials, take(arrays, placement, rescaled),
     for a call the ranks have agreed on. Every rank sees the same partials, so
     when the plain ones cannot be combined (the rare overflow-safe path) every
     rank takes the rescaled ones together."""
     for rescaled in (False, True):
-        parts, by_name = call.partials(lambda arrays, grid, rescaled=rescaled: take(arrays, grid, rescaled))
+        parts, by_name = call.partials(lambda arrays, placement, rescaled=rescaled: take(arrays, placement, rescaled))
         try:
             return combine(parts, by_name)
         except RescaledPartialsNeeded:

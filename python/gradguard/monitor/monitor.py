@@ -15,9 +15,9 @@ from typing import Optional
 
 import numpy as np
 
-from .._arguments import Arrays, as_array_list, duplicates, in_order_of
+from .._arguments import Arrays, as_array_list, duplicates, in_order_of, positive_int
 from ..stats import STATS_FIELDS, GradStats, stats_of
-from . import sinks
+from . import checkpoint, sinks
 from .detectors import Detectors, Finding
 from .history import History, empty_history
 from .settings import MonitorSettings
@@ -109,7 +109,7 @@ class GradientMonitor:
             stats = _spread_out(stats, present, labels)
             slots, empty = iter(array_list), np.empty(0)
             array_list = [next(slots) if here else empty for here in present]
-        step = self._last_step + 1 if step is None else int(step)
+        step = self._last_step + 1 if step is None else positive_int(step, "step", minimum=0)
         if params is not None:
             warnings.warn(
                 "GradientMonitor.update(params=) is ignored and will be removed: the update-ratio rule reads the "
@@ -120,6 +120,13 @@ class GradientMonitor:
         layer_names = labels if labels is not None else [str(i) for i in range(len(array_list))]
         ratio = self._update_ratios(step_report, layer_names, array_list)
         return self._record(stats, step, ratio, present, layer_names, names is not None)
+
+    def check_update(self, grads: Arrays, *, allow_missing: bool = False) -> None:
+        """Refuse here, recording nothing, the gradients update(grads,
+        allow_missing=) would refuse for their container, count or names: a
+        caller that steps before it updates the monitor (gg.Guard) checks first."""
+        array_list, names = as_array_list(grads, "grads")
+        self._matched(names, len(array_list), allow_missing, "gradients", "grads")
 
     def update_stats(self, stats: GradStats, step: Optional[int] = None, *, allow_missing: bool = False) -> list:
         """Record one step from statistics already taken (gg.grad_stats, or
@@ -141,7 +148,7 @@ class GradientMonitor:
         stats = GradStats(names=subset, global_norm=stats.global_norm, **fields)
         if present is not None:
             stats = _spread_out(stats, present, labels)
-        step = self._last_step + 1 if step is None else int(step)
+        step = self._last_step + 1 if step is None else positive_int(step, "step", minimum=0)
         layer_names = labels if labels is not None else [str(i) for i in range(len(stats))]
         return self._record(stats, step, np.full(len(stats), np.nan), present, layer_names, names is not None)
 
@@ -169,15 +176,19 @@ class GradientMonitor:
             self._named = self._named or named
             self.recorded = History(self.window, len(self.names), self.settings.baseline_refresh)
             self._detectors = Detectors(self.settings, self.names)
-        numel = np.maximum(stats.numel, 1)
-        norm = np.where((stats.n_nan + stats.n_inf) > 0, np.nan, stats.l2)
+        # A layer with no elements (or absent this step) has nothing to judge: its
+        # series are NaN and the detectors leave it out, as they do an absent layer.
+        empty = stats.numel == 0
+        if empty.any():
+            present = ~empty if present is None else present & ~empty
+        norm = np.where(((stats.n_nan + stats.n_inf) > 0) | empty, np.nan, stats.l2)
         previous = self.recorded.previous_norm()
         baseline = self.recorded.baseline()
         values = {
             "norm": norm,
             "abs_mean": stats.abs_mean,
             "std": stats.std,
-            "zero_fraction": stats.n_zero / numel,
+            "zero_fraction": np.where(empty, np.nan, stats.n_zero / np.maximum(stats.numel, 1)),
             "update_ratio": ratio,
         }
         self.recorded.append(step, values)
@@ -219,6 +230,21 @@ class GradientMonitor:
         """Record an action taken on the run (gg.Guard calls this), shown by report()."""
         if len(self.actions) < self.max_findings:
             self.actions.append(action)
+
+    # -- checkpoints ----------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """The monitor's whole state as plain lists and numbers (torch.save with
+        weights_only loading, JSON and Lightning checkpoints carry it): layers,
+        the kept window, baselines, streaks, findings and actions. A monitor
+        made with the same settings and given load_state_dict(state) makes,
+        from the next step on, the findings this one would."""
+        return checkpoint.monitor_state(self)
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore a state_dict(). Checked whole first (same settings, same layer
+        names when this monitor was given names, every array of the right
+        shape); nothing changes unless all of it is valid."""
+        checkpoint.load_monitor_state(self, state_dict)
 
     # -- reading -------------------------------------------------------------------------
     def history(self) -> dict:

@@ -31,7 +31,7 @@ class AdamSettings(Settings):
     def active_states(self) -> tuple:
         return self.state_names if self.amsgrad else self.state_names[:2]
 
-    def fill(self, kernel, step: int) -> None:
+    def fill(self, kernel, step: int, fresh: bool) -> None:
         beta1, beta2 = self.betas
         kernel.beta1, kernel.beta2 = beta1, beta2
         kernel.decoupled_weight_decay = self.decoupled

@@ -7,13 +7,14 @@ anything is written."""
 from __future__ import annotations
 
 import inspect
+import operator
 from collections.abc import Mapping, MutableMapping
 from typing import Optional, Union
 
 import numpy as np
 
 from .. import _core
-from .._arguments import Arrays, as_array_list, in_order_of, name_of, positive_int, real
+from .._arguments import Arrays, as_array_list, boolean, in_order_of, name_of, positive_int, real
 from ..amp import LossScaler
 from ..clip import CLIP_EPS
 from .report import StepReport
@@ -116,9 +117,8 @@ class Optimizer:
         if self._names is not None and len(set(self._names)) != len(self._names):
             raise ValueError("parameter names must be unique across the parameter groups")
         _core.check_parameters(self._params, self._names)
-        self._group_of = np.repeat(
-            np.arange(len(self.param_groups)), [len(group["params"]) for group in self.param_groups]
-        )
+        self._group_sizes = [len(group["params"]) for group in self.param_groups]
+        self._group_of = np.repeat(np.arange(len(self.param_groups)), self._group_sizes)
         self.max_grad_norm = real(max_grad_norm, "max_grad_norm", low=0.0, allow_none=True)
         self.step_count = 0
         self._param_steps = np.zeros(len(self._params), dtype=np.int64)  # steps each parameter has taken
@@ -175,6 +175,7 @@ class Optimizer:
 
     def _checked_groups(self):
         """Every group's settings, checked (they may have been edited since the last step)."""
+        self._check_group_layout()
         checked = []
         for index, group in enumerate(self.param_groups):
             try:
@@ -183,16 +184,40 @@ class Optimizer:
                 raise type(error)(f"param_groups[{index}]: {error}") from None
         return checked
 
-    def _kernel_settings(self, settings, step):
-        """The core's OptimizerStep for one group at one step count: every field
-        of the description that the core has by the same name, then the
-        description's own fill (derived values: bias corrections, betas)."""
+    def _check_group_layout(self):
+        """Refuse a step after the groups' parameters were edited (a group removed,
+        added or given other arrays): the parameters, their state and step counts
+        are laid out once, at construction, and an edit would step the wrong
+        arrays at the wrong rates. Hyperparameters may be edited freely."""
+        groups = self.param_groups
+        if not isinstance(groups, list) or len(groups) != len(self._group_sizes):
+            count = len(groups) if isinstance(groups, list) else type(groups).__name__
+            raise ValueError(
+                f"opt.param_groups now holds {count} groups; this optimiser was made with {len(self._group_sizes)}. "
+                "gg.optim lays its parameters out at construction: make a new optimiser for other parameters"
+            )
+        start = 0
+        for index, (group, size) in enumerate(zip(groups, self._group_sizes)):
+            params = group.get("params") if isinstance(group, Mapping) else None
+            expected = self._params[start : start + size]
+            start += size
+            if not isinstance(params, list) or len(params) != size or not all(map(operator.is_, params, expected)):
+                raise ValueError(
+                    f"opt.param_groups[{index}]['params'] was changed since construction; gg.optim lays its "
+                    "parameters out at construction: make a new optimiser for other parameters"
+                )
+
+    def _kernel_settings(self, settings, step, fresh):
+        """The core's OptimizerStep for one group at one step count (fresh: the
+        parameters' state buffers are new): every field of the description that
+        the core has by the same name, then the description's own fill (derived
+        values: bias corrections, betas)."""
         kernel = _core.OptimizerStep()
         kernel.kind = settings.kind
         for name, value in settings.as_dict().items():
             if hasattr(kernel, name):
                 setattr(kernel, name, value)
-        settings.fill(kernel, step)
+        settings.fill(kernel, step, fresh)
         return kernel
 
     # -- state -----------------------------------------------------------------------------
@@ -424,14 +449,15 @@ class Optimizer:
         max_grad_norm = real(self.max_grad_norm, "max_grad_norm", low=0.0, allow_none=True)
         policy = _core.StepPolicy()
         policy.inverse_scale = 1.0 if loss_scaler is None else 1.0 / loss_scaler.get_scale()
-        policy.want_norm = max_grad_norm is not None or loss_scaler is not None or bool(skip_nonfinite)
+        skip_nonfinite = boolean(skip_nonfinite, "skip_nonfinite")
+        policy.want_norm = max_grad_norm is not None or loss_scaler is not None or skip_nonfinite
         if grad_norm is not None:
             policy.known_norm = real(grad_norm, "grad_norm", low=0.0) / policy.inverse_scale
         if max_grad_norm is not None:
             policy.max_norm = max_grad_norm
         policy.clip_eps = CLIP_EPS
-        policy.skip_nonfinite = loss_scaler is not None or bool(skip_nonfinite)
-        policy.want_step_norms = bool(return_report)
+        policy.skip_nonfinite = loss_scaler is not None or skip_nonfinite
+        policy.want_step_norms = boolean(return_report, "return_report")
         return policy
 
     def _commit(self, buffers, chosen):
@@ -450,23 +476,44 @@ class Optimizer:
         self.step_count += 1
 
     def _step_settings(self, groups, chosen):
-        """(settings, settings_of): one kernel settings per (group, step count) among
-        the stepping parameters, and each one's index into them (empty: all use the
-        first). A parameter that skipped steps keeps its own bias correction, as in torch."""
-        if not self._steps_differ:
+        """(settings, settings_of): one kernel settings per (group, step count, fresh
+        state) among the stepping parameters, and each one's index into them
+        (empty: all use the first). A parameter that skipped steps keeps its own
+        bias correction, as in torch; a parameter whose state buffers are new
+        this step (its first step, or momentum switched on mid-run) is `fresh`:
+        SGD's momentum buffer then starts as the gradient, as torch's does."""
+        fresh = self._freshness(groups, chosen)
+        if not self._steps_differ and not isinstance(fresh, np.ndarray):
             step = self.step_count + 1
             if len(groups) == 1:
-                return [self._kernel_settings(groups[0], step)], []
+                return [self._kernel_settings(groups[0], step, fresh)], []
             group_of = self._group_of if chosen is None else self._group_of[chosen]
-            return [self._kernel_settings(settings, step) for settings in groups], group_of.tolist()
+            return [self._kernel_settings(settings, step, fresh) for settings in groups], group_of.tolist()
         group_of = self._group_of if chosen is None else self._group_of[chosen]
         steps = (self._param_steps if chosen is None else self._param_steps[chosen]) + 1
-        keys = np.stack([group_of, steps], axis=1)
+        keys = np.stack([group_of, steps, np.broadcast_to(np.asarray(fresh, dtype=np.int64), steps.shape)], axis=1)
         if not len(keys):
-            return [self._kernel_settings(groups[0], self.step_count + 1)], []
+            return [self._kernel_settings(groups[0], self.step_count + 1, False)], []
         distinct, settings_of = np.unique(keys, axis=0, return_inverse=True)
-        settings = [self._kernel_settings(groups[int(group)], int(step)) for group, step in distinct]
+        settings = [self._kernel_settings(groups[int(group)], int(step), bool(new)) for group, step, new in distinct]
         return settings, settings_of.reshape(-1).tolist()
+
+    def _freshness(self, groups, chosen):
+        """Whether the stepping parameters' active state buffers are new this step:
+        a bool when alike for all of them (the common case, found without a
+        per-parameter array), else a bool array over the stepping parameters."""
+        names = {name for settings in groups for name in settings.active_states()}
+        incomplete = [name for name in names if any(buffer is None for buffer in self.state[name])]
+        if not incomplete:
+            return False
+        fresh = np.zeros(len(self._params), dtype=bool)
+        for name in incomplete:
+            active = np.array([name in settings.active_states() for settings in groups], dtype=bool)[self._group_of]
+            fresh |= active & np.fromiter((buffer is None for buffer in self.state[name]), bool, len(self._params))
+        fresh = fresh if chosen is None else fresh[chosen]
+        if fresh.all() or not fresh.any():
+            return bool(fresh.all()) if len(fresh) else False
+        return fresh
 
     def _spread(self, values, chosen):
         full = np.full(len(self._params), np.nan)

@@ -28,7 +28,7 @@ class RMSpropSettings(Settings):
     def active_states(self) -> tuple:
         return tuple(name for name, used in zip(self.state_names, (True, self.momentum > 0, self.centered)) if used)
 
-    def fill(self, kernel, step: int) -> None:
+    def fill(self, kernel, step: int, fresh: bool) -> None:
         pass  # every kernel setting is a field of the same name
 
 

@@ -31,8 +31,10 @@ class SGDSettings(Settings):
     def active_states(self) -> tuple:
         return ("momentum_buffer",) if self.momentum != 0 else ()
 
-    def fill(self, kernel, step: int) -> None:
-        kernel.first_step = step == 1  # the momentum buffer starts as the gradient
+    def fill(self, kernel, step: int, fresh: bool) -> None:
+        # A new momentum buffer starts as the gradient (torch: buf = clone(g) when it has none),
+        # on the first step or when momentum is switched on later.
+        kernel.first_step = fresh
 
 
 class SGD(Optimizer):

@@ -60,8 +60,10 @@ class BackwardNorm:
             raise RuntimeError("BackwardNorm needs torch >= 2.1 (Tensor.register_post_accumulate_grad_hook)")
         self.named = named_parameters(parameters)
         self.names = [name for name, _ in self.named]
-        if monitor is not None and monitor.names is None:
-            raise ValueError("monitor must know its layers: GradientMonitor(names=[name for name, _ in ...])")
+        if monitor is not None and (monitor.names is None or set(monitor.names) != set(self.names)):
+            raise ValueError(
+                "monitor must know its layers, these parameters: GradientMonitor(names=[name for name, _ in ...])"
+            )
         self.monitor = monitor
         self.stats_wanted = bool(stats) or monitor is not None
         self._norms: list = [None] * len(self.named)
@@ -110,12 +112,17 @@ class BackwardNorm:
             raise RuntimeError("this BackwardNorm takes no statistics: create it with stats=True or a monitor")
         return self._combined(self._stats, group, stats_partials, combine_stats_partials, combine_stats_over_ranks)
 
-    def _combined(self, slots, group, take, combine_here, combine_over_ranks):
-        """The slots' partials combined, here or over the group's ranks; the rare
-        overflow-safe path reads the gradients once more, for rescaled partials."""
+    def _combined(self, slots, group, take, combine_here, combine_over_ranks, check=None):
+        """The slots' partials combined, here or over the group's ranks (check: run
+        on every rank inside the exchange); the rare overflow-safe path reads the
+        gradients once more, for rescaled partials."""
 
         def combine(parts):
-            return combine_here(parts) if group is None else combine_over_ranks(parts, group=group)
+            if group is None:
+                if check is not None:
+                    check()
+                return combine_here(parts)
+            return combine_over_ranks(parts, group=group, check=check)
 
         present = [(name, tensor, part) for (name, tensor), part in zip(self.named, slots) if part is not None]
         try:
@@ -128,37 +135,52 @@ class BackwardNorm:
     def step(
         self, optimizer, *, loss_scaler=None, return_report: bool = False, skip_nonfinite: bool = False, group=None
     ):
-        """Feed the monitor (if any), then optimizer.step(grads, grad_norm=total_norm())
-        for a gg.optim optimiser over these parameters in this order, and reset.
-        With group (pipeline parallel: each rank steps its own parameters), the
-        norm and the monitor's statistics are over every rank's gradients, and
-        a step with inf/NaN on any rank is skipped on every rank.
-        Returns what optimizer.step returns."""
-        total = self.total_norm(group=group)
-        if self.monitor is not None and (math.isfinite(total) or (loss_scaler is None and not skip_nonfinite)):
-            self.monitor.update_stats(self.grad_stats(group=group), allow_missing=True)
+        """optimizer.step(grads, grad_norm=total_norm()) for a gg.optim optimiser
+        over these parameters in this order, then feed the monitor (if any) and
+        reset. With group (pipeline parallel: each rank steps its own
+        parameters), the norm and the monitor's statistics are over every rank's
+        gradients, and a step with inf/NaN on any rank is skipped on every rank.
+
+        The step is checked first (optimizer.check_step; with group, on every
+        rank inside the norm's exchange, so a refusal on one rank raises on
+        all): a refused step raises with nothing written, the monitor not fed
+        and the partials kept. Returns what optimizer.step returns."""
         grads = {
             name: (None if part is None or tensor.grad is None else as_numpy(tensor.grad))
             for (name, tensor), part in zip(self.named, self._norms)
         }
         if getattr(optimizer, "names", None) is None:
             grads = list(grads.values())
-        try:
-            if group is not None:
-                return step_with_global_norm(
-                    optimizer, grads, total, loss_scaler=loss_scaler, return_report=return_report
-                )
+        if not hasattr(optimizer, "check_step"):
+            raise TypeError(f"optimizer must be a gg.optim optimiser, not {type(optimizer).__name__}")
+
+        def check():
+            optimizer.check_step(grads, loss_scaler=loss_scaler)
+
+        total = self._combined(
+            self._norms, group, norm_partials, combine_norm_partials, combine_norm_over_ranks, check=check
+        )
+        stats = None
+        if self.monitor is not None and (math.isfinite(total) or (loss_scaler is None and not skip_nonfinite)):
+            stats = self.grad_stats(group=group)
+        if group is not None:
+            result = step_with_global_norm(
+                optimizer, grads, total, loss_scaler=loss_scaler, return_report=return_report
+            )
+        else:
             # Here a NaN total leaves the norm to the step, which then follows its own rules for it.
             inverse_scale = 1.0 if loss_scaler is None else 1.0 / loss_scaler.get_scale()
-            return optimizer.step(
+            result = optimizer.step(
                 grads,
                 loss_scaler=loss_scaler,
                 return_report=return_report,
                 skip_nonfinite=skip_nonfinite,
                 grad_norm=None if math.isnan(total) else total * inverse_scale,
             )
-        finally:
-            self.reset()
+        if stats is not None:
+            self.monitor.update_stats(stats, allow_missing=True)
+        self.reset()
+        return result
 
     def reset(self) -> None:
         """Forget the partials taken so far."""

@@ -23,15 +23,21 @@ class _TorchStep:
         self.param_groups = optimizer.param_groups  # torch's own dicts: gg.Guard scales their "lr"
         self.max_grad_norm = None
         self.tensors = [p for group in optimizer.param_groups for p in group["params"]]
+        self.in_place = None  # this step's gradients as arrays (Guard.step sets it)
 
     @property
     def params(self):
         return [as_numpy(p.data) for p in self.tensors]
 
+    def check_step(self, grads):
+        """Nothing to refuse: the gradients are the parameters' own .grad, read through views."""
+
     def step(self, grads, return_report=False, skip_nonfinite=False, grad_norm=None):
         coefficient = 1.0
         if self.max_grad_norm is not None and grad_norm is not None:
             coefficient = clip_with_norm_(grads, self.max_grad_norm, grad_norm)
+        # A gradient that is not one dense block was clipped in a copy: write it back before torch reads it.
+        self.in_place.finish()
         self.optimizer.step()
         return StepReport(grad_norm, coefficient, False, ())
 
@@ -66,13 +72,14 @@ class Guard(_Guard):
         tensors = [p for p in adapter.tensors if p.grad is not None]
         if not tensors:
             return None
-        in_place = InPlace([p.grad for p in tensors])
-        if self._names is not None:
-            index = {id(p): i for i, p in enumerate(adapter.tensors)}
-            grads = {self._names[index[id(p)]]: array for p, array in zip(tensors, in_place.arrays)}
-        else:
-            grads = in_place.arrays
+        adapter.in_place = InPlace([p.grad for p in tensors])
+        # Named by position when no names were given, so that a parameter without a
+        # gradient this step is an absent layer for the monitor, not a shifted list.
+        names = self._names if self._names is not None else [str(i) for i in range(len(adapter.tensors))]
+        index = {id(p): i for i, p in enumerate(adapter.tensors)}
+        grads = {names[index[id(p)]]: array for p, array in zip(tensors, adapter.in_place.arrays)}
         loss_value = None if loss is None else float(loss.detach() if isinstance(loss, _torch.Tensor) else loss)
-        report = super().step(grads, loss=loss_value)
-        in_place.finish()
-        return report
+        try:
+            return super().step(grads, loss=loss_value, allow_missing=len(tensors) < len(adapter.tensors))
+        finally:
+            adapter.in_place = None

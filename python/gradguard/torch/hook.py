@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from .._arguments import real
+from .._arguments import boolean, real
 from ..clip import clip_with_norm_
 from ..monitor import GradientMonitor
 from ..stats import grad_stats
@@ -58,7 +58,7 @@ class GradGuardHook:
             raise ValueError("monitor must know its layers: GradientMonitor(names=...), or pass none and one is made")
         self.max_norm = real(scalar(max_norm), "max_norm", low=0.0, allow_none=True)
         self.scaler = scaler
-        self.skip_nonfinite = bool(skip_nonfinite)
+        self.skip_nonfinite = boolean(skip_nonfinite, "skip_nonfinite")
         self.steps = 0
         self.last_norm = None
         self._handle = None
