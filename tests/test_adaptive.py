@@ -120,3 +120,25 @@ def test_a_nonfinite_norm_during_warm_up_is_not_counted():
     for norm in (1.0, 1.0, 1.0):
         clipper.observe(norm)
     assert clipper.mean == 1.0 and clipper.var == 0.0
+
+
+@pytest.mark.parametrize(
+    "clipper, state, words",
+    [
+        (gg.ZClip, {"mean": "x"}, "ZClip state_dict: missing"),
+        (gg.AutoClip, {"x": 1}, "AutoClip state_dict: missing"),
+        (gg.ZClip, [1, 2], "takes the dict"),
+        (gg.AutoClip, {"percentile": 10.0, "history": None, "norms": ["a"]}, "norms"),
+        (gg.ZClip, dict(gg.ZClip().state_dict(), warmup=[1.0] * 30), "warm-up"),
+        (gg.ZClip, dict(gg.ZClip().state_dict(), mean=1.0, var=1.0, warmup=[1.0]), "warm-up is over"),
+        (gg.ZClip, dict(gg.ZClip().state_dict(), mean="x", var=1.0), "mean"),
+    ],
+)
+def test_clipper_state_dicts_are_checked_with_messages_that_say_what_is_wrong(clipper, state, words):
+    target = clipper()
+    for norm in (1.0, 2.0, 3.0):
+        target.observe(norm)
+    before = repr(target.state_dict())
+    with pytest.raises((TypeError, ValueError), match=words):
+        target.load_state_dict(state)
+    assert repr(target.state_dict()) == before

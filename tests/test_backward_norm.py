@@ -164,3 +164,29 @@ def test_over_a_group_a_non_finite_step_is_skipped_and_a_finite_one_matches():
     assert tracker.step(optimizer, group=OneRank(), return_report=True).skipped
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
     tracker.remove()
+
+
+def test_a_step_the_optimizer_refuses_changes_nothing_and_keeps_the_partials():
+    model = _Net()
+    names = [name for name, _ in model.named_parameters()]
+    monitor = gg.GradientMonitor(names=names)
+    tracker = BackwardNorm(model, monitor=monitor)
+    wrong = {name: np.ones(tuple(reversed(p.shape)) or (1,), np.float32) for name, p in model.named_parameters()}
+    optimizer = gg.optim.SGD(wrong, lr=0.1)  # parameters of other shapes: every step is refused
+    _backward(model)
+    total = tracker.total_norm()
+    before = {name: array.copy() for name, array in wrong.items()}
+    with pytest.raises(ValueError, match="shape"):
+        tracker.step(optimizer)
+    assert monitor.summary()["steps"] == 0  # the monitor was not fed a step that did not happen
+    assert tracker.total_norm() == total  # the partials are kept for a step that can follow
+    assert all(np.array_equal(wrong[name], before[name]) for name in wrong)
+    right = gg.optim.SGD({name: p.detach().numpy() for name, p in model.named_parameters()}, lr=0.1)
+    tracker.step(right)
+    assert monitor.summary()["steps"] == 1 and tracker.total_norm() == 0.0
+
+
+def test_a_monitor_of_other_layers_is_refused_at_construction():
+    model = _Net()
+    with pytest.raises(ValueError, match="monitor must know its layers"):
+        BackwardNorm(model, monitor=gg.GradientMonitor(names=["a", "b"]))

@@ -184,3 +184,192 @@ def test_torch_guard_refuses_names_that_do_not_name_each_parameter_once():
     with pytest.raises(ValueError, match="got 1 names"):
         TorchGuard(optimizer, names=["weight"])
     TorchGuard(optimizer, names=["weight", "bias"])
+
+
+@pytest.mark.parametrize("refusal", ["shape", "float64", "missing", "loss", "monitor names"])
+@pytest.mark.parametrize("clip", [None, "zclip", "autoclip"])
+def test_a_refused_step_changes_nothing(refusal, clip):
+    params, optimizer = params_and_optimizer()
+    guard = gg.Guard(optimizer, clip=clip)
+    for _ in range(6):
+        guard.step(grads(1.0))
+    if refusal == "monitor names":
+        guard.monitor = gg.GradientMonitor(names=["x", "y"])
+    bad, loss = grads(1e6), None  # a spike: a refused one must not back the lr off either
+    if refusal == "shape":
+        bad["w"] = np.ones((2, 8), np.float32)
+    elif refusal == "float64":
+        bad["b"] = bad["b"].astype(np.float64)
+    elif refusal == "missing":
+        del bad["b"]
+    elif refusal == "loss":
+        loss = "x"
+    before = (guard.state_dict(), optimizer.state_dict(), {k: v.copy() for k, v in params.items()})
+    threshold = optimizer.max_grad_norm
+    with pytest.raises((TypeError, ValueError)):
+        guard.step(bad, loss=loss)
+    after = (guard.state_dict(), optimizer.state_dict(), params)
+    assert repr(after[0]) == repr(before[0]) and repr(after[1]) == repr(before[1])
+    assert all(np.array_equal(after[2][k], before[2][k]) for k in params)
+    assert optimizer.max_grad_norm == threshold and guard.step_count == 6
+
+
+def test_a_nan_loss_is_news_not_a_mistake():
+    params, optimizer = params_and_optimizer()
+    guard = gg.Guard(optimizer, snapshot_every=1)
+    guard.step(grads(), loss=1.0)
+    assert guard.step(grads(), loss=float("nan")) is None
+    assert guard.actions[-1].action == "restored snapshot"
+
+
+def _run(steps, resume_at=None):
+    """A guarded run with spikes, a NaN step and a monitor; with resume_at, stopped
+    there and resumed from its state dicts into new objects."""
+    rng = np.random.default_rng(5)
+    sequence = []
+    for step in range(steps):
+        scale = 1e4 if step in (20, 21, 35) else 1.0
+        gradient = {
+            "w": (rng.standard_normal((4, 4)) * scale).astype(np.float32),
+            "b": rng.standard_normal(4).astype(np.float32),
+        }
+        if step == 40:
+            gradient["b"][0] = np.nan
+        sequence.append(gradient)
+
+    def build(saved=None):
+        params = {"w": np.ones((4, 4), np.float32), "b": np.zeros(4, np.float32)}
+        optimizer = gg.optim.Adam(params, lr=0.01)
+        monitor = gg.GradientMonitor(names=["w", "b"])
+        guard = gg.Guard(optimizer, clip="zclip", monitor=monitor, snapshot_every=4, backoff_after=2)
+        if saved is not None:
+            for name in params:
+                params[name][...] = saved["params"][name]
+            optimizer.load_state_dict(saved["optimizer"])
+            monitor.load_state_dict(saved["monitor"])
+            guard.load_state_dict(saved["guard"])
+        return params, optimizer, monitor, guard
+
+    params, optimizer, monitor, guard = build()
+    for step, gradient in enumerate(sequence):
+        if step == resume_at:
+            saved = {
+                "params": {k: v.copy() for k, v in params.items()},
+                "optimizer": optimizer.state_dict(),
+                "monitor": monitor.state_dict(),
+                "guard": guard.state_dict(),
+            }
+            params, optimizer, monitor, guard = build(saved)
+        guard.step({k: v.copy() for k, v in gradient.items()})
+    return guard.actions, params, [(f.step, f.layer, f.kind) for f in monitor.findings], guard.summary()
+
+
+@pytest.mark.parametrize("resume_at", [3, 22, 38])
+def test_a_run_resumed_from_its_state_dicts_acts_as_the_uninterrupted_one(resume_at):
+    actions, params, findings, summary = _run(60)
+    resumed = _run(60, resume_at)
+    assert any(action.action == "lr backoff" for action in actions) and findings  # the run has something to say
+    assert resumed[0] == actions and resumed[2] == findings and resumed[3] == summary
+    for name in params:
+        np.testing.assert_array_equal(resumed[1][name], params[name])
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"lr_scale": 2.0}, ValueError),
+        ({"lr_scale": "x"}, TypeError),
+        ({"step_count": -1}, ValueError),
+        ({"base_lrs": [0.1, 0.2]}, ValueError),
+        ({"norms": [1.0, float("nan")]}, ValueError),
+        ({"explosions": [5, 2]}, ValueError),
+        ({"clip": {"mean": "x"}}, ValueError),
+        ({"actions": [{"step": 0}]}, ValueError),
+        ({"snapshot": {"params": [np.ones(3, np.float32)], "optimizer": {}}}, ValueError),
+        ({"bogus": 1}, ValueError),
+    ],
+)
+def test_guard_load_state_dict_refuses_a_bad_state_and_changes_nothing(change, error):
+    params, optimizer = params_and_optimizer()
+    guard = gg.Guard(optimizer, clip="zclip")
+    for _ in range(3):
+        guard.step(grads())
+    before = repr(guard.state_dict())
+    with pytest.raises(error):
+        guard.load_state_dict({**guard.state_dict(), **change})
+    assert repr(guard.state_dict()) == before
+    with pytest.raises(TypeError, match="takes the dict"):
+        guard.load_state_dict([1])
+
+
+def test_a_snapshot_of_parameters_that_changed_shape_is_refused_before_anything_is_written():
+    params, optimizer = params_and_optimizer()
+    guard = gg.Guard(optimizer, snapshot_every=1, restore_after=1)
+    guard.step(grads())
+    params["w"].shape = (2, 8)  # the same memory seen in another shape: the snapshot no longer fits
+    kept = optimizer.state_dict()
+    with pytest.raises(RuntimeError, match="cannot restore its snapshot"):
+        guard.step({"w": np.ones((2, 8), np.float32), "b": grads()["b"]}, loss=float("inf"))
+    assert repr(optimizer.state_dict()) == repr(kept)
+
+
+def test_torch_guard_with_a_monitor_and_a_parameter_without_a_gradient():
+    torch = pytest.importorskip("torch")
+    from gradguard.torch import Guard as TorchGuard
+
+    for names in (["0.weight", "0.bias", "1.weight", "1.bias"], None):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Linear(4, 2))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        monitor = gg.GradientMonitor(names=names or ["0", "1", "2", "3"])
+        guard = TorchGuard(optimizer, clip=1.0, monitor=monitor, names=names)
+        for _ in range(3):
+            optimizer.zero_grad()
+            model(torch.randn(5, 3)).sum().backward()
+            model[1].bias.grad = None  # e.g. a frozen or unused parameter this step
+            guard.step()
+        assert guard.step_count == 3 and not monitor.findings
+        assert np.isnan(monitor.history()["norm"][:, 3]).all() and np.isfinite(monitor.history()["norm"][:, 0]).all()
+
+
+def test_torch_guard_clips_a_strided_gradient_before_the_optimizer_reads_it():
+    torch = pytest.importorskip("torch")
+    from gradguard.torch import Guard as TorchGuard
+
+    weight = torch.nn.Parameter(torch.zeros(6, 4))
+    optimizer = torch.optim.SGD([weight], lr=1.0)
+    guard = TorchGuard(optimizer, clip=1.0)
+    full = torch.full((6, 8), 5.0)
+    weight.grad = full[:, ::2]  # every other column: not one dense block, clipped in a copy
+    assert weight.grad.stride() == (8, 2)
+    guard.step()
+    # clip-then-step moves the weight by the clipped gradient: norm 1
+    assert float(weight.detach().norm()) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_torch_guard_refuses_to_restore_a_parameter_whose_tensor_was_replaced():
+    torch = pytest.importorskip("torch")
+    from gradguard.torch import Guard as TorchGuard
+
+    weight = torch.nn.Parameter(torch.ones(4))
+    optimizer = torch.optim.SGD([weight], lr=0.1)
+    guard = TorchGuard(optimizer, snapshot_every=1, restore_after=1)
+    weight.grad = torch.ones(4)
+    guard.step()
+    weight.data = torch.zeros(8)  # the parameter's tensor replaced by one of another shape
+    weight.grad = torch.ones(8)
+    with pytest.raises(RuntimeError, match="cannot restore its snapshot"):
+        guard.step(loss=float("nan"))
+    assert torch.equal(weight.detach(), torch.zeros(8))
+
+
+def test_a_refused_step_names_the_gradient_as_the_caller_gave_it():
+    params, optimizer = params_and_optimizer()
+    guard = gg.Guard(optimizer)
+    with pytest.raises(ValueError, match=r"grads\[0\] \('w'\) has shape \(2, 8\)"):
+        guard.step({"w": np.ones((2, 8), np.float32), "b": np.ones(4, np.float32)})
+    listed = gg.Guard(gg.optim.SGD([np.ones(3, np.float32)], lr=0.1))
+    with pytest.raises(TypeError, match=r"params\[0\] is float32 with a float64 gradient"):
+        listed.step([np.ones(3, np.float64)])
+    with pytest.raises(TypeError, match="loss must be a real number"):
+        listed.step([np.ones(3, np.float32)], loss="x")

@@ -180,3 +180,102 @@ def test_monitor_matches_dicts_by_name():
     with pytest.raises(ValueError, match=r"missing \['large'\]"):
         monitor.update({"small": np.ones(4, np.float32)})
     assert monitor.summary()["steps"] == 2
+
+
+def test_an_absent_layer_has_no_zero_fraction_and_is_not_logged():
+    monitor = gg.GradientMonitor(names=["a", "b"])
+    for _ in range(3):
+        monitor.update({"a": np.ones(4, np.float32)}, allow_missing=True)
+    assert np.isnan(monitor.history()["zero_fraction"][:, 1]).all()
+    assert not any(key.endswith("/b") for key in monitor.latest())
+
+
+def test_a_layer_without_elements_is_never_judged():
+    monitor = gg.GradientMonitor()
+    for _ in range(30):
+        monitor.update({"a": np.ones(4, np.float32), "empty": np.zeros(0, np.float32)})
+    assert monitor.findings == [] and monitor.summary()["flagged"] == {}
+    assert np.isnan(monitor.history()["norm"][:, 1]).all()
+
+
+def test_update_stats_with_integer_names_and_a_finding_reports():
+    monitor = gg.GradientMonitor()
+    stats = gg.grad_stats({1: np.ones(4, np.float32), 2: np.full(4, np.nan, np.float32)})
+    findings = monitor.update_stats(stats)
+    assert [(f.layer, f.kind) for f in findings] == [("2", "exploding")]
+    assert "2" in monitor.report()
+    with pytest.raises(TypeError, match="step"):
+        monitor.update_stats(stats, step="3")
+    assert monitor.summary()["steps"] == 1
+
+
+def _story(rng, steps=80):
+    """Two layers: one decays to nothing from step 30, the other spikes at 50 and grows from 60."""
+    sequence = []
+    for step in range(steps):
+        a = rng.standard_normal(64) * (1.0 if step < 30 else 1e-12)
+        b = rng.standard_normal(32) * (1e5 if step == 50 else 1.0) * (2.0 ** max(0, step - 60))
+        sequence.append({"a": a.astype(np.float32), "b": b.astype(np.float32)})
+    return sequence
+
+
+@pytest.mark.parametrize("resume_at", [1, 29, 55, 79])
+@pytest.mark.parametrize("through_json", [False, True])
+def test_a_resumed_monitor_makes_the_findings_of_the_uninterrupted_one(resume_at, through_json):
+    sequence = _story(np.random.default_rng(4))
+    whole = gg.GradientMonitor(window=32, min_history=8)
+    for grads in sequence:
+        whole.update(grads)
+    first = gg.GradientMonitor(window=32, min_history=8)
+    for grads in sequence[:resume_at]:
+        first.update(grads)
+    state = first.state_dict()
+    if through_json:
+        state = json.loads(json.dumps(state))
+    resumed = gg.GradientMonitor(window=32, min_history=8)
+    resumed.load_state_dict(state)
+    for grads in sequence[resume_at:]:
+        resumed.update(grads)
+    assert {f.kind for f in whole.findings} >= {"vanishing", "exploding"}
+    assert resumed.findings == whole.findings
+    assert resumed.summary() == whole.summary()
+    np.testing.assert_array_equal(resumed.history()["norm"], whole.history()["norm"])
+
+
+def test_monitor_state_dict_is_what_torch_load_weights_only_accepts(tmp_path):
+    torch = pytest.importorskip("torch")
+    monitor = gg.GradientMonitor()
+    for grads in _story(np.random.default_rng(1), steps=10):
+        monitor.update(grads)
+    torch.save(monitor.state_dict(), tmp_path / "monitor.pt")
+    loaded = torch.load(tmp_path / "monitor.pt", weights_only=True)
+    again = gg.GradientMonitor()
+    again.load_state_dict(loaded)
+    assert again.summary() == monitor.summary()
+
+
+@pytest.mark.parametrize(
+    "change, error",
+    [
+        ({"format": 2}, ValueError),
+        ({"settings": {"window": 3}}, ValueError),
+        ({"names": ["a", "a"]}, ValueError),
+        ({"names": ["x", "y"]}, ValueError),
+        ({"last_step": "x"}, TypeError),
+        ({"findings": [{"step": 1}]}, ValueError),
+        ({"history": None}, ValueError),
+        ({"bogus": 1}, ValueError),
+    ],
+)
+def test_monitor_load_state_dict_refuses_a_bad_state_and_changes_nothing(change, error):
+    monitor = gg.GradientMonitor(names=["a", "b"])
+    for grads in _story(np.random.default_rng(2), steps=6):
+        monitor.update(grads)
+    before = json.dumps(monitor.state_dict())
+    with pytest.raises(error):
+        monitor.load_state_dict({**monitor.state_dict(), **change})
+    history = monitor.state_dict()["history"]
+    bad_history = dict(history, series=dict(history["series"], norm=[[1.0]]))
+    with pytest.raises(ValueError, match="shape"):
+        monitor.load_state_dict({**monitor.state_dict(), "history": bad_history})
+    assert json.dumps(monitor.state_dict()) == before

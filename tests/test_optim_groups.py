@@ -166,3 +166,94 @@ def test_guard_backoff_scales_every_group():
     guard.set_lr(0.2)
     assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([0.1, 0.05])
     assert guard.base_lr == 0.2
+
+
+def test_editing_which_parameters_a_group_holds_is_refused_at_the_step():
+    first, second, other = np.ones(3, np.float32), np.ones(3, np.float32), np.ones(3, np.float32)
+    for edit in (
+        lambda groups: groups.pop(),
+        lambda groups: groups.append({"params": [other], "lr": 1.0}),
+        lambda groups: groups[1].__setitem__("params", [other]),
+        lambda groups: groups[1]["params"].__setitem__(0, other),
+        lambda groups: groups[0]["params"].append(other),
+    ):
+        optimizer = gg.optim.SGD([{"params": [first]}, {"params": [second], "lr": 1.0}], lr=0.1)
+        edit(optimizer.param_groups)
+        with pytest.raises(ValueError, match="param_groups.*(groups|changed)"):
+            optimizer.step([np.ones(3, np.float32)] * 2)
+        assert (first == 1).all() and (second == 1).all() and (other == 1).all() and optimizer.step_count == 0
+
+
+@pytest.mark.parametrize("dampening", [0.0, 0.5])
+def test_momentum_switched_on_mid_run_starts_its_buffer_as_torch_does(dampening):
+    ours, theirs = np.ones(3, np.float32), torch.ones(3, requires_grad=True)
+    other = np.ones(2, np.float32)  # a second group whose momentum stays off
+    optimizer = gg.optim.SGD([{"params": [ours]}, {"params": [other]}], lr=0.1)
+    reference = torch.optim.SGD([theirs], lr=0.1)
+    for step in range(5):
+        if step == 2:
+            optimizer.param_groups[0].update(momentum=0.9, dampening=dampening)
+            reference.param_groups[0].update(momentum=0.9, dampening=dampening)
+        gradient = np.full(3, step + 1.0, np.float32)
+        optimizer.step([gradient, np.ones(2, np.float32)])
+        theirs.grad = torch.tensor(gradient)
+        reference.step()
+    np.testing.assert_allclose(ours, theirs.detach().numpy(), rtol=1e-6)
+
+
+def test_lambda_lr_sets_all_rates_or_none():
+    first, second = np.ones(3, np.float32), np.ones(3, np.float32)
+    optimizer = gg.optim.SGD([{"params": [first]}, {"params": [second], "lr": 0.5}], lr=0.1)
+
+    def fails_at_two(epoch):
+        if epoch == 2:
+            raise RuntimeError("boom")
+        return 1.0
+
+    schedule = gg.optim.LambdaLR(optimizer, [lambda epoch: 0.5**epoch, fails_at_two])
+    schedule.step()
+    with pytest.raises(RuntimeError, match="boom"):
+        schedule.step()
+    assert schedule.get_last_lr() == [0.05, 0.5] and schedule.last_epoch == 1
+    schedule.lr_lambdas[1] = lambda epoch: math.nan
+    with pytest.raises(ValueError, match=r"lr_lambda\[1\]\(2\) must not be NaN"):
+        schedule.step()
+    schedule.lr_lambdas[1] = lambda epoch: -1.0
+    with pytest.raises(ValueError, match="lr must be finite, >= 0"):
+        schedule.step()
+    assert schedule.get_last_lr() == [0.05, 0.5] and schedule.last_epoch == 1
+
+
+def test_lambda_lr_resumes_from_its_state_dict_like_torch():
+    def factor(epoch):
+        return 0.9**epoch
+
+    ours = gg.optim.SGD([np.ones(3, np.float32)], lr=0.1)
+    schedule = gg.optim.LambdaLR(ours, factor)
+    for _ in range(4):
+        schedule.step()
+    saved = schedule.state_dict()
+    resumed_optimizer = gg.optim.SGD([np.ones(3, np.float32)], lr=0.1)
+    resumed = gg.optim.LambdaLR(resumed_optimizer, factor)
+    resumed.load_state_dict(saved)
+    assert resumed.get_last_lr() == schedule.get_last_lr() and resumed.last_epoch == 4
+    schedule.step()
+    resumed.step()
+    assert resumed.get_last_lr() == schedule.get_last_lr()
+    weight = torch.nn.Parameter(torch.ones(3))
+    torch_optimizer = torch.optim.SGD([weight], lr=0.1)
+    reference = torch.optim.lr_scheduler.LambdaLR(torch_optimizer, factor)
+    for _ in range(5):
+        torch_optimizer.step()
+        reference.step()
+    assert resumed.get_last_lr() == pytest.approx(reference.get_last_lr(), rel=1e-12)
+    for bad, error in (
+        ({"base_lrs": [0.1, 0.1], "last_epoch": 1}, ValueError),
+        ({"base_lrs": [-0.1], "last_epoch": 1}, ValueError),
+        ({"base_lrs": [0.1], "last_epoch": -2}, ValueError),
+        ({"base_lrs": [0.1]}, ValueError),
+        ("x", TypeError),
+    ):
+        with pytest.raises(error):
+            resumed.load_state_dict(bad)
+    assert resumed.last_epoch == 5

@@ -94,3 +94,17 @@ def test_max_grad_norm_set_after_construction_is_checked_at_the_step():
     with pytest.raises(ValueError, match="max_grad_norm"):
         optimizer.step([np.ones(3, np.float32)])
     assert (params[0] == 1).all() and optimizer.step_count == 0
+
+
+def test_a_fault_in_a_later_group_is_named_by_its_group():
+    first, second = np.ones(3, np.float32), np.ones(3, np.float32)
+    optimizer = gg.optim.SGD([{"params": [first]}, {"params": [second], "lr": 0.5}], lr=0.1)
+    state = optimizer.state_dict()
+    state["param_groups"][1]["lr"] = -1
+    with pytest.raises(ValueError, match=r"state_dict\['param_groups'\]\[1\]: lr must be"):
+        optimizer.load_state_dict(state)
+    state = optimizer.state_dict()
+    state["param_groups"][1]["bogus"] = 1
+    with pytest.raises(ValueError, match=r"state_dict\['param_groups'\]\[1\] has keys"):
+        optimizer.load_state_dict(state)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.1, 0.5]

@@ -319,3 +319,17 @@ def test_altered_partials_tables_are_refused():
         gg.combine_norm_partials([dataclasses.replace(parts, values=parts.values[:, :3])])
     with pytest.raises(ValueError, match="fields per piece"):
         gg.combine_norm_partials([dataclasses.replace(parts, values=parts.values.ravel())])
+
+
+def test_the_core_refuses_a_shard_end_beyond_its_limit_whoever_calls_it():
+    """The int64 sum offset + size is guarded in the core too (the sanitizer pass runs this)."""
+    from gradguard import _core
+
+    assert _core.MAX_SHARD_END == 1 << 62
+    array = np.ones(10, np.float32)
+    _core.norm_partials([array], 2.0, None, False, [(1 << 62) - 10])  # ends exactly at the limit
+    for offset in ((1 << 62) - 9, (1 << 63) - 100):
+        with pytest.raises(ValueError, match="beyond 2\\^62"):
+            _core.norm_partials([array], 2.0, None, False, [offset])
+        with pytest.raises(ValueError, match="beyond 2\\^62"):
+            _core.stats_partials([array], None, False, [offset])

@@ -242,3 +242,18 @@ def test_keys_equal_as_strings_are_refused_everywhere():
     repeated = dataclasses.replace(stats, names=("a", "a"))
     with pytest.raises(ValueError, match="more than once"):
         gg.GradientMonitor().update_stats(repeated)
+
+
+@pytest.mark.parametrize("value", ["no", 1, None, "False"])
+def test_flags_are_bools_not_truthy_values(value):
+    optimizer = gg.optim.SGD([np.ones(3, np.float32)], lr=0.1)
+    with pytest.raises(TypeError, match="skip_nonfinite must be True or False"):
+        optimizer.step([np.ones(3, np.float32)], skip_nonfinite=value)
+    with pytest.raises(TypeError, match="error_if_nonfinite must be True or False"):
+        gg.clip_by_global_norm([np.ones(3, np.float32)], 1.0, error_if_nonfinite=value)
+    with pytest.raises(TypeError, match="skip_nonfinite must be True or False"):
+        gg.Guard(optimizer, skip_nonfinite=value)
+    with pytest.raises(TypeError, match="rescaled must be True or False"):
+        gg.norm_partials([np.ones(3)], rescaled=value)
+    assert optimizer.step_count == 0
+    optimizer.step([np.ones(3, np.float32)], skip_nonfinite=np.bool_(True))  # NumPy's bools are bools

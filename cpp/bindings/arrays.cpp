@@ -237,6 +237,10 @@ void set_grid_offsets(TensorList& list, const std::vector<int64_t>& grid_offsets
                           std::to_string(list.tensors.size()) + " arrays");
   for (size_t index = 0; index < grid_offsets.size(); ++index) {
     if (grid_offsets[index] < 0) throw py::value_error("offsets[" + std::to_string(index) + "] is negative");
+    // Checked here as well as in Python: the sum below must not overflow whoever calls the core.
+    if (grid_offsets[index] > kMaxShardEnd - list.tensors[index].count)
+      throw py::value_error("offsets[" + std::to_string(index) + "] = " + std::to_string(grid_offsets[index]) +
+                            " puts the shard's end beyond 2^62 elements");
     list.tensors[index].grid_offset = grid_offsets[index];
   }
 }

@@ -118,6 +118,7 @@ PYBIND11_MODULE(_core, m) {
   // The numbers that describe the core's layouts and rules, defined once here
   // and read by the Python layer.
   m.attr("PIECE_ELEMENTS") = kPieceElements;
+  m.attr("MAX_SHARD_END") = kMaxShardEnd;
   m.attr("CLIP_EPS") = kClipEps;
   m.attr("STATE_SLOTS") = kStateSlots;
   {

@@ -13,6 +13,12 @@ namespace gradguard {
 // layer reads it as gg.PIECE_ELEMENTS.
 constexpr int64_t kPieceElements = int64_t(1) << 16;
 
+// The end of a shard (grid_offset + count) stays at or below 2^62: pieces'
+// offsets are sums of the two in int64, and this leaves room for any sum the
+// core forms. The one statement of the limit: Python reads it as
+// gradguard._core.MAX_SHARD_END.
+constexpr int64_t kMaxShardEnd = int64_t(1) << 62;
+
 struct TensorRef {
   void* data;
   int64_t count;

@@ -46,19 +46,20 @@ class GuardAction:
     action: str  # "skipped step", "lr backoff", "lr restored", "restored snapshot"
     detail: str = ""
 
+    @classmethod
+    def from_dict(cls, entry) -> GuardAction:
+        """The action a dataclasses.asdict() of one gave (from a guard's or a monitor's state_dict), checked."""
+        entry = state_entries(entry, "GuardAction", ("step", "cause", "action", "detail"))
+        step = positive_int(entry["step"], "an action's step", minimum=0)
+        if not all(isinstance(entry[key], str) for key in ("cause", "action", "detail")):
+            raise TypeError("an action's cause, action and detail are strings")
+        return cls(step, entry["cause"], entry["action"], entry["detail"])
+
 
 def _listed(value, argument) -> list:
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"Guard state_dict: {argument} must be a list, not {type(value).__name__}")
     return list(value)
-
-
-def _loaded_action(entry) -> GuardAction:
-    entry = state_entries(entry, "GuardAction", ("step", "cause", "action", "detail"))
-    step = positive_int(entry["step"], "action step", minimum=0)
-    if not all(isinstance(entry[key], str) for key in ("cause", "action", "detail")):
-        raise TypeError("Guard state_dict: an action's cause, action and detail are strings")
-    return GuardAction(step, entry["cause"], entry["action"], entry["detail"])
 
 
 class Guard:
@@ -317,7 +318,7 @@ class Guard:
         in_a_row = positive_int(state["in_a_row"], "in_a_row", minimum=0)
         good_steps = positive_int(state["good_steps"], "good_steps", minimum=0)
         clip = self._loaded_clip(state["clip"])
-        actions = [_loaded_action(entry) for entry in _listed(state["actions"], "actions")]
+        actions = [GuardAction.from_dict(entry) for entry in _listed(state["actions"], "actions")]
         snapshot = self._loaded_snapshot(state["snapshot"])
         self.step_count, self._base_lrs, self._in_a_row, self._good_steps = step_count, bases, in_a_row, good_steps
         self._norms = deque(norms[-self.window :], maxlen=self.window)

@@ -184,9 +184,9 @@ def _taken(arrays, offsets, numel, take):
     )
 
 
-# The last element of a shard must stay below 2^62: the core adds offsets to
-# element counts in int64, and this leaves room for any sum it forms.
-_MAX_ELEMENT = 1 << 62
+# A shard must end at or below 2^62 elements: the core adds offsets to element
+# counts in int64, and this leaves room for any sum it forms (the core's limit).
+_MAX_ELEMENT = _core.MAX_SHARD_END
 
 
 def shard_offsets(offsets, array_list, argument="offsets") -> list:

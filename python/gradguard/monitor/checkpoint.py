@@ -17,6 +17,7 @@ import math
 import numpy as np
 
 from .._arguments import positive_int, state_entries
+from ..guard import GuardAction
 from .detectors import Finding, LayerStates, Streaks
 from .history import SERIES, Baseline, History
 
@@ -116,7 +117,7 @@ def load_monitor_state(monitor, state_dict) -> None:
     findings = [_finding(entry) for entry in _list(state["findings"], "findings")]
     if logged > len(findings):
         raise ValueError("GradientMonitor state_dict: more findings logged than kept")
-    actions = [_action(entry) for entry in _list(state["actions"], "actions")]
+    actions = [GuardAction.from_dict(entry) for entry in _list(state["actions"], "actions")]
     layers = None if names is None else len(names)
     history = None if state["history"] is None else _history(state["history"], monitor.settings, layers)
     detectors = None if state["detectors"] is None else _states(state["detectors"], layers)
@@ -170,15 +171,6 @@ def _finding(entry) -> Finding:
         dict(entry["evidence"]),
         entry["message"],
     )
-
-
-def _action(entry):
-    from ..guard import GuardAction
-
-    entry = state_entries(entry, "GradientMonitor action", ("step", "cause", "action", "detail"))
-    if not all(isinstance(entry[key], str) for key in ("cause", "action", "detail")):
-        raise TypeError("GradientMonitor state_dict: an action's cause, action and detail are strings")
-    return GuardAction(_integer(entry["step"], "action step", 0), entry["cause"], entry["action"], entry["detail"])
 
 
 def _history(saved, settings, layers) -> History:

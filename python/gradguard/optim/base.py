@@ -274,16 +274,24 @@ class Optimizer:
                 f"parameter groups; this optimizer has {len(self.param_groups)}"
             )
 
-        def checked(hyper):
+        def checked(hyper, label):
             if not isinstance(hyper, Mapping):
-                raise TypeError("state_dict['hyper'] must be a dict")
+                raise TypeError(f"{label} must be a dict")
             if set(hyper) != set(self.defaults):
                 raise ValueError(
-                    f"state_dict['hyper'] has keys {sorted(hyper)}; {type(self).__name__} takes {sorted(self.defaults)}"
+                    f"{label} has keys {sorted(hyper)}; {type(self).__name__} takes {sorted(self.defaults)}"
                 )
-            return self._checked(hyper)
+            try:
+                return self._checked(hyper)
+            except (TypeError, ValueError) as error:
+                raise type(error)(f"{label}: {error}") from None
 
-        groups = [checked(hyper) for hyper in given_groups]
+        labels = (
+            [f"state_dict['param_groups'][{index}]" for index in range(len(given_groups))]
+            if "param_groups" in state_dict
+            else ["state_dict['hyper']"]
+        )
+        groups = [checked(hyper, label) for hyper, label in zip(given_groups, labels)]
         if given_groups[0] is not state_dict["hyper"]:
             first = state_dict["hyper"]
             if not isinstance(first, Mapping) or set(first) != set(self.defaults) or self._checked(first) != groups[0]:
