@@ -337,3 +337,16 @@ def test_a_refusal_on_a_random_rank_stops_every_rank_at_once_with_nothing_writte
             assert failure == expected, (entry, what, chosen, rank, failure)
             assert seconds < 10, (entry, what, rank, seconds)
             assert unchanged, (entry, what, rank)
+
+
+def test_the_mpi_timeout_defaults_to_two_minutes_or_the_environment(monkeypatch):
+    from gradguard.distributed.communicator import Communicator
+
+    monkeypatch.delenv("GRADGUARD_MPI_TIMEOUT", raising=False)
+    assert Communicator(worker.OneRank(), None)._timeout == 120.0
+    monkeypatch.setenv("GRADGUARD_MPI_TIMEOUT", "7.5")
+    assert Communicator(worker.OneRank(), None)._timeout == 7.5
+    assert Communicator(worker.OneRank(), 3)._timeout == 3.0
+    monkeypatch.setenv("GRADGUARD_MPI_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="GRADGUARD_MPI_TIMEOUT must be a number of seconds"):
+        ggd.global_norm([np.ones(3)], group=worker.OneRank())

@@ -165,3 +165,72 @@ def test_zclip_ignores_non_finite_norms_like_gg_zclip():
 def test_leaves_with_the_same_path_are_refused():
     with pytest.raises(ValueError, match="tree path 'a/b'"):
         ggj.leaves_by_path({"a/b": np.ones(2), "a": {"b": np.ones(2)}})
+
+
+def _adversarial_tree():
+    rng = np.random.default_rng(0)
+    return {
+        "a": rng.standard_normal(1000).astype(np.float32),
+        "empty": np.zeros(0, np.float32),
+        "huge": (rng.standard_normal(50) * 1e25).astype(np.float32),
+        "tiny": (rng.standard_normal(50) * 1e-30).astype(np.float32),
+        "nonfinite": np.array([1, np.nan, np.inf, 0, -2, -np.inf], np.float32),
+        "all_nan": np.array([np.nan] * 4, np.float32),
+        "zeros": np.zeros(10, np.float32),
+        "half": rng.standard_normal(64).astype(np.float16),
+        "constant": np.full(7, 3.0, np.float32),
+        "offset": 1 + rng.standard_normal(500).astype(np.float32) * 1e-4,
+    }
+
+
+def test_leaf_stats_inside_jit_are_grad_stats_to_float32_rounding():
+    arrays = _adversarial_tree()
+    table = jax.jit(ggj.leaf_stats)({name: jnp.asarray(value) for name, value in arrays.items()})
+    assert table.shape == (len(arrays), len(ggj.LEAF_STATS_COLUMNS))
+    names = sorted(arrays)  # a dict's leaves come in key order
+    ours, expected = ggj.stats_from_table(np.asarray(table), names), gg.grad_stats({n: arrays[n] for n in names})
+    for field in gg.stats.STATS_FIELDS:
+        np.testing.assert_allclose(
+            getattr(ours, field), getattr(expected, field), rtol=3e-6, equal_nan=True, err_msg=field
+        )
+    assert math.isnan(ours.global_norm) and math.isnan(expected.global_norm)
+
+
+def test_monitor_tap_sends_only_the_statistics_to_the_host(monkeypatch):
+    sent = []
+    real_callback = jax.debug.callback
+
+    def watched(function, *arguments, **keywords):
+        sent.append([int(np.prod(np.shape(argument))) for argument in arguments])
+        return real_callback(function, *arguments, **keywords)
+
+    monkeypatch.setattr(jax.debug, "callback", watched)
+    monitor = gg.GradientMonitor()
+    transform = ggj.monitor_tap(monitor)
+    params = {"w": jnp.ones((256, 256)), "b": jnp.ones(256)}
+    state = transform.init(params)
+    update = jax.jit(transform.update)
+    for _ in range(3):
+        _, state = update(params, state)
+    jax.effects_barrier()
+    leaves, columns = 2, len(ggj.LEAF_STATS_COLUMNS)
+    assert sent and all(sizes == [leaves * columns, 1] for sizes in sent)  # 20 numbers and the step, not 65,792 values
+    assert monitor.summary()["steps"] == 3
+    np.testing.assert_allclose(monitor.history()["norm"][-1], [16.0, 256.0], rtol=1e-6)
+
+
+def test_arrays_on_an_accelerator_are_reduced_there(monkeypatch):
+    """The path device leaves take, run here by treating the CPU leaves as device ones."""
+    arrays = {"a": np.arange(12, dtype=np.float32).reshape(3, 4), "b": np.array([1.0, -2.0, 0.0], np.float32)}
+    tree = {name: jnp.asarray(value) for name, value in arrays.items()}
+    expected = gg.grad_stats(arrays)
+    monkeypatch.setattr(ggj, "_on_cpu", lambda leaf: False)
+    with pytest.raises(ValueError, match="NumPy cannot view it"):
+        ggj.leaves_by_path(tree)
+    ours = ggj.grad_stats(tree)
+    for field in gg.stats.STATS_FIELDS:
+        np.testing.assert_allclose(getattr(ours, field), getattr(expected, field), rtol=3e-6, err_msg=field)
+    assert ggj.global_norm(tree) == pytest.approx(expected.global_norm, rel=1e-6)
+    monitor = gg.GradientMonitor()
+    ggj.monitor_update(monitor, tree)
+    assert monitor.names == ["a", "b"] and monitor.summary()["steps"] == 1

@@ -106,8 +106,8 @@ def test_no_gradients_and_cuda_boundary():
     ggt.clip_grad_value_([parameter], 1.0)
     meta = torch.nn.Parameter(torch.ones(3, device="meta"))
     meta.grad = torch.ones(3, device="meta")
-    with pytest.raises(ValueError, match="no CUDA backend"):
-        ggt.clip_grad_norm_([meta], 1.0)
+    # a tensor NumPy cannot view takes the device path: torch's kernels, as torch's clip does
+    assert ggt.clip_grad_norm_([meta], 1.0).device.type == "meta"
 
 
 def test_half_precision_gradients_return_their_dtype():

@@ -150,5 +150,8 @@ def test_top_level_functions_take_cpu_tensors_in_place():
     tensor = torch.full((3, 4), 10.0)
     total = gg.clip_by_global_norm([tensor], 1.0)
     assert total == pytest.approx(10 * 12**0.5) and tensor.norm().item() == pytest.approx(1.0, rel=1e-5)
-    with pytest.raises(TypeError, match=r"arrays\[0\] \(Tensor\).*detach"):
-        gg.global_norm([torch.ones(2, requires_grad=True)])
+    # every floating dtype, and a tensor that requires grad (read through detach(), as a gradient is)
+    assert gg.global_norm([torch.ones(2, requires_grad=True)]) == pytest.approx(2**0.5)
+    assert gg.global_norm([torch.full((4,), 2.0, dtype=torch.bfloat16)]) == 4.0
+    with pytest.raises(ValueError, match=r"arrays\[0\]: NumPy cannot view a tensor on meta"):
+        gg.global_norm([torch.ones(2, device="meta")])

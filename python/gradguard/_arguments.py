@@ -34,12 +34,20 @@ def _as_numpy(value, label):
     (a CPU jax.Array: read-only; a CPU torch.Tensor: writable); anything else unchanged."""
     if not _is_foreign_array(value):
         return value
+    if type(value).__module__.partition(".")[0] == "torch":
+        # torch is imported already (this is its tensor): its view handles bfloat16, requires_grad
+        # and says clearly what to do with a tensor on another device.
+        from .torch._tensors import as_numpy as torch_as_numpy
+
+        try:
+            return torch_as_numpy(value)
+        except (TypeError, ValueError) as error:
+            raise type(error)(f"{label}: {error}") from None
     try:
         return np.asarray(value)
     except Exception as error:  # noqa: BLE001 - each framework raises its own type
         raise TypeError(
-            f"{label} ({type(value).__name__}) cannot be read as a NumPy array on the CPU: {error} "
-            "(this build has no CUDA backend; move it to the CPU, or detach it first)"
+            f"{label} ({type(value).__name__}) cannot be read as a NumPy array on the CPU: {error}"
         ) from None
 
 
@@ -143,6 +151,12 @@ def real(
     """
     if value is None and allow_none:
         return None
+    if (
+        not isinstance(value, (numbers.Real, np.ndarray))
+        and getattr(value, "ndim", None) == 0
+        and hasattr(value, "item")
+    ):
+        value = value.item()  # a 0-d tensor (torch, JAX), as torch.optim takes lr=torch.tensor(1e-3)
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray)):
         kind = "a real number or None" if allow_none else "a real number"
         raise TypeError(f"{argument} must be {kind}, got {type(value).__name__}")

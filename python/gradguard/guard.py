@@ -56,6 +56,11 @@ class GuardAction:
         return cls(step, entry["cause"], entry["action"], entry["detail"])
 
 
+def _copied(param):
+    """A copy of a parameter: a NumPy array, or a torch tensor on its device (the torch Guard's device path)."""
+    return param.detach().clone() if hasattr(param, "detach") else param.copy()
+
+
 def _listed(value, argument) -> list:
     if not isinstance(value, (list, tuple)):
         raise TypeError(f"Guard state_dict: {argument} must be a list, not {type(value).__name__}")
@@ -165,6 +170,17 @@ class Guard:
         if self.monitor is not None:
             self.monitor.check_update(grads, allow_missing=allow_missing)
         norm, _ = _core.global_norm(array_list, 2.0, names)
+
+        def record(step, report):
+            self.monitor.update(grads, step=step, step_report=report, allow_missing=allow_missing)
+
+        return self._policies(grads, norm, loss, record)
+
+    def _policies(self, grads, norm, loss, record):
+        """The step once everything is checked and the global norm known: the
+        policies, the optimiser's step (given the norm), then record(step,
+        report) feeds the monitor (an adapter whose gradients live elsewhere
+        feeds it its own way)."""
         step = self.step_count
         self.step_count += 1
         nonfinite = not math.isfinite(norm) or (loss is not None and not math.isfinite(loss))
@@ -190,7 +206,7 @@ class Guard:
             if not explosion:
                 self._calm_step(step, norm)
         if self.monitor is not None:
-            self.monitor.update(grads, step=step, step_report=report, allow_missing=allow_missing)
+            record(step, report)
         return report
 
     # -- policies ----------------------------------------------------------------------------
@@ -229,7 +245,7 @@ class Guard:
                 self._act(step, "calm", "lr restored", f"lr back to its base {self.base_lr:.3g}")
         self._good_steps += 1
         if self.snapshot_every is not None and self._good_steps % self.snapshot_every == 0:
-            self._snapshot = ([p.copy() for p in self.optimizer.params], self.optimizer.state_dict())
+            self._snapshot = ([_copied(p) for p in self.optimizer.params], self.optimizer.state_dict())
 
     def _restore(self, step, norm):
         if self._snapshot is None:
@@ -275,7 +291,7 @@ class Guard:
         snapshot = None
         if self._snapshot is not None:
             params, state = self._snapshot
-            snapshot = {"params": [p.copy() for p in params], "optimizer": copy.deepcopy(state)}
+            snapshot = {"params": [_copied(p) for p in params], "optimizer": copy.deepcopy(state)}
         return {
             "step_count": self.step_count,
             "lr_scale": self.lr_scale,
@@ -346,14 +362,14 @@ class Guard:
                 f"Guard state_dict: the snapshot holds {len(params)} parameters; the optimiser {len(targets)}"
             )
         for index, (param, target) in enumerate(zip(params, targets)):
-            if not isinstance(param, np.ndarray) or param.shape != target.shape or param.dtype != target.dtype:
-                what = f"{param.dtype}{param.shape}" if isinstance(param, np.ndarray) else type(param).__name__
+            if type(param) is not type(target) or param.shape != target.shape or param.dtype != target.dtype:
+                what = f"{param.dtype}{param.shape}" if hasattr(param, "shape") else type(param).__name__
                 raise ValueError(
                     f"Guard state_dict: snapshot['params'][{index}] is {what}; the parameter is {target.dtype}{target.shape}"
                 )
         if not isinstance(saved["optimizer"], Mapping):
             raise TypeError("Guard state_dict: snapshot['optimizer'] must be the optimiser's state_dict()")
-        return [p.copy() for p in params], copy.deepcopy(saved["optimizer"])
+        return [_copied(p) for p in params], copy.deepcopy(saved["optimizer"])
 
     def summary(self) -> dict:
         """Counts of actions by kind, and the learning rate now."""

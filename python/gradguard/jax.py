@@ -3,21 +3,25 @@ gradient transformations that Optax does not have.
 
 The reading functions take any pytree of arrays (jax.Array, NumPy) and name
 each leaf by its tree path ("params/dense/kernel"). A jax.Array on the CPU is
-read through np.asarray, which shares its memory (no copy); JAX arrays are
-immutable, so clipping returns a new tree instead of writing in place.
+read through np.asarray, which shares its memory (no copy); one on an
+accelerator is reduced there with jax.numpy (leaf_stats: grad_stats' fields,
+one small transfer). JAX arrays are immutable, so clipping returns a new tree
+instead of writing in place.
 
 Optax transformations (usable inside jax.jit):
 - zclip(): ZClip's z-score clipping (Kumar et al., 2025), gg.ZClip's rule;
 - autoclip(): AutoClip's percentile clipping (Seetharaman et al., 2020) over a
   fixed-size ring of past norms (jit needs a fixed shape);
-- monitor_tap(monitor): feeds a gg.GradientMonitor from inside a jitted update
-  through jax.debug.callback, the updates passed through unchanged.
+- monitor_tap(monitor): feeds a gg.GradientMonitor from inside a jitted update,
+  the statistics computed in the update and only they sent to the host
+  (jax.debug.callback), the updates passed through unchanged.
 
 Needs jax (and optax for the transformations): pip install "gradguard[jax]".
 """
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 try:
@@ -31,6 +35,7 @@ import numpy as np
 from ._arguments import positive_int, real
 from .clip import CLIP_EPS, clip_coefficient
 from .clip import global_norm as _global_norm
+from .stats import STATS_FIELDS, stats_from_columns
 from .stats import grad_stats as _grad_stats
 
 __all__ = [
@@ -43,6 +48,9 @@ __all__ = [
     "zclip",
     "autoclip",
     "monitor_tap",
+    "leaf_stats",
+    "LEAF_STATS_COLUMNS",
+    "stats_from_table",
     "ZClipState",
     "AutoClipState",
     "MonitorTapState",
@@ -61,32 +69,125 @@ def path_name(path) -> str:
     return "/".join(_key_name(key) for key in path)
 
 
+def _leaf_names(tree) -> list:
+    """The leaves' tree paths as names, in tree order (refused when two coincide)."""
+    names = [path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:
+        raise ValueError(f"two leaves have the tree path {repeated[0]!r} (a key holding '/' against a nested one?)")
+    return names
+
+
+def _on_cpu(leaf) -> bool:
+    devices = getattr(leaf, "devices", None)
+    return not callable(devices) or all(device.platform == "cpu" for device in devices())
+
+
 def leaves_by_path(tree) -> dict:
     """{path name: NumPy array} for every leaf of a pytree, in tree order. jax.Array
     leaves on the CPU are shared, not copied (read-only views); leaves on another
-    device are refused, since this build has no CUDA backend."""
+    device are refused here (NumPy cannot view them): global_norm, grad_stats and
+    monitor_update reduce those on their device instead."""
+    names = _leaf_names(tree)
     named = {}
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-        name = path_name(path)
-        devices = getattr(leaf, "devices", None)
-        if callable(devices) and any(device.platform != "cpu" for device in devices()):
+    for name, leaf in zip(names, jax.tree_util.tree_leaves(tree)):
+        if not _on_cpu(leaf):
             raise ValueError(
-                f"leaf {name!r} lives on {sorted(d.platform for d in devices())}; gradguard reads CPU arrays and this "
-                "build has no CUDA backend (jax.device_get it, or use optax on the device)"
+                f"leaf {name!r} lives on {sorted(d.platform for d in leaf.devices())}: NumPy cannot view it "
+                "(gradguard.jax.grad_stats and global_norm reduce it on its device; jax.device_get copies it)"
             )
-        if name in named:
-            raise ValueError(f"two leaves have the tree path {name!r} (a key holding '/' against a nested one?)")
         named[name] = np.asarray(leaf)
     return named
 
 
+def _on_device(tree) -> bool:
+    return not all(_on_cpu(leaf) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+# The columns of leaf_stats' table: grad_stats' fields, in the core's order.
+LEAF_STATS_COLUMNS = STATS_FIELDS
+
+
+def leaf_stats(tree) -> jax.Array:
+    """Per leaf, grad_stats' fields computed with jax.numpy (inside jit too, and
+    on the leaves' devices; under jax.sharding, of the global arrays): a
+    (leaves, len(LEAF_STATS_COLUMNS)) float32 table, rows in tree order.
+
+        non-finite entries counted apart (n_nan, n_inf), n_zero, numel;
+        over the finite x, with s = 2^-k and 2^k near max |x| (exact scaling, so
+        that no square over- or underflows): l2 = ||x s|| / s, mean, std
+        (population, two passes), abs_mean, min, max (NaN without finite x; l2 0)
+
+    Accumulated in float32 (float64 with jax_enable_x64 and float64 leaves):
+    equal to gg.grad_stats to float32 rounding."""
+    rows = [_leaf_row(leaf) for leaf in jax.tree_util.tree_leaves(tree)]
+    if not rows:
+        return jnp.zeros((0, len(LEAF_STATS_COLUMNS)), jnp.float32)
+    return jnp.stack(rows)
+
+
+def _leaf_row(leaf):
+    values = jnp.ravel(leaf)
+    wide = jnp.promote_types(values.dtype, jnp.float32)
+    values = values.astype(wide)
+    finite = jnp.isfinite(values)
+    count = jnp.sum(finite)
+    kept = jnp.where(finite, values, 0.0)
+    largest = jnp.max(jnp.abs(kept), initial=0.0)
+    scale = jnp.exp2(-jnp.frexp(largest)[1].astype(wide))  # a power of two: exact
+    scaled = kept * scale
+    n = jnp.maximum(count, 1).astype(wide)
+    mean_scaled = jnp.sum(scaled) / n
+    deviation = jnp.where(finite, scaled - mean_scaled, 0.0)
+    none = count == 0
+    nan = jnp.asarray(jnp.nan, wide)
+    fields = {
+        "numel": jnp.asarray(values.size, wide),
+        "mean": jnp.where(none, nan, mean_scaled / scale),
+        "std": jnp.where(none, nan, jnp.sqrt(jnp.sum(deviation * deviation) / n) / scale),
+        "abs_mean": jnp.where(none, nan, jnp.sum(jnp.abs(scaled)) / n / scale),
+        "l2": jnp.sqrt(jnp.sum(scaled * scaled)) / scale,
+        "min": jnp.where(none, nan, jnp.min(jnp.where(finite, values, jnp.inf), initial=jnp.inf)),
+        "max": jnp.where(none, nan, jnp.max(jnp.where(finite, values, -jnp.inf), initial=-jnp.inf)),
+        "n_nan": jnp.sum(jnp.isnan(values)).astype(wide),
+        "n_inf": jnp.sum(jnp.isinf(values)).astype(wide),
+        "n_zero": jnp.sum(values == 0).astype(wide),
+    }
+    return jnp.stack([fields[name] for name in LEAF_STATS_COLUMNS])
+
+
+_COUNTS = ("numel", "n_nan", "n_inf", "n_zero")
+
+
+def stats_from_table(table, names):
+    """A GradStats from leaf_stats' table (NumPy, on the host)."""
+    table = np.asarray(table, dtype=np.float64).reshape(-1, len(LEAF_STATS_COLUMNS))
+    columns = {
+        name: (np.rint(table[:, index]).astype(np.int64) if name in _COUNTS else table[:, index])
+        for index, name in enumerate(LEAF_STATS_COLUMNS)
+    }
+    return stats_from_columns(columns, names)
+
+
+_leaf_stats_jit = jax.jit(leaf_stats)
+
+
 def global_norm(tree, ord=2.0) -> float:
-    """gg.global_norm of every leaf of a pytree: (sum_i sum_j |leaf_i_j|^p)^(1/p)."""
+    """gg.global_norm of every leaf of a pytree: (sum_i sum_j |leaf_i_j|^p)^(1/p).
+    Leaves on an accelerator: the L2 norm from leaf_stats on their device (one
+    small transfer), to float32 rounding; other orders need CPU leaves."""
+    if _on_device(tree):
+        if real(ord, "ord") != 2.0:
+            raise ValueError("global_norm of device arrays takes ord=2 (leaf_stats' l2); jax.device_get them first")
+        return grad_stats(tree).global_norm
     return _global_norm(leaves_by_path(tree), ord)
 
 
 def grad_stats(tree):
-    """gg.grad_stats of a pytree's leaves, named by tree path."""
+    """gg.grad_stats of a pytree's leaves, named by tree path: by gradguard's core
+    on CPU leaves, by leaf_stats on their device otherwise (one small transfer)."""
+    if _on_device(tree):
+        return stats_from_table(jax.device_get(_leaf_stats_jit(tree)), _leaf_names(tree))
     return _grad_stats(leaves_by_path(tree))
 
 
@@ -106,7 +207,10 @@ def clip_by_global_norm(tree, max_norm, eps=CLIP_EPS):
 
 
 def monitor_update(monitor, grads, step=None, *, allow_missing=False):
-    """monitor.update with a pytree of gradients, layers named by tree path."""
+    """monitor.update with a pytree of gradients, layers named by tree path
+    (leaves on an accelerator: their statistics from leaf_stats, on the device)."""
+    if _on_device(grads):
+        return monitor.update_stats(grad_stats(grads), step=step, allow_missing=allow_missing)
     return monitor.update(leaves_by_path(grads), step=step, allow_missing=allow_missing)
 
 
@@ -247,14 +351,17 @@ class MonitorTapState(NamedTuple):
 def monitor_tap(monitor, *, allow_missing: bool = False):
     """An Optax GradientTransformation that passes the updates through unchanged
     and feeds `monitor` (a gg.GradientMonitor) with them at every step, from
-    inside jit too (jax.debug.callback, ordered, so steps arrive in order).
+    inside jit too. The per-leaf statistics are computed inside the update
+    (leaf_stats: on the device, of the global arrays under jax.sharding), and
+    only that small table, (leaves x 10) numbers, goes to the host through
+    jax.debug.callback (ordered, so steps arrive in order), never the gradients.
     Chain it first to see the raw gradients:
     optax.chain(gradguard.jax.monitor_tap(monitor), optax.adam(1e-3)).
     Layers are named by tree path."""
     optax = _optax()
 
-    def record(updates, step):
-        monitor.update(leaves_by_path(updates), step=int(step), allow_missing=allow_missing)
+    def record(table, step, names):
+        monitor.update_stats(stats_from_table(table, names), step=int(step), allow_missing=allow_missing)
 
     def init_fn(params):
         del params
@@ -262,7 +369,8 @@ def monitor_tap(monitor, *, allow_missing: bool = False):
 
     def update_fn(updates, state, params=None):
         del params
-        jax.debug.callback(record, updates, state.step, ordered=True)
+        names = _leaf_names(updates)  # static: known while tracing
+        jax.debug.callback(functools.partial(record, names=names), leaf_stats(updates), state.step, ordered=True)
         return updates, MonitorTapState(state.step + 1)
 
     return optax.GradientTransformation(init_fn, update_fn)

@@ -24,11 +24,13 @@ def add_arguments(parser):
         "--sections",
         nargs="+",
         default=["clip", "norm", "optim"],
-        choices=["clip", "norm", "optim", "backward", "sharded", "detection"],
+        choices=["clip", "norm", "optim", "backward", "sharded", "device", "detection"],
         help="clip: norms, clipping and statistics of the workloads; norm: layer norm; "
         "optim: fused optimiser steps on gpt2-small; backward: a gpt2-small-shaped transformer's backward "
         "+ clip + AdamW, the norm taken during backward (needs torch); sharded: the global-norm clip of "
-        "gpt2-small's gradients sharded over 2 processes (needs torch); "
+        "gpt2-small's gradients sharded over 2 processes (needs torch); device: gradguard.torch's device path "
+        "(torch's kernels, one transfer a step) against torch's clip_grad_norm_ on gpt2-small, resnet50 and "
+        "many-small (needs torch; CPU tensors here, CUDA ones on a GPU); "
         "detection: the monitor on labelled training runs",
     )
 
@@ -68,6 +70,16 @@ def run_from_arguments(arguments):
             from .sharded import format_sharded, measure_sharded
 
             print(format_sharded(measure_sharded(repeat=arguments.repeat)))
+    if "device" in arguments.sections:
+        print()
+        if torch is None:
+            print("device: skipped, torch is not installed")
+        else:
+            from .device import format_device, measure_device
+
+            set_num_threads(arguments.threads)
+            torch.set_num_threads(arguments.threads)
+            print(format_device(measure_device(repeat=arguments.repeat)))
     if "detection" in arguments.sections:
         from .detection import main_section
 

@@ -24,7 +24,7 @@ except ImportError:  # torch is optional: its columns are left out
 SETTLE_SECONDS = 0.02
 
 
-def interleaved_medians(functions, repeat, warmup=1, repeat_of=None, first=(), settle=SETTLE_SECONDS):
+def interleaved_medians(functions, repeat, warmup=1, repeat_of=None, first=(), settle=SETTLE_SECONDS, before=None):
     """Median seconds of each function, timed round-robin: every round calls
     each function once. On a machine whose memory bandwidth drifts (a shared
     host), drift then affects every function alike. The functions named in
@@ -32,7 +32,9 @@ def interleaved_medians(functions, repeat, warmup=1, repeat_of=None, first=(), s
     each round, so each follows every other equally often (caches it left
     warm or cold). Each timed call follows `settle` idle seconds and one
     untimed call of the same function.
-    repeat_of: optional name -> repeat count for slow functions."""
+    repeat_of: optional name -> repeat count for slow functions. before: an
+    untimed callable run right before each timed call (e.g. restoring inputs
+    the functions change in place)."""
     counts = {name: (repeat_of or {}).get(name, repeat) for name in functions}
     times = {name: [] for name in functions}
     rotating = [name for name in functions if name not in first]
@@ -45,6 +47,8 @@ def interleaved_medians(functions, repeat, warmup=1, repeat_of=None, first=(), s
             if round_index < counts[name]:
                 time.sleep(settle)
                 functions[name]()  # untimed: wakes the library's threads, as in back-to-back use
+                if before is not None:
+                    before()
                 start = time.perf_counter()
                 functions[name]()
                 times[name].append(time.perf_counter() - start)

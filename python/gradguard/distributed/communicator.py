@@ -5,14 +5,31 @@ RankFailed) and MPI waits bounded by a timeout."""
 
 from __future__ import annotations
 
+import os
 import time
 
 from .._arguments import real
 
 __all__ = ["RankFailed", "Communicator", "exchange"]
 
-# How long an MPI rank waits for the others to arrive at a call, by default.
-_MPI_TIMEOUT = 300.0
+# How long an MPI rank waits for the others to arrive at a call, by default:
+# two minutes, long enough for the ranks of a step to arrive (their backward
+# passes differ by seconds), short enough that a dead peer is reported while
+# someone is watching. A rank that stalls longer on purpose (a checkpoint
+# written by one rank only) needs timeout= or GRADGUARD_MPI_TIMEOUT (seconds).
+MPI_TIMEOUT_ENVIRONMENT = "GRADGUARD_MPI_TIMEOUT"
+_MPI_TIMEOUT = 120.0
+
+
+def default_mpi_timeout() -> float:
+    """GRADGUARD_MPI_TIMEOUT seconds when set (a number > 0), else 120."""
+    given = os.environ.get(MPI_TIMEOUT_ENVIRONMENT)
+    if given is None:
+        return _MPI_TIMEOUT
+    try:
+        return real(float(given), MPI_TIMEOUT_ENVIRONMENT, low=0.0, low_open=True)
+    except ValueError:
+        raise ValueError(f"{MPI_TIMEOUT_ENVIRONMENT} must be a number of seconds > 0, not {given!r}") from None
 
 
 class RankFailed(RuntimeError):
@@ -36,6 +53,7 @@ class Communicator:
         self.refusal = None
         self._timeout = _MPI_TIMEOUT
         try:
+            self._timeout = default_mpi_timeout()
             if timeout is not None:
                 if not self._mpi:
                     raise ValueError("timeout= is for MPI; torch.distributed uses its process group's timeout")

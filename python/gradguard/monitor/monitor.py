@@ -128,6 +128,14 @@ class GradientMonitor:
         array_list, names = as_array_list(grads, "grads")
         self._matched(names, len(array_list), allow_missing, "gradients", "grads")
 
+    def check_layers(self, names, *, allow_missing: bool = False) -> None:
+        """check_update for a step known by its layers' names alone (gradients
+        that live on a device: update_stats will record them)."""
+        names = [str(name) for name in names]
+        if duplicates(names):
+            raise ValueError(f"names layers more than once: {duplicates(names)}")
+        self._matched(names, len(names), allow_missing, "layers' statistics", "stats")
+
     def update_stats(self, stats: GradStats, step: Optional[int] = None, *, allow_missing: bool = False) -> list:
         """Record one step from statistics already taken (gg.grad_stats, or
         combined over ranks by gradguard.distributed.grad_stats) and return its
@@ -188,7 +196,8 @@ class GradientMonitor:
             "norm": norm,
             "abs_mean": stats.abs_mean,
             "std": stats.std,
-            "zero_fraction": np.where(empty, np.nan, stats.n_zero / np.maximum(stats.numel, 1)),
+            # n_zero < 0: not counted (gradguard.torch's device path, for a monitor whose dead_fraction is 1)
+            "zero_fraction": np.where(empty | (stats.n_zero < 0), np.nan, stats.n_zero / np.maximum(stats.numel, 1)),
             "update_ratio": ratio,
         }
         self.recorded.append(step, values)

@@ -13,8 +13,9 @@ __all__ = ["as_numpy"]
 def _check_cpu(tensor):
     if tensor.device.type != "cpu":
         raise ValueError(
-            f"gradguard works on CPU tensors and this build has no CUDA backend; got a tensor on {tensor.device} "
-            "(move it with .cpu(), or use torch.nn.utils for device tensors)"
+            f"NumPy cannot view a tensor on {tensor.device}: gradguard.torch's functions (the drop-ins, "
+            "GradGuardHook, Guard, monitor_module) take it on its device through torch's kernels; "
+            "gradguard's NumPy functions need it in CPU memory (.cpu())"
         )
 
 

@@ -6,11 +6,12 @@ import copy
 
 import torch as _torch
 
-from .._arguments import duplicates
-from ..clip import clip_with_norm_
+from .._arguments import duplicates, real
+from ..clip import clip_coefficient, clip_with_norm_
 from ..guard import Guard as _Guard
 from ..optim import StepReport
 from ._tensors import InPlace, as_numpy
+from .device import device_grad_stats, needs_zero_counts, on_device_path, scale_on_device_
 
 __all__ = ["Guard"]
 
@@ -25,8 +26,12 @@ class _TorchStep:
         self.tensors = [p for group in optimizer.param_groups for p in group["params"]]
         self.in_place = None  # this step's gradients as arrays (Guard.step sets it)
 
+        self.on_device = None  # this step's gradients as tensors, when they take the device path
+
     @property
     def params(self):
+        if on_device_path(self.tensors):
+            return [p.data for p in self.tensors]
         return [as_numpy(p.data) for p in self.tensors]
 
     def check_step(self, grads):
@@ -35,9 +40,15 @@ class _TorchStep:
     def step(self, grads, return_report=False, skip_nonfinite=False, grad_norm=None):
         coefficient = 1.0
         if self.max_grad_norm is not None and grad_norm is not None:
-            coefficient = clip_with_norm_(grads, self.max_grad_norm, grad_norm)
-        # A gradient that is not one dense block was clipped in a copy: write it back before torch reads it.
-        self.in_place.finish()
+            if self.on_device is not None:
+                coefficient = clip_coefficient(self.max_grad_norm, grad_norm)
+                if coefficient != 1.0:  # the core's rule: a coefficient of 1 writes nothing
+                    scale_on_device_(self.on_device, coefficient)
+            else:
+                coefficient = clip_with_norm_(grads, self.max_grad_norm, grad_norm)
+        if self.in_place is not None:
+            # A gradient that is not one dense block was clipped in a copy: write it back before torch reads it.
+            self.in_place.finish()
         self.optimizer.step()
         return StepReport(grad_norm, coefficient, False, ())
 
@@ -51,7 +62,8 @@ class _TorchStep:
 class Guard(_Guard):
     """gg.Guard around a torch optimiser: `guard.step()` after backward reads the
     .grad of the optimiser's parameters through NumPy views (any dense memory
-    format; None gradients skipped), skips the step when they hold inf/NaN,
+    format; None gradients skipped), or on their device through torch's kernels
+    (gradguard.torch.device: one transfer of statistics a step), skips the step when they hold inf/NaN,
     clips them in place at the guard's threshold, then calls optimizer.step().
     Learning-rate backoff scales every parameter group alike; snapshots copy
     the parameters and the optimiser's state_dict. `names` (e.g. a module's
@@ -72,14 +84,33 @@ class Guard(_Guard):
         tensors = [p for p in adapter.tensors if p.grad is not None]
         if not tensors:
             return None
-        adapter.in_place = InPlace([p.grad for p in tensors])
         # Named by position when no names were given, so that a parameter without a
         # gradient this step is an absent layer for the monitor, not a shifted list.
         names = self._names if self._names is not None else [str(i) for i in range(len(adapter.tensors))]
         index = {id(p): i for i, p in enumerate(adapter.tensors)}
-        grads = {names[index[id(p)]]: array for p, array in zip(tensors, adapter.in_place.arrays)}
+        step_names = [names[index[id(p)]] for p in tensors]
         loss_value = None if loss is None else float(loss.detach() if isinstance(loss, _torch.Tensor) else loss)
+        allow_missing = len(tensors) < len(adapter.tensors)
+        gradients = [p.grad for p in tensors]
         try:
-            return super().step(grads, loss=loss_value, allow_missing=len(tensors) < len(adapter.tensors))
+            if on_device_path(gradients):
+                return self._step_on_device(gradients, step_names, loss_value, allow_missing)
+            adapter.in_place = InPlace(gradients)
+            grads = dict(zip(step_names, adapter.in_place.arrays))
+            return super().step(grads, loss=loss_value, allow_missing=allow_missing)
         finally:
-            adapter.in_place = None
+            adapter.in_place = adapter.on_device = None
+
+    def _step_on_device(self, gradients, names, loss, allow_missing):
+        """The guarded step with the gradients on their device: their statistics
+        in one transfer (the norm and the monitor's record), the clip on the device."""
+        loss = real(loss, "loss", allow_none=True, allow_nan=True)
+        if self.monitor is not None:
+            self.monitor.check_layers(names, allow_missing=allow_missing)
+        stats = device_grad_stats(gradients, names, full=False, count_zeros=needs_zero_counts(self.monitor))
+        self.optimizer.on_device = gradients
+
+        def record(step, report):
+            self.monitor.update_stats(stats, step=step, allow_missing=allow_missing)
+
+        return self._policies(dict(zip(names, gradients)), stats.global_norm, loss, record)

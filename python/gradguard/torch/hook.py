@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 
 from .._arguments import boolean, real
-from ..clip import clip_with_norm_
+from ..clip import clip_coefficient, clip_with_norm_
 from ..monitor import GradientMonitor
 from ..stats import grad_stats
 from ._tensors import InPlace, as_numpy, named_parameters, scalar
+from .device import device_grad_stats, needs_zero_counts, on_device_path, scale_on_device_
 
 __all__ = ["GradGuardHook", "monitor_module"]
 
@@ -18,8 +19,15 @@ def monitor_module(monitor, module, step=None):
     """Feed a GradientMonitor from module.named_parameters() after backward;
     parameters without a gradient this step (frozen, unused) are left out of
     the step (GradientMonitor.update's allow_missing). Returns the step's findings."""
-    grads = {name: as_numpy(p.grad) for name, p in module.named_parameters() if p.grad is not None}
-    return monitor.update(grads, step=step, allow_missing=True)
+    present = [(name, p.grad) for name, p in module.named_parameters() if p.grad is not None]
+    if on_device_path([grad for _, grad in present]):
+        names = [name for name, _ in present]
+        monitor.check_layers(names, allow_missing=True)
+        stats = device_grad_stats(
+            [grad for _, grad in present], names, full=False, count_zeros=needs_zero_counts(monitor)
+        )
+        return monitor.update_stats(stats, step=step, allow_missing=True)
+    return monitor.update({name: as_numpy(grad) for name, grad in present}, step=step, allow_missing=True)
 
 
 class GradGuardHook:
@@ -45,8 +53,11 @@ class GradGuardHook:
     parameters: a torch.nn.Module or its named_parameters(); tensors that do
     not require a gradient are left out, and a parameter whose .grad is None
     on a step is skipped for that step. monitor: a GradientMonitor (default:
-    a new one over these names). CPU tensors only (this build has no CUDA
-    backend). hook.last_norm is the last step's pre-clip global norm;
+    a new one over these names). CPU tensors are read through NumPy views by
+    gradguard's core; tensors on any other device (or all, under
+    gradguard.torch.device_path()) on their device by torch's kernels, the
+    monitor's statistics brought to the host in one transfer a step and the
+    clip applied there without another. hook.last_norm is the last step's pre-clip global norm;
     hook.steps counts the steps seen; hook.remove() detaches it.
     """
 
@@ -70,9 +81,16 @@ class GradGuardHook:
         present = [(name, p.grad) for name, p in self._named if p.grad is not None]
         if not present:
             return []
-        in_place = InPlace([grad for _, grad in present])
-        grads = {name: array for (name, _), array in zip(present, in_place.arrays)}
-        stats = grad_stats(grads)  # one read serves the monitor and the norm
+        gradients = [grad for _, grad in present]
+        on_device = on_device_path(gradients)
+        if on_device:  # statistics on the device, one transfer; the clip stays there
+            stats = device_grad_stats(
+                gradients, [name for name, _ in present], full=False, count_zeros=needs_zero_counts(self.monitor)
+            )
+        else:
+            in_place = InPlace(gradients)
+            grads = {name: array for (name, _), array in zip(present, in_place.arrays)}
+            stats = grad_stats(grads)  # one read serves the monitor and the norm
         norm = stats.global_norm
         self.last_norm = norm
         if (self.scaler is not None or self.skip_nonfinite) and not math.isfinite(norm):
@@ -80,8 +98,13 @@ class GradGuardHook:
         findings = self.monitor.update_stats(stats, step=self.steps, allow_missing=True)
         self.steps += 1
         if self.max_norm is not None and math.isfinite(norm):
-            clip_with_norm_(list(grads.values()), self.max_norm, norm)
-            in_place.finish()
+            if on_device:
+                coefficient = clip_coefficient(self.max_norm, norm)
+                if coefficient != 1.0:  # the core's rule: a coefficient of 1 writes nothing
+                    scale_on_device_(gradients, coefficient)
+            else:
+                clip_with_norm_(list(grads.values()), self.max_norm, norm)
+                in_place.finish()
         return findings
 
     def _before_step(self, optimizer, args, kwargs):
