@@ -350,3 +350,28 @@ def test_the_mpi_timeout_defaults_to_two_minutes_or_the_environment(monkeypatch)
     monkeypatch.setenv("GRADGUARD_MPI_TIMEOUT", "soon")
     with pytest.raises(ValueError, match="GRADGUARD_MPI_TIMEOUT must be a number of seconds"):
         ggd.global_norm([np.ones(3)], group=worker.OneRank())
+
+
+def test_parameters_and_none_gradients_are_taken_as_torchs_clip_takes_them():
+    torch = pytest.importorskip("torch")
+    one = worker.OneRank()
+    model = torch.nn.Linear(3, 2)
+    model.weight.grad = torch.full((2, 3), 2.0, dtype=torch.float32)  # the bias has no gradient
+    assert ggd.global_norm(list(model.parameters()), group=one) == pytest.approx(24**0.5)
+    ggd.clip_by_global_norm(model.parameters(), 1.0, group=one)
+    assert float(model.weight.grad.norm()) == pytest.approx(1.0, rel=1e-5)
+    assert ggd.global_norm([np.ones(4), None], group=one) == 2.0
+    params = {"a": np.ones(3, np.float32), "b": np.ones(2, np.float32)}
+    optimizer = gg.optim.SGD(params, lr=0.1)
+    ggd.optimizer_step(optimizer, {"a": np.ones(3, np.float32), "b": None}, group=one)
+    assert (params["b"] == 1).all() and (params["a"] < 1).all()  # a None gradient skips its parameter
+
+
+def test_torch_gradients_of_every_floating_dtype():
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("ml_dtypes")
+    one = worker.OneRank()
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        grads = [torch.full((4,), 2.0, dtype=dtype), torch.zeros(3, dtype=dtype)]
+        assert ggd.global_norm(grads, group=one) == 4.0
+        assert ggd.grad_stats(grads, group=one).l2.tolist() == [4.0, 0.0]

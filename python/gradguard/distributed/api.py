@@ -144,7 +144,7 @@ def clip_by_global_norm(
     total, nonfinite = _norm_over_ranks(call)
     if error_if_nonfinite and not math.isfinite(total):
         raise nonfinite_norm_error(total, ord, nonfinite, where="over every rank")
-    coefficient = clip_with_norm_(call.grads, bound, total, eps=epsilon)
+    coefficient = clip_with_norm_(call.present, bound, total, eps=epsilon)
     if not return_report:
         return total
     return ClipReport(

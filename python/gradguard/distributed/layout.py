@@ -3,6 +3,8 @@ and how each layout's partials are taken and gathered."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from .. import _core
@@ -31,28 +33,52 @@ def _share(sizes, rank, size):
     return np.flatnonzero(owner == rank)
 
 
+def _gradient_of(value):
+    """A torch parameter is read as its .grad (None when it has none), as torch's clip takes parameters."""
+    return value.grad if type(value).__name__ == "Parameter" and hasattr(value, "grad") else value
+
+
+def _snapshot(grads):
+    """The caller's container, read once (a generator too), parameters as their gradients."""
+    if isinstance(grads, Mapping):
+        return {key: _gradient_of(value) for key, value in grads.items()}
+    if isinstance(grads, np.ndarray) or isinstance(grads, (str, bytes)) or not hasattr(grads, "__iter__"):
+        return _gradient_of(grads)
+    if hasattr(grads, "__array__") or hasattr(grads, "__dlpack__"):  # one foreign array (a tensor)
+        return _gradient_of(grads)
+    return [_gradient_of(value) for value in grads]
+
+
 def _prepared(grads, layout, offsets, for_writing):
-    """This rank's arguments, checked: (arrays, names, given offsets or None)."""
+    """This rank's arguments, checked: (arrays, names, given offsets or None, the
+    snapshot). Entries that are None (a parameter without a gradient) are left
+    out of the arrays, as torch's clip leaves them out; the snapshot keeps
+    them, for an optimiser that skips their parameters."""
     layout = _layout(layout)
-    array_list, names = as_array_list(grads, "grads")
+    array_list, names = as_array_list(_snapshot(grads), "grads")
     if names is not None and len(set(names)) != len(names):
         raise ValueError("grads has names that are equal as strings; each tensor needs its own name")
+    snapshot = (array_list, names)
+    if any(array is None for array in array_list):
+        kept = [index for index, array in enumerate(array_list) if array is not None]
+        names = None if names is None else [names[index] for index in kept]
+        array_list = [array_list[index] for index in kept]
     if for_writing:
         _core.check_writable(array_list, names, "grads")
     if layout != "sharded":
         if offsets is not None:
             raise ValueError('offsets are for layout="sharded"')
-        return array_list, names, None
+        return array_list, names, None, snapshot
     if names is None:
         raise ValueError('layout="sharded" needs the shards as a dict name -> shard (tensors are matched by name)')
     if offsets is None:
-        return array_list, names, None
+        return array_list, names, None, snapshot
     if not isinstance(offsets, dict):
         raise TypeError(f"offsets must be a dict name -> the shard's first element, not {type(offsets).__name__}")
     missing = [name for name in names if name not in offsets]
     if missing:
         raise ValueError(f"offsets has no entry for {missing[:5]}")
-    return array_list, names, shard_offsets([offsets[name] for name in names], array_list)
+    return array_list, names, shard_offsets([offsets[name] for name in names], array_list), snapshot
 
 
 class Call:
@@ -69,18 +95,26 @@ class Call:
         self.comm = Communicator(group, timeout)
         self._grads, self._layout, self._offsets = grads, layout, offsets
         self._for_writing, self._check = for_writing, check
-        self.arrays = self.names = self.given = self.grid = self.numel = None
+        self.arrays = self.names = self.given = self.grid = self.numel = self._snapshot = None
         self.terms = None
 
     @property
-    def grads(self):
-        """The snapshot, as the caller gave it: a dict name -> array, or a list."""
+    def present(self):
+        """The gradients present (None entries left out), as a dict name -> array or a list."""
         return self.arrays if self.names is None else dict(zip(self.names, self.arrays))
+
+    @property
+    def grads(self):
+        """The snapshot, as the caller gave it (None entries kept, for an optimiser to skip)."""
+        arrays, names = self._snapshot
+        return arrays if names is None else dict(zip(names, arrays))
 
     def _mine(self):
         if self.comm.refusal is not None:
             raise self.comm.refusal
-        self.arrays, self.names, self.given = _prepared(self._grads, self._layout, self._offsets, self._for_writing)
+        self.arrays, self.names, self.given, self._snapshot = _prepared(
+            self._grads, self._layout, self._offsets, self._for_writing
+        )
         self.terms = self._check(self) if self._check is not None else ()
         sizes = tuple(int(np.size(array)) for array in self.arrays)
         given = None if self.given is None else tuple(self.given)
@@ -138,8 +172,8 @@ class Call:
                     return take([self.arrays[i] for i in chosen], {})
                 return take({self.names[i]: self.arrays[i] for i in chosen}, {})
             if self._layout == "sharded":
-                return take(self.grads, {"offsets": self.grid, "numel": self.numel})
-            return take(self.grads, {})
+                return take(self.present, {"offsets": self.grid, "numel": self.numel})
+            return take(self.present, {})
 
         return exchange(self.comm, work), self._layout == "sharded"
 

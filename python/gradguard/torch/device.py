@@ -72,8 +72,9 @@ def device_path(enabled: bool = True):
 
 def on_device_path(tensors) -> bool:
     """Whether these tensors are handled by torch's kernels on their device:
-    any of them is not a plain CPU tensor NumPy can view, or the path is forced."""
-    return _forced() or any(t.device.type != "cpu" for t in tensors)
+    any of them is not a plain CPU tensor NumPy can view (another device, or a
+    DTensor), or the path is forced."""
+    return _forced() or any(t.device.type != "cpu" or _is_dtensor(t) for t in tensors)
 
 
 def to_host(tensor: _torch.Tensor) -> np.ndarray:
@@ -105,38 +106,59 @@ def _wide(dtype):
     return _torch.float32 if dtype in (_torch.float16, _torch.bfloat16) else None
 
 
-def _stack_columns(columns, device):
-    return _torch.stack([_torch.stack(list(column)).to(device=device, dtype=_torch.float64) for column in columns], 1)
+# The columns of the per-tensor tables the device computes: grad_stats' fields
+# in a mergeable form (counts add; l2 by its squares; mean, std and abs_mean
+# over each part's finite entries merge with Chan et al.'s formula).
+_COLUMNS = ("numel", "n_nan", "n_inf", "n_zero", "l2", "mean", "std", "abs_mean", "min", "max")
+_COLUMN = {name: index for index, name in enumerate(_COLUMNS)}
 
 
-def _rows(tensors, full, count_zeros):
-    """Per tensor on its device: (l2[, sum |x|][, count of nonzero x][, mean, std, min, max]),
-    one float64 table per device."""
-    per_device = {}
-    for (device, dtype), indices in _groups(tensors).items():
-        group = [tensors[i].detach() for i in indices if tensors[i].numel()]
-        kept = [i for i in indices if tensors[i].numel()]
-        if not group:
+def _fast_table(tensors, full, count_zeros):
+    """(tensors, 10) float64 on the first tensor's device, rows in order: the fast
+    pass (non-finite counts 0; what full / count_zeros leave out is NaN, n_zero -1).
+    Built column by column (a few kernels per (device, dtype) group, not per tensor)."""
+    first = tensors[0].device
+    numel = [t.numel() for t in tensors]
+    table = _torch.full((len(tensors), len(_COLUMNS)), math.nan, dtype=_torch.float64, device=first)
+    counts = _torch.tensor(numel, dtype=_torch.float64, device=first)
+    table[:, _COLUMN["numel"]] = counts
+    table[:, [_COLUMN["n_nan"], _COLUMN["n_inf"], _COLUMN["l2"]]] = 0.0
+    counted = full or count_zeros
+    table[:, _COLUMN["n_zero"]] = 0.0 if counted else _torch.where(counts > 0, -1.0, 0.0)
+    for (_, dtype), indices in _groups(tensors).items():
+        kept = [i for i in indices if numel[i]]
+        if not kept:
             continue
+        group = [tensors[i].detach() for i in kept]
         wide = _wide(dtype)
-        columns = [_torch._foreach_norm(group, 2, dtype=wide)]
+        columns = {"l2": _torch._foreach_norm(group, 2, dtype=wide)}
+        if counted:
+            columns["n_zero"] = [_torch.count_nonzero(t) for t in group]  # made n_zero below
         if full:
-            columns.append(_torch._foreach_norm(group, 1, dtype=wide))
-        if full or count_zeros:
-            columns.append([_torch.count_nonzero(t) for t in group])
-        if full:
+            columns["abs_mean"] = _torch._foreach_norm(group, 1, dtype=wide)  # made a mean below
             variances, means = zip(*(_torch.var_mean(t if wide is None else t.to(wide), correction=0) for t in group))
-            smallest, largest = zip(*(_torch.aminmax(t) for t in group))
-            columns += [means, [v.sqrt() for v in variances], smallest, largest]
-        per_device.setdefault(device, ([], []))
-        per_device[device][0].extend(kept)
-        per_device[device][1].append(_stack_columns(columns, device))
-    return [(indices, _torch.cat(tables)) for indices, tables in per_device.values()]
+            extremes = [_torch.aminmax(t) for t in group]
+            columns.update(
+                mean=means,
+                std=[variance.sqrt() for variance in variances],
+                min=[low for low, _ in extremes],
+                max=[high for _, high in extremes],
+            )
+        rows = _torch.tensor(kept, device=first)
+        for name, values in columns.items():
+            table[rows, _COLUMN[name]] = _torch.stack(list(values)).to(device=first, dtype=_torch.float64)
+        if counted:
+            table[rows, _COLUMN["n_zero"]] = counts[rows] - table[rows, _COLUMN["n_zero"]]
+        if full:
+            table[rows, _COLUMN["abs_mean"]] /= counts[rows]
+    return table
 
 
-def _exact_rows(tensors):
-    """grad_stats' fields of a few tensors in float64 on their device (the rare path), one table a device."""
-    per_device = {}
+def _exact_table(tensors):
+    """(tensors, 10) float64: grad_stats' fields of each tensor in float64 on its
+    device (the rare path), on the first tensor's device."""
+    first = tensors[0].device
+    rows = []
     for tensor in tensors:
         values = tensor.detach().reshape(-1).to(_torch.float64)
         finite = _torch.isfinite(values)
@@ -160,17 +182,109 @@ def _exact_rows(tensors):
             moments = [_torch.zeros((), dtype=_torch.float64, device=values.device)] + [
                 _torch.full((), math.nan, dtype=_torch.float64, device=values.device)
             ] * 5
-        row = _torch.stack([c.to(_torch.float64) for c in counts] + moments)
-        per_device.setdefault(values.device, []).append(row)
-    return [_torch.stack(rows) for rows in per_device.values()]
+        rows.append(_torch.stack([c.to(_torch.float64) for c in counts] + moments).to(first))
+    return _torch.stack(rows)
 
 
-_EXACT = ("numel", "n_nan", "n_inf", "n_zero", "l2", "mean", "std", "abs_mean", "min", "max")
+def _merge(parts):
+    """(tensors, 10) from (parts, tensors, 10): each tensor's parts (its shards
+    on the ranks) combined. Counts add, l2 = sqrt(sum l2^2), min and max over
+    the parts, mean, std and abs_mean over the finite entries of all parts
+    (Chan et al.: M2 = sum M2_k + sum n_k (mean_k - mean)^2)."""
+    if len(parts) == 1:
+        return parts[0].copy()
+    column = _COLUMN
+    merged = np.full(parts.shape[1:], math.nan)
+    counts = parts[:, :, [column["numel"], column["n_nan"], column["n_inf"]]].sum(axis=0)
+    merged[:, [column["numel"], column["n_nan"], column["n_inf"]]] = counts
+    zeros = parts[:, :, column["n_zero"]]
+    merged[:, column["n_zero"]] = np.where((zeros < 0).any(axis=0), -1, zeros.sum(axis=0))
+    l2 = parts[:, :, column["l2"]]
+    largest = np.max(l2, axis=0)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        safe = np.where((largest > 0) & np.isfinite(largest), largest, 1.0)
+        merged[:, column["l2"]] = np.where(
+            np.isfinite(largest) & (largest > 0), safe * np.sqrt(np.sum((l2 / safe) ** 2, axis=0)), largest
+        )
+        finite = parts[:, :, column["numel"]] - parts[:, :, column["n_nan"]] - parts[:, :, column["n_inf"]]
+        total = finite.sum(axis=0)
+        weights = np.where(finite > 0, finite, 0.0)
+        mean_parts = np.where(finite > 0, parts[:, :, column["mean"]], 0.0)
+        mean = np.sum(weights * mean_parts, axis=0) / total
+        spread = np.where(finite > 0, parts[:, :, column["std"]] ** 2 * finite + finite * (mean_parts - mean) ** 2, 0.0)
+        merged[:, column["mean"]] = mean
+        merged[:, column["std"]] = np.sqrt(np.sum(spread, axis=0) / total)
+        absolute = np.where(finite > 0, parts[:, :, column["abs_mean"]], 0.0)
+        merged[:, column["abs_mean"]] = np.sum(weights * absolute, axis=0) / total
+        present = finite > 0
+        merged[:, column["min"]] = np.where(
+            total > 0, np.min(np.where(present, parts[:, :, column["min"]], np.inf), 0), np.nan
+        )
+        merged[:, column["max"]] = np.where(
+            total > 0, np.max(np.where(present, parts[:, :, column["max"]], -np.inf), 0), np.nan
+        )
+    return merged
+
+
+class _Shards:
+    """How the tensors of one call are spread over ranks: plain tensors (and
+    replicated DTensors) are whole on every rank; DTensors sharded along one
+    mesh dimension (FSDP2, HSDP) have one shard a rank of that dimension's group."""
+
+    def __init__(self, tensors):
+        self.local, self.sharded, self.group = [], [], None
+        groups = set()
+        for index, tensor in enumerate(tensors):
+            if not _is_dtensor(tensor):
+                self.local.append(tensor)
+                self.sharded.append(False)
+                continue
+            kinds = [type(placement).__name__ for placement in tensor.placements]
+            if "Partial" in kinds or any(kind not in ("Shard", "Replicate", "_StridedShard") for kind in kinds):
+                raise ValueError(
+                    f"tensors[{index}] is a DTensor with placements {tensor.placements}: gradguard reads "
+                    "gradients that are sharded or replicated (a Partial one is reduced first)"
+                )
+            shard_dims = [dim for dim, kind in enumerate(kinds) if kind != "Replicate"]
+            if len(shard_dims) > 1:
+                raise ValueError(
+                    f"tensors[{index}] is sharded over {len(shard_dims)} mesh dimensions {tensor.placements}; "
+                    "gradguard's device path takes DTensors sharded along one (FSDP2, HSDP)"
+                )
+            self.local.append(tensor.to_local())
+            self.sharded.append(bool(shard_dims))
+            if shard_dims:
+                groups.add((id(tensor.device_mesh), shard_dims[0]))
+                self.group = tensor.device_mesh.get_group(shard_dims[0])
+        if len(groups) > 1:
+            raise ValueError("the DTensors of one call must be sharded along the same mesh dimension")
+        self.sharded = np.array(self.sharded, dtype=bool)
+
+    def host_table(self, table):
+        """(tensors, 10) on the host from this rank's table: one all-gather of the
+        small table over the shard group (when there is one), one transfer, the
+        shards merged; whole tensors keep their own row."""
+        if self.group is None:
+            return to_host(table)
+        import torch.distributed as distributed
+
+        gathered = [_torch.empty_like(table) for _ in range(distributed.get_world_size(self.group))]
+        distributed.all_gather(gathered, table.contiguous(), group=self.group)
+        parts = to_host(_torch.stack(gathered))
+        merged = _merge(parts)
+        merged[~self.sharded] = parts[0][~self.sharded]
+        return merged
+
+
+def _is_dtensor(tensor) -> bool:
+    return type(tensor).__name__ == "DTensor" and hasattr(tensor, "to_local")
 
 
 def device_grad_stats(tensors, names=None, *, full: bool = True, count_zeros: bool = True) -> GradStats:
     """gg.grad_stats of torch tensors on any device, computed there (see the
-    module's accuracy note) with one transfer to the host.
+    module's accuracy note) with one transfer to the host. DTensor gradients
+    (FSDP2) give the statistics of each whole tensor: each rank's shard rows
+    are all-gathered over the shard group as one small tensor, then merged.
 
     full=False takes what the monitor's detectors read, at the cost of one
     read of the gradients (torch's foreach norm, as clip_grad_norm_ takes):
@@ -180,37 +294,27 @@ def device_grad_stats(tensors, names=None, *, full: bool = True, count_zeros: bo
     a monitor needs it when its dead_fraction is below 1), else it is -1 (not
     counted) except for tensors found all zero, which are exact."""
     tensors = list(tensors)
-    count = len(tensors)
-    numel = np.array([t.numel() for t in tensors], dtype=np.int64)
-    fields = {name: np.full(count, math.nan) for name in STATS_FIELDS}
-    for name in ("numel", "n_nan", "n_inf", "n_zero"):
-        fields[name] = np.zeros(count, dtype=np.int64)
-    fields["numel"] = numel
-    fields["l2"] = np.zeros(count)
-    counted = full or count_zeros
-    if not counted:
-        fields["n_zero"][numel > 0] = -1
-    rows = _rows(tensors, full, count_zeros)
-    if rows:
-        table = to_host(_torch.cat([table.to(rows[0][1].device) for _, table in rows]))
-        indices = np.array([i for group, _ in rows for i in group], dtype=np.int64)
-        l2 = fields["l2"][indices] = table[:, 0]
+    fields = {name: np.full(len(tensors), math.nan) for name in STATS_FIELDS}
+    if tensors:
+        shards = _Shards(tensors)
+        table = shards.host_table(_fast_table(shards.local, full, count_zeros))
+        l2, nonzero = table[:, _COLUMN["l2"]], table[:, _COLUMN["numel"]] - table[:, _COLUMN["n_zero"]]
         suspect = ~np.isfinite(l2) | (l2 < _TINY_NORM)
         if full:
-            fields["abs_mean"][indices] = table[:, 1] / numel[indices]
-            for column, name in enumerate(("mean", "std", "min", "max"), start=3):
-                fields[name][indices] = table[:, column]
-            suspect |= ~np.all(np.isfinite(table[:, 1:]), axis=1)
-        if counted:
-            nonzero = table[:, 2 if full else 1]
-            fields["n_zero"][indices] = numel[indices] - nonzero.astype(np.int64)
+            suspect |= ~np.all(np.isfinite(table[:, _COLUMN["mean"] :]), axis=1) & (table[:, _COLUMN["numel"]] > 0)
+        if full or count_zeros:
             suspect &= (nonzero > 0) | ~np.isfinite(l2)  # a norm of 0 over zeros only is exact
-        rare = indices[suspect]
+        suspect &= table[:, _COLUMN["numel"]] > 0
+        rare = np.flatnonzero(suspect)  # every rank sees the same table, so every rank takes this path alike
         if len(rare):
-            exact = np.concatenate([to_host(t) for t in _exact_rows([tensors[i] for i in rare])])
-            for column, name in enumerate(_EXACT):
-                if full or name not in ("mean", "std", "abs_mean", "min", "max"):
-                    fields[name][rare] = exact[:, column]
+            exact = _Shards([tensors[i] for i in rare]).host_table(_exact_table([shards.local[i] for i in rare]))
+            if not full:
+                exact[:, [_COLUMN[name] for name in ("mean", "std", "abs_mean", "min", "max")]] = math.nan
+            table[rare] = exact
+        for name in STATS_FIELDS:
+            fields[name] = table[:, _COLUMN[name]]
+    for name in ("numel", "n_nan", "n_inf", "n_zero"):
+        fields[name] = np.rint(fields[name]).astype(np.int64)
     return stats_from_columns(fields, names)
 
 
