@@ -154,6 +154,7 @@ def run_scenarios(rank, size, group):
     results.update(refusal_scenarios(rank, size, group))
     results.update(random_refusals(rank, size, group))
     results.update(backward_scenario(rank, size, group))
+    results.update(device_scenario(rank, size, group))
     return results
 
 
@@ -338,6 +339,36 @@ def random_refusals(rank, size, group, cases=12):
         )
         outcomes.append((entry, what, chosen, error, failure, seconds, unchanged))
     return {"random_refusals": outcomes}
+
+
+def device_scenario(rank, size, group):
+    """gradguard.distributed with torch tensors on the device path (CPU tensors
+    forced through it here): each layout's norm and statistics, and the clip.
+    Without torch there is no such scenario, and its test skips."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    from gradguard.torch import device_path
+
+    where = {"group": group}
+    grads = model_grads(seed=4, dtypes=[np.float32])
+    parts = {
+        "disjoint": disjoint_part(grads, rank, size),
+        "replicated": grads,
+        "sharded": sharded_part(grads, rank, size)[0],
+    }
+    results = {}
+    with device_path(True):
+        for layout, part in parts.items():
+            tensors = {name: torch.from_numpy(array.copy()) for name, array in part.items()}
+            results[f"device/norm/{layout}"] = ggd.global_norm(tensors, layout=layout, **where)
+            results[f"device/stats/{layout}"] = ggd.grad_stats(tensors, layout=layout, **where)
+        tensors = {name: torch.from_numpy(array.copy()) for name, array in parts["disjoint"].items()}
+        report = ggd.clip_by_global_norm(tensors, 1.0, return_report=True, **where)
+        results["device/clip"] = (report.total_norm, report.clip_coef)
+        results["device/clipped"] = {name: tensor.numpy() for name, tensor in tensors.items()}
+    return results
 
 
 def backward_scenario(rank, size, group):

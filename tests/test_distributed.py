@@ -375,3 +375,23 @@ def test_torch_gradients_of_every_floating_dtype():
         grads = [torch.full((4,), 2.0, dtype=dtype), torch.zeros(3, dtype=dtype)]
         assert ggd.global_norm(grads, group=one) == 4.0
         assert ggd.grad_stats(grads, group=one).l2.tolist() == [4.0, 0.0]
+
+
+@pytest.mark.parametrize("layout", ["disjoint", "replicated", "sharded"])
+def test_device_gradients_over_ranks_agree_with_the_core(ranks, layout):
+    """Torch tensors on the device path: statistics rows on each rank's device, gathered, combined by layout."""
+    _, size, results = ranks
+    if "device/clip" not in results[0]:
+        pytest.skip("torch is not installed in this run")
+    grads = worker.model_grads(seed=4, dtypes=[np.float32])
+    expected = gg.grad_stats(grads)
+    for rank_results in results:
+        assert rank_results[f"device/norm/{layout}"] == pytest.approx(expected.global_norm, rel=2e-6)
+        stats = rank_results[f"device/stats/{layout}"]
+        assert list(stats.names) == list(grads)
+        for field in STATS_FIELDS:
+            np.testing.assert_allclose(getattr(stats, field), getattr(expected, field), rtol=3e-6, err_msg=field)
+    total, coefficient = results[0]["device/clip"]
+    assert total == pytest.approx(expected.global_norm, rel=2e-6)
+    clipped = {name: array for rank_results in results for name, array in rank_results["device/clipped"].items()}
+    assert gg.global_norm(clipped) == pytest.approx(1.0, rel=1e-5)

@@ -292,7 +292,7 @@ def test_the_detection_benchmark_finds_the_same_through_the_device_path(spec):
     assert findings[0] == findings[1]
 
 
-TORCH_SUITES = ["test_torch_dropins.py", "test_torch_hook.py", "test_guard.py", "test_lightning.py"]
+TORCH_SUITES = ["test_torch_dropins.py", "test_torch_hook.py", "test_guard.py", "test_lightning.py", "test_keras.py"]
 
 
 @pytest.mark.slow

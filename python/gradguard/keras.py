@@ -39,6 +39,16 @@ def _to_numpy(name, gradient):
         ) from None
 
 
+def _on_torch_device(gradients) -> bool:
+    """Whether the gradients are torch tensors that gradguard.torch's device path takes
+    (on an accelerator, or every tensor under gradguard.torch.device_path())."""
+    if not all(type(g).__module__.partition(".")[0] == "torch" for g in gradients):
+        return False
+    from .torch.device import on_device_path
+
+    return on_device_path(gradients)
+
+
 class GradGuardCallback(keras.callbacks.Callback):
     """Feeds a GradientMonitor (layers named by variable path, e.g.
     "dense/kernel") with every step's gradients, optionally scales them by
@@ -49,7 +59,8 @@ class GradGuardCallback(keras.callbacks.Callback):
         gradguard_global_norm, gradguard_findings, gradguard_flagged_layers
 
     Gradients that are None (variables the loss does not reach) are left out of
-    the step. New findings are kept in monitor.findings (monitor.report() prints them).
+    the step. Gradients on an accelerator are reduced there (gradguard.torch's
+    device path: one small transfer a step, the scaling left to Keras). New findings are kept in monitor.findings (monitor.report() prints them).
     """
 
     def __init__(self, monitor=None, *, max_norm=None):
@@ -94,10 +105,20 @@ class GradGuardCallback(keras.callbacks.Callback):
         present = [(v.path, g) for v, g in zip(variables, grads) if g is not None]
         if not present:
             return grads
-        arrays = {name: _to_numpy(name, g) for name, g in present}
-        norm = global_norm(arrays)
+        tensors = [g for _, g in present]
+        if _on_torch_device(tensors):  # reduced on their device: one small transfer, not the gradients
+            from .torch.device import device_grad_stats, needs_zero_counts
+
+            names = [name for name, _ in present]
+            self.monitor.check_layers(names, allow_missing=True)
+            stats = device_grad_stats(tensors, names, full=False, count_zeros=needs_zero_counts(self.monitor))
+            norm = stats.global_norm
+            self.monitor.update_stats(stats, allow_missing=True)
+        else:
+            arrays = {name: _to_numpy(name, g) for name, g in present}
+            norm = global_norm(arrays)
+            self.monitor.update(arrays, allow_missing=True)
         self.last_norm = norm
-        self.monitor.update(arrays, allow_missing=True)
         if self.max_norm is None or not math.isfinite(norm):
             return grads  # a non-finite step is left for the optimiser's own handling, not scaled into NaN
         coefficient = clip_coefficient(self.max_norm, norm)

@@ -6,7 +6,7 @@ import math
 from typing import Callable, Optional, Union
 
 from .._arguments import Arrays, Real, boolean, non_negative, norm_order, positive_int
-from ..clip import CLIP_EPS, ClipReport, clip_with_norm_, nonfinite_norm_error
+from ..clip import CLIP_EPS, ClipReport, clip_coefficient, clip_with_norm_, nonfinite_norm_error
 from ..optim import StepReport
 from ..partials import (
     NormPartials,
@@ -19,6 +19,7 @@ from ..partials import (
 )
 from ..stats import GradStats
 from .communicator import Communicator, exchange
+from .device_rows import combine_rows, device_rows, scale
 from .layout import Call, combined
 
 __all__ = [
@@ -71,9 +72,25 @@ def combine_stats_over_ranks(
     return _over_ranks(parts, StatsPartials, combine_stats_partials, group, timeout, check)
 
 
+def _device_stats(call) -> GradStats:
+    """grad_stats over every rank of device gradients (device_rows)."""
+    return combined(call, lambda arrays, placement, rescaled: device_rows(arrays), combine_rows)
+
+
+def _norm_order_here(call, ord):
+    """The norm's order, checked; device gradients take the L2 norm (their statistics' l2)."""
+    order = norm_order(ord)
+    if call.on_device and order != 2.0:
+        raise ValueError(f"device gradients take ord=2 here (got {ord!r}); move them to the CPU for other orders")
+    return order
+
+
 def _norm_over_ranks(call):
     """(total, keys of non-finite tensors) of the global norm over every rank, for an
     agreed call whose terms are (name, ord, ...)."""
+    if call.on_device:
+        stats = _device_stats(call)
+        return stats.global_norm, stats.nonfinite()
     order = call.terms[1]
     total, _, nonfinite, _ = combined(
         call,
@@ -99,7 +116,7 @@ def global_norm(
     each tensor counted once whatever the layout; NaN on any rank gives NaN
     everywhere, otherwise inf anywhere gives inf. Equal bit for bit to
     gg.global_norm of all the gradients in their global order."""
-    call = Call(grads, group, layout, offsets, timeout, check=lambda call: ("global_norm", norm_order(ord)))
+    call = Call(grads, group, layout, offsets, timeout, check=lambda call: ("global_norm", _norm_order_here(call, ord)))
     return _norm_over_ranks(call.agree())[0]
 
 
@@ -133,7 +150,7 @@ def clip_by_global_norm(
         bound, epsilon = non_negative(max_norm, "max_norm"), non_negative(eps, "eps", allow_inf=False)
         return (
             "clip_by_global_norm",
-            norm_order(ord),
+            _norm_order_here(call, ord),
             bound,
             epsilon,
             boolean(error_if_nonfinite, "error_if_nonfinite"),
@@ -144,7 +161,12 @@ def clip_by_global_norm(
     total, nonfinite = _norm_over_ranks(call)
     if error_if_nonfinite and not math.isfinite(total):
         raise nonfinite_norm_error(total, ord, nonfinite, where="over every rank")
-    coefficient = clip_with_norm_(call.present, bound, total, eps=epsilon)
+    if call.on_device:
+        coefficient = clip_coefficient(bound, total, epsilon)
+        if coefficient != 1.0:  # the core's rule: a coefficient of 1 writes nothing
+            scale(call.present, coefficient)
+    else:
+        coefficient = clip_with_norm_(call.present, bound, total, eps=epsilon)
     if not return_report:
         return total
     return ClipReport(
@@ -169,6 +191,8 @@ def grad_stats(
 
 def _stats_over_ranks(grads, check, group, layout, offsets, timeout):
     call = Call(grads, group, layout, offsets, timeout, check=check).agree()
+    if call.on_device:
+        return _device_stats(call)
     return combined(
         call,
         lambda arrays, placement, rescaled: stats_partials(arrays, rescaled=rescaled, **placement),
@@ -230,6 +254,11 @@ def optimizer_step(
     optimizer.step returns."""
 
     def check(call):
+        if call.on_device:
+            raise TypeError(
+                "gg.optim steps arrays in CPU memory; for gradients on a device, clip them with "
+                "gradguard.distributed.clip_by_global_norm and step torch's optimiser"
+            )
         if not hasattr(optimizer, "check_step"):
             raise TypeError(f"optimizer must be a gg.optim optimiser, not {type(optimizer).__name__}")
         optimizer.check_step(call.grads, loss_scaler=loss_scaler)

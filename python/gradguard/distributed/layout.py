@@ -11,6 +11,7 @@ from .. import _core
 from .._arguments import as_array_list
 from ..partials import RescaledPartialsNeeded, shard_offsets
 from .communicator import Communicator, exchange
+from .device_rows import on_device
 
 __all__ = ["LAYOUTS", "Call", "combined"]
 
@@ -49,13 +50,26 @@ def _snapshot(grads):
     return [_gradient_of(value) for value in grads]
 
 
+def _listed(taken):
+    """(tensors, names or None) of device gradients, kept as tensors (as_array_list's rules otherwise)."""
+    if isinstance(taken, Mapping):
+        return list(taken.values()), [str(name) for name in taken]
+    return (list(taken) if isinstance(taken, list) else [taken]), None
+
+
+def _numel(array) -> int:
+    return int(array.numel()) if hasattr(array, "numel") else int(np.size(array))
+
+
 def _prepared(grads, layout, offsets, for_writing):
     """This rank's arguments, checked: (arrays, names, given offsets or None, the
     snapshot). Entries that are None (a parameter without a gradient) are left
     out of the arrays, as torch's clip leaves them out; the snapshot keeps
     them, for an optimiser that skips their parameters."""
     layout = _layout(layout)
-    array_list, names = as_array_list(_snapshot(grads), "grads")
+    taken = _snapshot(grads)
+    device = on_device(taken.values() if isinstance(taken, Mapping) else taken if isinstance(taken, list) else [taken])
+    array_list, names = _listed(taken) if device else as_array_list(taken, "grads")
     if names is not None and len(set(names)) != len(names):
         raise ValueError("grads has names that are equal as strings; each tensor needs its own name")
     snapshot = (array_list, names)
@@ -63,7 +77,7 @@ def _prepared(grads, layout, offsets, for_writing):
         kept = [index for index, array in enumerate(array_list) if array is not None]
         names = None if names is None else [names[index] for index in kept]
         array_list = [array_list[index] for index in kept]
-    if for_writing:
+    if for_writing and not device:
         _core.check_writable(array_list, names, "grads")
     if layout != "sharded":
         if offsets is not None:
@@ -96,6 +110,7 @@ class Call:
         self._grads, self._layout, self._offsets = grads, layout, offsets
         self._for_writing, self._check = for_writing, check
         self.arrays = self.names = self.given = self.grid = self.numel = self._snapshot = None
+        self.on_device = False
         self.terms = None
 
     @property
@@ -115,8 +130,9 @@ class Call:
         self.arrays, self.names, self.given, self._snapshot = _prepared(
             self._grads, self._layout, self._offsets, self._for_writing
         )
+        self.on_device = on_device(self.arrays)
         self.terms = self._check(self) if self._check is not None else ()
-        sizes = tuple(int(np.size(array)) for array in self.arrays)
+        sizes = tuple(_numel(array) for array in self.arrays)
         given = None if self.given is None else tuple(self.given)
         return self.terms, self._layout, None if self.names is None else tuple(self.names), sizes, given
 
@@ -166,7 +182,7 @@ class Call:
 
         def work():
             if self._layout == "replicated":
-                sizes = [int(np.size(array)) for array in self.arrays]
+                sizes = [_numel(array) for array in self.arrays]
                 chosen = _share(sizes, self.comm.rank, self.comm.size)
                 if self.names is None:
                     return take([self.arrays[i] for i in chosen], {})
@@ -189,6 +205,8 @@ def combined(call, take, combine):
     rank takes the rescaled ones together."""
     for rescaled in (False, True):
         parts, by_name = call.partials(lambda arrays, placement, rescaled=rescaled: take(arrays, placement, rescaled))
+        if call.on_device:  # statistics rows, already exact: one round
+            return combine(parts, by_name)
         try:
             return combine(parts, by_name)
         except RescaledPartialsNeeded:

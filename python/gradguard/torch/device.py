@@ -10,7 +10,8 @@ data to the host (tests count its calls). Clipping needs no transfer: the
 coefficient stays on the device, as in torch's clip_grad_norm_.
 
 Accuracy: per-tensor sums accumulate as torch's reductions do (float32 on
-CUDA, wider on the CPU; float32 for float16/bfloat16 tensors). A tensor whose
+CUDA, wider on the CPU; float32 for float16/bfloat16 tensors; sum |x| in
+float64). A tensor whose
 norm is not finite (inf/NaN, or squares beyond float32) or below 2^-60 (squares
 that may underflow) is recomputed entirely in float64, with grad_stats'
 definitions (non-finite entries counted apart, moments over the finite ones):
@@ -38,6 +39,7 @@ __all__ = [
     "transfer_count",
     "device_grad_stats",
     "needs_zero_counts",
+    "merge_fields",
     "device_total_norm",
     "clip_on_device_",
     "clamp_on_device_",
@@ -113,18 +115,19 @@ _COLUMNS = ("numel", "n_nan", "n_inf", "n_zero", "l2", "mean", "std", "abs_mean"
 _COLUMN = {name: index for index, name in enumerate(_COLUMNS)}
 
 
-def _fast_table(tensors, full, count_zeros):
-    """(tensors, 10) float64 on the first tensor's device, rows in order: the fast
-    pass (non-finite counts 0; what full / count_zeros leave out is NaN, n_zero -1).
-    Built column by column (a few kernels per (device, dtype) group, not per tensor)."""
-    first = tensors[0].device
-    numel = [t.numel() for t in tensors]
-    table = _torch.full((len(tensors), len(_COLUMNS)), math.nan, dtype=_torch.float64, device=first)
-    counts = _torch.tensor(numel, dtype=_torch.float64, device=first)
-    table[:, _COLUMN["numel"]] = counts
+def _fast_table(tensors, full, counted):
+    """(host table (tensors, 10), the rows computed): the fast pass. On the device
+    only what needs the values, column by column (a few kernels per (device,
+    dtype) group, not per tensor), in group order; one transfer; the host puts
+    the rows in order and fills what it knows (sizes; non-finite counts 0 until
+    the exact pass; what full / counted leave out NaN, n_zero -1)."""
+    numel = np.array([t.numel() for t in tensors], dtype=np.float64)
+    table = np.full((len(tensors), len(_COLUMNS)), math.nan)
+    table[:, _COLUMN["numel"]] = numel
     table[:, [_COLUMN["n_nan"], _COLUMN["n_inf"], _COLUMN["l2"]]] = 0.0
-    counted = full or count_zeros
-    table[:, _COLUMN["n_zero"]] = 0.0 if counted else _torch.where(counts > 0, -1.0, 0.0)
+    table[:, _COLUMN["n_zero"]] = 0.0 if counted else np.where(numel > 0, -1.0, 0.0)
+    names = ["l2"] + (["nonzero"] if counted else []) + (["abs_sum", "mean", "std", "min", "max"] if full else [])
+    first, pieces, order = tensors[0].device, [], []
     for (_, dtype), indices in _groups(tensors).items():
         kept = [i for i in indices if numel[i]]
         if not kept:
@@ -133,9 +136,10 @@ def _fast_table(tensors, full, count_zeros):
         wide = _wide(dtype)
         columns = {"l2": _torch._foreach_norm(group, 2, dtype=wide)}
         if counted:
-            columns["n_zero"] = [_torch.count_nonzero(t) for t in group]  # made n_zero below
+            columns["nonzero"] = [_torch.count_nonzero(t) for t in group]
         if full:
-            columns["abs_mean"] = _torch._foreach_norm(group, 1, dtype=wide)  # made a mean below
+            # sum |x| in float64 (torch allows dtype= here): float32 sums of |x| drift by ~n eps on long tensors
+            columns["abs_sum"] = _torch._foreach_norm(group, 1, dtype=_torch.float64)
             variances, means = zip(*(_torch.var_mean(t if wide is None else t.to(wide), correction=0) for t in group))
             extremes = [_torch.aminmax(t) for t in group]
             columns.update(
@@ -144,13 +148,44 @@ def _fast_table(tensors, full, count_zeros):
                 min=[low for low, _ in extremes],
                 max=[high for _, high in extremes],
             )
-        rows = _torch.tensor(kept, device=first)
-        for name, values in columns.items():
-            table[rows, _COLUMN[name]] = _torch.stack(list(values)).to(device=first, dtype=_torch.float64)
-        if counted:
-            table[rows, _COLUMN["n_zero"]] = counts[rows] - table[rows, _COLUMN["n_zero"]]
-        if full:
-            table[rows, _COLUMN["abs_mean"]] /= counts[rows]
+        pieces.append(
+            _torch.stack(
+                [_torch.stack(list(columns[name])).to(device=first, dtype=_torch.float64) for name in names], 1
+            )
+        )
+        order.extend(kept)
+    if not pieces:
+        return table, np.zeros(0, dtype=np.int64)
+    values, order = to_host(_torch.cat(pieces)), np.array(order, dtype=np.int64)
+    for position, name in enumerate(names):
+        column = values[:, position]
+        if name == "nonzero":
+            table[order, _COLUMN["n_zero"]] = numel[order] - column
+        elif name == "abs_sum":
+            table[order, _COLUMN["abs_mean"]] = column / numel[order]
+        else:
+            table[order, _COLUMN[name]] = column
+    return table, order
+
+
+def _local_rows(tensors, full, counted):
+    """(tensors, 10) on the host for this rank's tensors: the fast pass, then the
+    exact float64 pass for the tensors it cannot vouch for (non-finite, beyond
+    or below what float32 squares hold): one transfer, two on such a step."""
+    table, computed = _fast_table(tensors, full, counted)
+    l2 = table[computed, _COLUMN["l2"]]
+    suspect = ~np.isfinite(l2) | (l2 < _TINY_NORM)
+    if full:
+        suspect |= ~np.all(np.isfinite(table[computed, _COLUMN["mean"] :]), axis=1)
+    if counted:
+        nonzero = table[computed, _COLUMN["numel"]] - table[computed, _COLUMN["n_zero"]]
+        suspect &= (nonzero > 0) | ~np.isfinite(l2)  # a norm of 0 over zeros only is exact
+    rare = computed[suspect]
+    if len(rare):
+        exact = to_host(_exact_table([tensors[i] for i in rare]))
+        if not full:
+            exact[:, [_COLUMN[name] for name in ("mean", "std", "abs_mean", "min", "max")]] = math.nan
+        table[rare] = exact
     return table
 
 
@@ -164,7 +199,12 @@ def _exact_table(tensors):
         finite = _torch.isfinite(values)
         kept = values[finite]
         nan = _torch.isnan(values).sum()
-        counts = [_torch.tensor(values.numel(), device=values.device), nan, (~finite).sum() - nan, (values == 0).sum()]
+        counts = [
+            finite.new_full((), values.numel(), dtype=_torch.int64),
+            nan,
+            (~finite).sum() - nan,
+            (values == 0).sum(),
+        ]
         if kept.numel():
             # Moments of kept / 2^k with 2^k near max |x| (exact scaling), as reference.grad_stats takes them.
             scale = _torch.frexp(kept.abs().max())[1].to(_torch.float64)
@@ -226,6 +266,14 @@ def _merge(parts):
     return merged
 
 
+def merge_fields(rows) -> np.ndarray:
+    """grad_stats' fields (in STATS_FIELDS order) of one tensor from its parts' rows
+    (parts, len(STATS_FIELDS)), merged as the shards of a DTensor are."""
+    parts = np.stack([rows[:, STATS_FIELDS.index(name)] for name in _COLUMNS], axis=1)[:, None, :]
+    merged = _merge(parts)[0]
+    return np.array([merged[_COLUMN[name]] for name in STATS_FIELDS])
+
+
 class _Shards:
     """How the tensors of one call are spread over ranks: plain tensors (and
     replicated DTensors) are whole on every rank; DTensors sharded along one
@@ -260,19 +308,18 @@ class _Shards:
             raise ValueError("the DTensors of one call must be sharded along the same mesh dimension")
         self.sharded = np.array(self.sharded, dtype=bool)
 
-    def host_table(self, table):
-        """(tensors, 10) on the host from this rank's table: one all-gather of the
-        small table over the shard group (when there is one), one transfer, the
+    def merged(self, table):
+        """(tensors, 10) of whole tensors from this rank's rows: the shard group's
+        rows gathered (one exchange of the small table), each sharded tensor's
         shards merged; whole tensors keep their own row."""
         if self.group is None:
-            return to_host(table)
+            return table
         import torch.distributed as distributed
 
-        gathered = [_torch.empty_like(table) for _ in range(distributed.get_world_size(self.group))]
-        distributed.all_gather(gathered, table.contiguous(), group=self.group)
-        parts = to_host(_torch.stack(gathered))
-        merged = _merge(parts)
-        merged[~self.sharded] = parts[0][~self.sharded]
+        gathered = [None] * distributed.get_world_size(self.group)
+        distributed.all_gather_object(gathered, table, group=self.group)
+        merged = _merge(np.stack(gathered))
+        merged[~self.sharded] = table[~self.sharded]
         return merged
 
 
@@ -297,20 +344,8 @@ def device_grad_stats(tensors, names=None, *, full: bool = True, count_zeros: bo
     fields = {name: np.full(len(tensors), math.nan) for name in STATS_FIELDS}
     if tensors:
         shards = _Shards(tensors)
-        table = shards.host_table(_fast_table(shards.local, full, count_zeros))
-        l2, nonzero = table[:, _COLUMN["l2"]], table[:, _COLUMN["numel"]] - table[:, _COLUMN["n_zero"]]
-        suspect = ~np.isfinite(l2) | (l2 < _TINY_NORM)
-        if full:
-            suspect |= ~np.all(np.isfinite(table[:, _COLUMN["mean"] :]), axis=1) & (table[:, _COLUMN["numel"]] > 0)
-        if full or count_zeros:
-            suspect &= (nonzero > 0) | ~np.isfinite(l2)  # a norm of 0 over zeros only is exact
-        suspect &= table[:, _COLUMN["numel"]] > 0
-        rare = np.flatnonzero(suspect)  # every rank sees the same table, so every rank takes this path alike
-        if len(rare):
-            exact = _Shards([tensors[i] for i in rare]).host_table(_exact_table([shards.local[i] for i in rare]))
-            if not full:
-                exact[:, [_COLUMN[name] for name in ("mean", "std", "abs_mean", "min", "max")]] = math.nan
-            table[rare] = exact
+        # Each rank vouches for its own shards (the exact pass is local), so the merge needs one exchange.
+        table = shards.merged(_local_rows(shards.local, full, full or count_zeros))
         for name in STATS_FIELDS:
             fields[name] = table[:, _COLUMN[name]]
     for name in ("numel", "n_nan", "n_inf", "n_zero"):
