@@ -338,3 +338,20 @@ def test_a_monitor_that_reads_zero_fractions_gets_them_counted(on):
     ours, expected = monitors[0].history(), monitors[1].history()
     np.testing.assert_array_equal(ours["zero_fraction"], expected["zero_fraction"])
     assert ours["zero_fraction"][0, 0] == 0.5
+
+
+def test_backward_norm_keeps_device_norms_on_the_device(on):
+    from gradguard.torch import BackwardNorm
+
+    model = _model(on)
+    tracker = BackwardNorm(model, stats=True)
+    _backward(model, on)
+    grads = {name: p.grad.detach().cpu().numpy() for name, p in model.named_parameters()}
+    before = device.transfer_count()
+    assert tracker.total_norm() == pytest.approx(gg.global_norm(grads), rel=2e-6)
+    assert device.transfer_count() - before == 1
+    _assert_stats_close(tracker.grad_stats(), gg.grad_stats(grads))
+    optimizer = gg.optim.SGD({name: np.zeros(a.shape, np.float32) for name, a in grads.items()}, lr=0.1)
+    with pytest.raises(TypeError, match="gg.optim steps arrays in CPU memory"):
+        tracker.step(optimizer)
+    tracker.remove()

@@ -24,8 +24,18 @@ from ..partials import (
 )
 from ..stats import GradStats
 from ._tensors import as_numpy, dense_view, named_parameters
+from .device import accumulation_dtype, device_grad_stats, on_device_path, to_host
 
 __all__ = ["BackwardNorm"]
+
+
+class _DeviceNorm:
+    """A value kept on the device by a hook (a gradient's norm, or the gradient itself)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
 
 
 class BackwardNorm:
@@ -48,8 +58,10 @@ class BackwardNorm:
     reads the gradient again) and the last one counts. reset() forgets the
     partials (step() does it); call it, or zero the gradients, between steps.
     Parameters without a gradient since the last reset are left out, as
-    clip_grad_norm_ leaves out .grad None. CPU tensors only; a CUDA gradient
-    raises in the hook, from backward. remove() (or leaving a with block) detaches the hooks.
+    clip_grad_norm_ leaves out .grad None. Gradients on a device (or any,
+    under gradguard.torch.device_path()) keep their norm on the device from the
+    hook; total_norm() and grad_stats() then take one transfer, and step()
+    refuses them (gg.optim steps CPU arrays). remove() (or leaving a with block) detaches the hooks.
 
     Not for torch DDP / FSDP: their reductions write the gradients after these
     hooks run; use gradguard.distributed on the reduced gradients instead.
@@ -87,6 +99,15 @@ class BackwardNorm:
                 f"BackwardNorm: the gradient of {self.names[index]!r} is {grad.layout}; "
                 "only dense gradients are supported (for an embedding, use sparse=False)"
             )
+        if on_device_path([grad]):
+            # On the device: the norm taken now, while the gradient is in cache, and kept
+            # there (no transfer); statistics, if wanted, read the gradient when asked.
+            self._norms[index] = _DeviceNorm(
+                torch.linalg.vector_norm(grad.detach(), dtype=accumulation_dtype(grad.dtype))
+            )
+            if self.stats_wanted:
+                self._stats[index] = _DeviceNorm(grad)
+            return
         view = dense_view(grad)
         array = as_numpy(view if view is not None else grad.contiguous())
         named = {self.names[index]: array}
@@ -103,14 +124,29 @@ class BackwardNorm:
         group (a torch.distributed process group or an mpi4py communicator):
         over every rank's BackwardNorm, each rank holding its own parameters
         (pipeline parallel), combined in rank order on every rank."""
+        if self._on_device(self._norms):
+            return self._device_total()
         return self._combined(self._norms, group, norm_partials, combine_norm_partials, combine_norm_over_ranks)
+
+    def _device_total(self):
+        """sqrt(sum of the squared norms taken in the hooks), summed on the device: one transfer."""
+        norms = [part.value for part in self._norms if part is not None]
+        first = norms[0].device
+        total = torch.linalg.vector_norm(torch.stack([n.to(device=first, dtype=torch.float64) for n in norms]))
+        return float(to_host(total))
 
     def grad_stats(self, *, group=None) -> GradStats:
         """gg.grad_stats of the gradients seen since the last reset, by name (needs
         stats=True or a monitor); group as for total_norm."""
         if not self.stats_wanted:
             raise RuntimeError("this BackwardNorm takes no statistics: create it with stats=True or a monitor")
+        if self._on_device(self._stats):
+            present = [(name, part.value) for name, part in zip(self.names, self._stats) if part is not None]
+            return device_grad_stats([grad for _, grad in present], [name for name, _ in present])
         return self._combined(self._stats, group, stats_partials, combine_stats_partials, combine_stats_over_ranks)
+
+    def _on_device(self, slots):
+        return any(isinstance(part, _DeviceNorm) for part in slots)
 
     def _combined(self, slots, group, take, combine_here, combine_over_ranks, check=None):
         """The slots' partials combined, here or over the group's ranks (check: run
@@ -153,6 +189,11 @@ class BackwardNorm:
             grads = list(grads.values())
         if not hasattr(optimizer, "check_step"):
             raise TypeError(f"optimizer must be a gg.optim optimiser, not {type(optimizer).__name__}")
+        if self._on_device(self._norms):
+            raise TypeError(
+                "gg.optim steps arrays in CPU memory and these gradients are on a device: take "
+                "total_norm() and clip with gradguard.torch.clip_grads_with_norm_, then step torch's optimiser"
+            )
 
         def check():
             optimizer.check_step(grads, loss_scaler=loss_scaler)

@@ -103,7 +103,7 @@ def _groups(tensors):
     return groups
 
 
-def _wide(dtype):
+def accumulation_dtype(dtype):
     """The dtype to accumulate a reduction of `dtype` in (None: its own)."""
     return _torch.float32 if dtype in (_torch.float16, _torch.bfloat16) else None
 
@@ -133,7 +133,7 @@ def _fast_table(tensors, full, counted):
         if not kept:
             continue
         group = [tensors[i].detach() for i in kept]
-        wide = _wide(dtype)
+        wide = accumulation_dtype(dtype)
         columns = {"l2": _torch._foreach_norm(group, 2, dtype=wide)}
         if counted:
             columns["nonzero"] = [_torch.count_nonzero(t) for t in group]
