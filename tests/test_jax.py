@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import gradguard as gg
+from conftest import run_python
 
 jax = pytest.importorskip("jax")
 jnp = pytest.importorskip("jax.numpy")
@@ -234,3 +235,29 @@ def test_arrays_on_an_accelerator_are_reduced_there(monkeypatch):
     monitor = gg.GradientMonitor()
     ggj.monitor_update(monitor, tree)
     assert monitor.names == ["a", "b"] and monitor.summary()["steps"] == 1
+
+
+def test_leaf_stats_of_sharded_arrays_are_those_of_the_global_arrays():
+    """Under jax.sharding, on 4 host devices: the statistics inside jit are of each whole array."""
+    done = run_python(
+        """
+        import jax, jax.numpy as jnp, numpy as np
+        from jax.sharding import Mesh, NamedSharding, PartitionSpec
+        import gradguard as gg, gradguard.jax as ggj
+        assert len(jax.devices()) == 4, jax.devices()
+        mesh = Mesh(np.array(jax.devices()), ("data",))
+        rng = np.random.default_rng(0)
+        arrays = {"w": rng.standard_normal((64, 16)).astype(np.float32), "b": rng.standard_normal(64).astype(np.float32)}
+        arrays["w"][3, 2] = np.nan
+        sharded = {k: jax.device_put(v, NamedSharding(mesh, PartitionSpec("data"))) for k, v in arrays.items()}
+        assert len(sharded["w"].addressable_shards) == 4
+        table = jax.jit(ggj.leaf_stats)(sharded)
+        ours, expected = ggj.stats_from_table(np.asarray(table), ["b", "w"]), gg.grad_stats({k: arrays[k] for k in ["b", "w"]})
+        for field in gg.stats.STATS_FIELDS:
+            np.testing.assert_allclose(getattr(ours, field), getattr(expected, field), rtol=3e-6, err_msg=field)
+        print("ok")
+        """,
+        XLA_FLAGS="--xla_force_host_platform_device_count=4",
+        JAX_PLATFORMS="cpu",
+    )
+    assert done.returncode == 0 and "ok" in done.stdout, done.stdout + done.stderr[-3000:]

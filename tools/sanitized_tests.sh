@@ -28,10 +28,10 @@ print('sanitized build:', gradguard.__file__, '| targets:', ', '.join(gradguard.
 # Two tests are left out here: one limits the address space (ASan reserves
 # terabytes of shadow), the other measures resident memory (ASan quarantines frees).
 # So are the framework adapters' tests (JAX, Lightning, Keras and the README's
-# examples) and the multi-process tests (gloo and MPI ranks): they exercise
+# examples) and the multi-process tests (gloo and MPI ranks, FSDP2): they exercise
 # other projects' native code under our preloaded runtime, and reach the core
 # only through the functions tested here already (test_partials.py).
 LD_PRELOAD="$runtime" python -m pytest -q --capture=sys -m "not slow" -p no:cacheprovider \
   --ignore tests/test_jax.py --ignore tests/test_lightning.py --ignore tests/test_keras.py \
-  --ignore tests/test_readme_examples.py --ignore tests/test_distributed.py \
+  --ignore tests/test_readme_examples.py --ignore tests/test_distributed.py --ignore tests/test_fsdp.py \
   --deselect tests/test_config.py::test_set_num_threads_that_fails_part_way_keeps_the_truth
