@@ -124,6 +124,7 @@ class Optimizer:
         self._param_steps = np.zeros(len(self._params), dtype=np.int64)  # steps each parameter has taken
         self._steps_differ = False  # whether a None gradient has left some parameters behind
         self.state = {name: [None] * len(self._params) for name in self.settings_type.state_names}
+        self._complete_states = set()  # states whose buffers all exist (see _missing_buffers)
 
     @staticmethod
     def _groups_of(params):
@@ -261,6 +262,7 @@ class Optimizer:
         for group, settings in zip(self.param_groups, groups):
             group.update(settings.as_dict())
         self.max_grad_norm, self.step_count, self.state = max_grad_norm, step, buffers
+        self._complete_states = set()
         self._param_steps = param_steps
         self._steps_differ = bool(len(param_steps)) and bool((param_steps != step).any())
 
@@ -506,12 +508,23 @@ class Optimizer:
         settings = [self._kernel_settings(groups[int(group)], int(step), bool(new)) for group, step, new in distinct]
         return settings, settings_of.reshape(-1).tolist()
 
+    def _missing_buffers(self, name) -> bool:
+        """Whether some parameter has no buffer of this state yet. Once a state's
+        buffers are all there they stay (until load_state_dict), so that is
+        remembered: the common step asks without a pass over the parameters."""
+        if name in self._complete_states:
+            return False
+        if all(buffer is not None for buffer in self.state[name]):
+            self._complete_states.add(name)
+            return False
+        return True
+
     def _freshness(self, groups, chosen):
         """Whether the stepping parameters' active state buffers are new this step:
         a bool when alike for all of them (the common case, found without a
         per-parameter array), else a bool array over the stepping parameters."""
         names = {name for settings in groups for name in settings.active_states()}
-        incomplete = [name for name in names if any(buffer is None for buffer in self.state[name])]
+        incomplete = [name for name in names if self._missing_buffers(name)]
         if not incomplete:
             return False
         fresh = np.zeros(len(self._params), dtype=bool)
@@ -536,7 +549,7 @@ class Optimizer:
     def _buffers_for(self, name, chosen):
         """The state buffers of the stepping parameters (new zero buffers where none yet)."""
         current = self.state[name]
-        if chosen is None and all(buffer is not None for buffer in current):
+        if chosen is None and not self._missing_buffers(name):
             return current
         return [
             np.zeros(self._params[i].shape, dtype=self._params[i].dtype) if current[i] is None else current[i]
