@@ -75,3 +75,26 @@ def test_callback_skips_a_non_finite_step(tmp_path):
     assert callback.skipped_steps == 1
     assert all(torch.isfinite(p).all() for p in model.parameters())
     assert callback.monitor.summary()["steps"] == 5 and math.isinf(callback._hook.last_norm) is False
+
+
+def test_a_resumed_fit_monitors_as_the_uninterrupted_one(tmp_path):
+    """The callback's state (the monitor's history, baselines, streaks) travels in Lightning's checkpoint."""
+
+    def fit(steps, ckpt_path=None, callback=None):
+        torch.manual_seed(0)
+        model = Regression()
+        callback = callback or GradGuardCallback(max_norm=0.5)
+        trainer = _trainer(callback, tmp_path / f"run{steps}{ckpt_path is not None}", steps=steps)
+        trainer.fit(model, _data(), ckpt_path=ckpt_path)
+        return trainer, callback
+
+    first, stopped = fit(8)  # two whole epochs of 4 batches
+    checkpoint = tmp_path / "at8.ckpt"
+    first.save_checkpoint(str(checkpoint))
+    _, resumed = fit(12, ckpt_path=str(checkpoint))
+    # Lightning's resumed trajectory is its own (its data order after a restart); what the
+    # callback owns is restored whole: the history before the stop, then steps from 8 on.
+    ours, before = resumed.monitor.history(), stopped.monitor.history()
+    assert ours["step"].tolist() == list(range(12)) and resumed._hook.steps == 12
+    np.testing.assert_array_equal(ours["norm"][:8], before["norm"])
+    assert resumed.monitor.summary()["steps"] == 12

@@ -155,3 +155,32 @@ def test_top_level_functions_take_cpu_tensors_in_place():
     assert gg.global_norm([torch.full((4,), 2.0, dtype=torch.bfloat16)]) == 4.0
     with pytest.raises(ValueError, match=r"arrays\[0\]: NumPy cannot view a tensor on meta"):
         gg.global_norm([torch.ones(2, device="meta")])
+
+
+def test_the_hook_resumes_from_a_plain_torch_save(tmp_path):
+    """A run stopped at step k and resumed from torch.save(hook.state_dict()) finds what the whole run finds."""
+
+    def run(steps, start=0, state=None):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 12), torch.nn.Tanh(), torch.nn.Linear(12, 2))
+        hook = GradGuardHook(model)
+        if state is not None:
+            hook.load_state_dict(state)
+        for step in range(start, steps):
+            model.zero_grad()
+            x = torch.randn(8, 6, generator=torch.Generator().manual_seed(step))
+            scale = 1e5 if step == 35 else 1.0  # a spike the history must know to call one
+            (model(x).pow(2).sum() * scale).backward()
+            if step >= 20:
+                model[0].weight.grad.zero_()  # a layer that dies
+            hook()
+        return hook
+
+    whole = run(40)
+    path = tmp_path / "hook.pt"
+    torch.save(run(25).state_dict(), path)
+    resumed = run(40, start=25, state=torch.load(path, weights_only=True))
+    assert {f.kind for f in whole.monitor.findings} >= {"dead", "exploding"}
+    assert resumed.monitor.findings == whole.monitor.findings and resumed.steps == 40
+    with pytest.raises(ValueError, match="GradGuardHook state_dict: missing"):
+        resumed.load_state_dict({"steps": 3})

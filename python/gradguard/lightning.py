@@ -15,7 +15,7 @@ try:
 except ImportError as error:  # pragma: no cover - exercised only without lightning
     raise ImportError("gradguard.lightning needs PyTorch Lightning: pip install lightning") from error
 
-from ._arguments import boolean
+from ._arguments import boolean, positive_int
 from .monitor import GradientMonitor
 from .torch import GradGuardHook
 
@@ -48,12 +48,16 @@ class GradGuardCallback(Callback):
         self.report = boolean(report, "report")
         self.skipped_steps = 0
         self._hook = None
+        self._pending = None
 
     def setup(self, trainer, pl_module, stage):
         names = [name for name, p in pl_module.named_parameters() if p.requires_grad]
         if self.monitor is None:
             self.monitor = GradientMonitor(names=names)
         self._hook = GradGuardHook(pl_module, self.monitor, max_norm=self.max_norm, skip_nonfinite=self.skip_nonfinite)
+        if self._pending is not None:  # a checkpoint's state, given before the hook existed
+            self._hook.load_state_dict(self._pending)
+            self._pending = None
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer):
         before = len(self.monitor.findings)
@@ -78,7 +82,20 @@ class GradGuardCallback(Callback):
                 rank_zero_info(f"gradguard: {finding.message}")
 
     def state_dict(self):
-        return {"skipped_steps": self.skipped_steps}
+        """Saved in Lightning's checkpoint: the skipped steps and the hook's state
+        (the monitor's history, baselines and streaks), so a resumed fit detects
+        as the uninterrupted one would."""
+        hook = self._hook.state_dict() if self._hook is not None else self._pending
+        return {"skipped_steps": self.skipped_steps, "hook": hook}
 
     def load_state_dict(self, state_dict):
-        self.skipped_steps = int(state_dict.get("skipped_steps", 0))
+        """Restore state_dict(); the hook's part waits for setup when it comes first."""
+        if not isinstance(state_dict, dict):
+            raise TypeError(f"GradGuardCallback.load_state_dict takes a dict, not {type(state_dict).__name__}")
+        skipped = positive_int(state_dict.get("skipped_steps", 0), "skipped_steps", minimum=0)
+        hook = state_dict.get("hook")
+        if hook is not None and self._hook is not None:
+            self._hook.load_state_dict(hook)
+        elif hook is not None:
+            self._pending = hook
+        self.skipped_steps = skipped

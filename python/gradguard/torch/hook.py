@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 
-from .._arguments import boolean, real
+from .._arguments import boolean, positive_int, real, state_entries
 from ..clip import clip_coefficient, clip_with_norm_
 from ..monitor import GradientMonitor
 from ..stats import grad_stats
@@ -106,6 +106,21 @@ class GradGuardHook:
                 clip_with_norm_(list(grads.values()), self.max_norm, norm)
                 in_place.finish()
         return findings
+
+    def state_dict(self) -> dict:
+        """The monitor's state (plain lists and numbers) and the hook's step count
+        and last norm: torch.save it with the model's checkpoint."""
+        return {"monitor": self.monitor.state_dict(), "steps": self.steps, "last_norm": self.last_norm}
+
+    def load_state_dict(self, state_dict) -> None:
+        """Restore a state_dict(): the monitor resumes with its history, baselines
+        and streaks, so detection after a resume is what it would have been.
+        Checked whole first; nothing changes unless all of it is valid."""
+        state = state_entries(state_dict, "GradGuardHook", ("monitor", "steps", "last_norm"))
+        steps = positive_int(state["steps"], "steps", minimum=0)
+        last_norm = real(state["last_norm"], "last_norm", low=0.0, allow_none=True, allow_nan=True)
+        self.monitor.load_state_dict(state["monitor"])  # checked whole before it loads anything
+        self.steps, self.last_norm = steps, last_norm
 
     def _before_step(self, optimizer, args, kwargs):
         self()  # a step pre-hook must return None (or replacement arguments)
