@@ -279,3 +279,14 @@ def test_monitor_load_state_dict_refuses_a_bad_state_and_changes_nothing(change,
     with pytest.raises(ValueError, match="shape"):
         monitor.load_state_dict({**monitor.state_dict(), "history": bad_history})
     assert json.dumps(monitor.state_dict()) == before
+
+
+@pytest.mark.parametrize("spike", [20, 24, 31, 33])
+def test_a_spike_is_seen_as_soon_as_the_history_is_long_enough(spike):
+    """The baseline is taken again at every step until it covers min_history steps
+    (cached from step 16 it used to keep the z-score test off until step 32)."""
+    rng = np.random.default_rng(3)
+    norms = stationary(rng, 40, 3)
+    norms[spike] *= 1e4
+    monitor, findings = run(norms)
+    assert {(f.step, f.kind) for f in findings} == {(spike, "exploding")}

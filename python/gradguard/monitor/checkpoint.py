@@ -61,6 +61,7 @@ def _history_state(history: History) -> dict:
         if baseline is None
         else {"count": baseline.count.tolist(), "center": baseline.center.tolist(), "spread": baseline.spread.tolist()},
         "baseline_age": history._baseline_age,
+        "baseline_kept": history._baseline_kept,
     }
 
 
@@ -174,11 +175,13 @@ def _finding(entry) -> Finding:
 
 
 def _history(saved, settings, layers) -> History:
-    saved = state_entries(saved, "GradientMonitor history", ("count", "steps", "series", "baseline", "baseline_age"))
+    saved = state_entries(
+        saved, "GradientMonitor history", ("count", "steps", "series", "baseline", "baseline_age", "baseline_kept")
+    )
     if layers is None:
         raise ValueError("GradientMonitor state_dict: a history needs the layers' names")
     window = settings.window
-    history = History(window, layers, settings.baseline_refresh)
+    history = History(window, layers, settings.baseline_refresh, settings.min_history)
     history.count = _integer(saved["count"], "history count", 0)
     history.steps = _array(saved["steps"], "history steps", (window,), np.int64)
     series = state_entries(saved["series"], "GradientMonitor history series", SERIES)
@@ -187,6 +190,7 @@ def _history(saved, settings, layers) -> History:
     if np.any(kept < 0) or np.any(np.diff(kept) <= 0):
         raise ValueError("GradientMonitor state_dict: the kept steps must be >= 0 and increasing")
     history._baseline_age = _integer(saved["baseline_age"], "baseline_age", 0)
+    history._baseline_kept = _integer(saved["baseline_kept"], "baseline_kept", 0)
     if saved["baseline"] is not None:
         baseline = state_entries(saved["baseline"], "GradientMonitor baseline", ("count", "center", "spread"))
         spread = _array(baseline["spread"], "baseline spread", (layers,), np.float64)

@@ -28,7 +28,7 @@ class Baseline:
 class History:
     """A ring of `window` steps x `layers` values per series, oldest overwritten first."""
 
-    def __init__(self, window: int, layers: int, baseline_refresh: int):
+    def __init__(self, window: int, layers: int, baseline_refresh: int, min_history: int = 1):
         self.window = window
         self.steps = np.full(window, -1, dtype=np.int64)
         self.series = {name: np.full((window, layers), np.nan) for name in SERIES}
@@ -36,6 +36,11 @@ class History:
         self._baseline: Optional[Baseline] = None
         self._baseline_age = 0
         self._baseline_refresh = baseline_refresh
+        # A baseline taken over fewer steps than the detectors need is taken again at
+        # the next step: otherwise, cached until the next refresh, it would keep the
+        # z-score test off for up to baseline_refresh steps after min_history is reached.
+        self._min_history = min_history
+        self._baseline_kept = 0  # steps the cached baseline was taken over
 
     def _kept(self):
         """Ring rows of the kept steps, oldest first."""
@@ -66,8 +71,10 @@ class History:
         return result
 
     def baseline(self) -> Baseline:
-        """The layers' baseline over the kept norms before this step, recomputed every baseline_refresh steps."""
-        if self._baseline is not None and self._baseline_age < self._baseline_refresh:
+        """The layers' baseline over the kept norms before this step, recomputed every
+        baseline_refresh steps (and at every step until it covers min_history steps)."""
+        cached_enough = self._baseline_kept >= min(self._min_history, self.window)
+        if self._baseline is not None and self._baseline_age < self._baseline_refresh and cached_enough:
             self._baseline_age += 1
             return self._baseline
         order = self._kept()
@@ -86,6 +93,7 @@ class History:
             spread = np.full(layers, MIN_SPREAD)
         self._baseline = Baseline(count, center, spread)
         self._baseline_age = 1
+        self._baseline_kept = len(order)
         return self._baseline
 
 

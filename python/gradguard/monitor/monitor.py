@@ -182,7 +182,9 @@ class GradientMonitor:
         if self.recorded is None:
             self.names = layer_names
             self._named = self._named or named
-            self.recorded = History(self.window, len(self.names), self.settings.baseline_refresh)
+            self.recorded = History(
+                self.window, len(self.names), self.settings.baseline_refresh, self.settings.min_history
+            )
             self._detectors = Detectors(self.settings, self.names)
         # A layer with no elements (or absent this step) has nothing to judge: its
         # series are NaN and the detectors leave it out, as they do an absent layer.
