@@ -290,3 +290,12 @@ def test_a_spike_is_seen_as_soon_as_the_history_is_long_enough(spike):
     norms[spike] *= 1e4
     monitor, findings = run(norms)
     assert {(f.step, f.kind) for f in findings} == {(spike, "exploding")}
+
+
+def test_a_monitor_with_a_layer_that_never_had_a_gradient_checkpoints():
+    monitor = gg.GradientMonitor(names=["a", "never"])
+    for step in range(25):
+        monitor.update({"a": np.full(4, 1.0 + step % 3, np.float32)}, allow_missing=True)
+    resumed = gg.GradientMonitor(names=["a", "never"])
+    resumed.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
+    assert resumed.summary() == monitor.summary()

@@ -12,7 +12,6 @@ applied: a refused state leaves the monitor as it was.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 
@@ -194,8 +193,9 @@ def _history(saved, settings, layers) -> History:
     if saved["baseline"] is not None:
         baseline = state_entries(saved["baseline"], "GradientMonitor baseline", ("count", "center", "spread"))
         spread = _array(baseline["spread"], "baseline spread", (layers,), np.float64)
-        if not np.all(spread > 0) or not all(math.isfinite(x) for x in spread):
-            raise ValueError("GradientMonitor state_dict: baseline spreads are finite and > 0")
+        known = ~np.isnan(spread)  # NaN: a layer without history yet
+        if not np.all(spread[known] > 0) or np.isinf(spread).any():
+            raise ValueError("GradientMonitor state_dict: baseline spreads are finite and > 0 (NaN without history)")
         history._baseline = Baseline(
             _array(baseline["count"], "baseline count", (layers,), np.int64),
             _array(baseline["center"], "baseline center", (layers,), np.float64),
