@@ -155,6 +155,11 @@ def test_top_level_functions_take_cpu_tensors_in_place():
     assert gg.global_norm([torch.full((4,), 2.0, dtype=torch.bfloat16)]) == 4.0
     with pytest.raises(ValueError, match=r"arrays\[0\]: NumPy cannot view a tensor on meta"):
         gg.global_norm([torch.ones(2, device="meta")])
+    weight = torch.nn.Parameter(torch.ones(3))
+    weight.grad = torch.ones(3)
+    with pytest.raises(TypeError, match=r"arrays\[0\] is a torch Parameter: gradguard's functions take gradients"):
+        gg.clip_by_global_norm([weight], 0.1)  # would otherwise scale the weights
+    assert torch.equal(weight.detach(), torch.ones(3))
 
 
 def test_the_hook_resumes_from_a_plain_torch_save(tmp_path):

@@ -35,6 +35,11 @@ def _as_numpy(value, label):
     if not _is_foreign_array(value):
         return value
     if type(value).__module__.partition(".")[0] == "torch":
+        if type(value).__name__ == "Parameter":  # its values are the weights, not the gradient
+            raise TypeError(
+                f"{label} is a torch Parameter: gradguard's functions take gradients (p.grad); "
+                "gradguard.torch.clip_grad_norm_(parameters, ...) and gradguard.distributed take parameters"
+            )
         # torch is imported already (this is its tensor): its view handles bfloat16, requires_grad
         # and says clearly what to do with a tensor on another device.
         from .torch._tensors import as_numpy as torch_as_numpy
