@@ -407,8 +407,8 @@ def save(out_dir, rank, results):
         pickle.dump(results, handle)
 
 
-def worker_main(rank, size, out_dir, port):
-    """torch.multiprocessing entry: gloo on localhost."""
+def init_gloo(rank, size, port, seconds):
+    """This process as rank `rank` of a gloo group on localhost (the tests' spawned ranks)."""
     import datetime
 
     import torch.distributed as dist
@@ -418,8 +418,16 @@ def worker_main(rank, size, out_dir, port):
         init_method=f"tcp://127.0.0.1:{port}",
         rank=rank,
         world_size=size,
-        timeout=datetime.timedelta(seconds=20),
+        timeout=datetime.timedelta(seconds=seconds),
     )
+    return dist
+
+
+def worker_main(rank, size, out_dir, port):
+    """torch.multiprocessing entry: gloo on localhost."""
+    import datetime
+
+    dist = init_gloo(rank, size, port, seconds=20)
     results = run_scenarios(rank, size, None)
     # A rank that never arrives: the others raise when the group's timeout expires.
     dist.barrier()

@@ -4,13 +4,13 @@ rank runs gradguard.torch's entry points and torch's own on a twin model and
 pickles what it saw to OUT_DIR/rank<r>.pkl."""
 
 import copy
-import datetime
 import os
 import pickle
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from distributed_worker import init_gloo
 
 import gradguard as gg
 from gradguard.torch import GradGuardHook, Guard, clip_grad_norm_, clip_grad_value_, device, monitor_module
@@ -41,13 +41,7 @@ def _full_grads(model):
 
 
 def worker_main(rank, size, out_dir, port):
-    dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{port}",
-        rank=rank,
-        world_size=size,
-        timeout=datetime.timedelta(seconds=60),
-    )
+    init_gloo(rank, size, port, seconds=60)
     from torch.distributed.device_mesh import init_device_mesh
 
     mesh = init_device_mesh("cpu", (size,))

@@ -52,37 +52,46 @@ def run_from_arguments(arguments):
         print()
         print(format_optimizer_table(run_optimizers(max(3, arguments.repeat // 2))))
     if "backward" in arguments.sections:
-        print()
-        if torch is None:
-            print("backward: skipped, torch is not installed")
-        else:
-            from .backward import format_measurement, measure
-
-            set_num_threads(arguments.threads)
-            torch.set_num_threads(arguments.threads)
-            medians, agreement = measure(rounds=max(3, arguments.repeat // 2))
-            print(format_measurement(medians, agreement, 4, 64))
+        _torch_section("backward", arguments.threads, lambda: _backward(arguments.repeat))
     if "sharded" in arguments.sections:
-        print()
-        if torch is None:
-            print("sharded: skipped, torch is not installed")
-        else:
-            from .sharded import format_sharded, measure_sharded
-
-            print(format_sharded(measure_sharded(repeat=arguments.repeat)))
+        _torch_section("sharded", None, lambda: _sharded(arguments.repeat))
     if "device" in arguments.sections:
-        print()
-        if torch is None:
-            print("device: skipped, torch is not installed")
-        else:
-            from .device import format_device, measure_device
-
-            set_num_threads(arguments.threads)
-            torch.set_num_threads(arguments.threads)
-            print(format_device(measure_device(repeat=arguments.repeat)))
+        _torch_section("device", arguments.threads, lambda: _device(arguments.repeat))
     if "detection" in arguments.sections:
         from .detection import main_section
 
         print()
         main_section()
     return 0
+
+
+def _torch_section(name, threads, table):
+    """A section that needs torch: skipped with the reason without it; threads set
+    for gradguard and torch alike (None: the section sets its own)."""
+    print()
+    if torch is None:
+        print(f"{name}: skipped, torch is not installed")
+        return
+    if threads is not None:
+        set_num_threads(threads)
+        torch.set_num_threads(threads)
+    print(table())
+
+
+def _backward(repeat):
+    from .backward import format_measurement, measure
+
+    medians, agreement = measure(rounds=max(3, repeat // 2))
+    return format_measurement(medians, agreement, 4, 64)
+
+
+def _sharded(repeat):
+    from .sharded import format_sharded, measure_sharded
+
+    return format_sharded(measure_sharded(repeat=repeat))
+
+
+def _device(repeat):
+    from .device import format_device, measure_device
+
+    return format_device(measure_device(repeat=repeat))
