@@ -63,8 +63,12 @@ def test_callback_monitors_clips_and_logs(tmp_path):
     history = callback.monitor.history()
     assert np.isnan(history["norm"][:, history["layers"].index("unused.weight")]).all()
     metrics = (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").read_text()
-    assert "gradguard/global_norm" in metrics and "grad_norm/body.0.weight" in metrics
-    assert callback._hook.last_norm > 0.1  # the pre-clip norm was above the threshold, so it was clipped
+    assert "grad_norm/body.0.weight" in metrics
+    for key in ("grad_norm_before_clip", "grad_norm_after_clip", "clipped", "clip_rate"):
+        assert f"gradguard/{key}" in metrics
+    flat = callback.monitor.latest()
+    assert flat["gradguard/grad_norm_before_clip"] == callback._hook.last_norm > 0.1  # above the bound: clipped
+    assert flat["gradguard/grad_norm_after_clip"] == pytest.approx(0.1, rel=1e-4) and flat["gradguard/clipped"] == 1.0
 
 
 def test_callback_skips_a_non_finite_step(tmp_path):
@@ -98,3 +102,24 @@ def test_a_resumed_fit_monitors_as_the_uninterrupted_one(tmp_path):
     assert ours["step"].tolist() == list(range(12)) and resumed._hook.steps == 12
     np.testing.assert_array_equal(ours["norm"][:8], before["norm"])
     assert resumed.monitor.summary()["steps"] == 12
+
+
+def test_callback_and_trainer_clip_in_one_place(tmp_path):
+    """max_norm= with the Trainer's gradient_clip_val: a warning, the Trainer's
+    clip alone, and the norm after it recorded."""
+    torch.manual_seed(0)
+    callback = GradGuardCallback(max_norm=0.01)
+    trainer = _trainer(callback, tmp_path, steps=4)
+    trainer.gradient_clip_val = 0.2  # as Trainer(gradient_clip_val=0.2) sets it
+    with pytest.warns(UserWarning, match="would both clip"):
+        trainer.fit(Regression(), _data())
+    flat = callback.monitor.latest()
+    before, after = flat["gradguard/grad_norm_before_clip"], flat["gradguard/grad_norm_after_clip"]
+    assert before > 0.2 and after == pytest.approx(0.2, rel=1e-4)  # the Trainer's bound, not 0.01
+
+
+def test_callback_numbers_steps_by_the_trainer_global_step(tmp_path):
+    torch.manual_seed(1)
+    callback = GradGuardCallback()
+    _trainer(callback, tmp_path, steps=6).fit(Regression(), _data())
+    assert callback.monitor.history()["step"].tolist() == list(range(6))

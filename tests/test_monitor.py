@@ -257,7 +257,8 @@ def test_monitor_state_dict_is_what_torch_load_weights_only_accepts(tmp_path):
 @pytest.mark.parametrize(
     "change, error",
     [
-        ({"format": 2}, ValueError),
+        ({"format": 3}, ValueError),
+        ({"format": True}, ValueError),
         ({"settings": {"window": 3}}, ValueError),
         ({"names": ["a", "a"]}, ValueError),
         ({"names": ["x", "y"]}, ValueError),
@@ -299,3 +300,52 @@ def test_a_monitor_with_a_layer_that_never_had_a_gradient_checkpoints():
     resumed = gg.GradientMonitor(names=["a", "never"])
     resumed.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
     assert resumed.summary() == monitor.summary()
+
+
+def test_the_norm_before_and_after_the_clip_and_the_clip_rate():
+    """A caller that clips says what its clip did: latest(), report() and
+    history() carry both norms, whether the step was clipped and the rate."""
+    monitor = gg.GradientMonitor(names=["a", "b"], window=4, min_history=2)
+    grads = {"a": np.full(4, 3.0, np.float32), "b": np.full(4, 4.0, np.float32)}  # global norm 10
+    monitor.update(grads)  # clip unknown
+    flat = monitor.latest()
+    assert flat["gradguard/grad_norm_before_clip"] == pytest.approx(10.0)
+    assert "gradguard/grad_norm_after_clip" not in flat and "gradguard/clip_rate" not in flat
+    assert np.isnan(monitor.clip_rate())
+    monitor.update(grads, norm_after_clip=1.0)
+    flat = monitor.latest()
+    assert (flat["gradguard/grad_norm_after_clip"], flat["gradguard/clipped"], flat["gradguard/clip_rate"]) == (
+        1.0,
+        1.0,
+        1.0,
+    )
+    stats = gg.grad_stats(grads)
+    monitor.update_stats(stats, norm_after_clip=stats.global_norm)  # a clip that did not scale
+    assert monitor.latest()["gradguard/clipped"] == 0.0 and monitor.clip_rate() == 0.5
+    assert "10 before clipping, 10 after (not clipped); clip rate 50.0% over the last 3 steps" in monitor.report()
+    for _ in range(3):  # the window (4 steps) forgets the clipped step
+        monitor.update(grads, norm_after_clip=10.0)
+    assert monitor.clip_rate() == 0.0
+    history = monitor.history()
+    np.testing.assert_allclose(history["grad_norm"], 10.0)
+    np.testing.assert_array_equal(history["norm_after_clip"], [10.0] * 4)
+    with pytest.raises(ValueError, match="norm_after_clip"):
+        monitor.update(grads, norm_after_clip=-1.0)
+    with pytest.raises(TypeError, match="norm_after_clip"):
+        monitor.update_stats(stats, norm_after_clip="1")
+    assert monitor.summary()["steps"] == 6  # the refused calls recorded nothing
+    resumed = gg.GradientMonitor(names=["a", "b"], window=4, min_history=2)
+    resumed.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
+    np.testing.assert_array_equal(resumed.history()["norm_after_clip"], history["norm_after_clip"])
+
+
+def test_a_format_1_checkpoint_loads_with_the_clip_unknown():
+    monitor = gg.GradientMonitor(names=["a", "b"])
+    for grads in _story(np.random.default_rng(5), steps=6):
+        monitor.update(grads, norm_after_clip=0.5)
+    state = monitor.state_dict()
+    state["format"] = 1
+    del state["history"]["totals"]
+    resumed = gg.GradientMonitor(names=["a", "b"])
+    resumed.load_state_dict(state)
+    assert resumed.summary() == monitor.summary() and np.isnan(resumed.clip_rate())

@@ -189,3 +189,46 @@ def test_the_hook_resumes_from_a_plain_torch_save(tmp_path):
     assert resumed.monitor.findings == whole.monitor.findings and resumed.steps == 40
     with pytest.raises(ValueError, match="GradGuardHook state_dict: missing"):
         resumed.load_state_dict({"steps": 3})
+
+
+def test_hook_numbers_steps_by_the_training_step_when_the_scaler_skips_some():
+    """30 iterations, 3 of them overflowing: the monitor's 27 rows are numbered
+    by iteration (gaps at the skipped ones), not 0-26."""
+    torch.manual_seed(4)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**8)
+    hook = GradGuardHook(model, optimizer=optimizer, scaler=scaler, max_norm=0.5)
+    overflow = {5, 6, 17}
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    for iteration in range(30):
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        scaler.scale(loss * (float("inf") if iteration in overflow else 1.0)).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    steps = hook.monitor.history()["step"].tolist()
+    assert steps == [i for i in range(30) if i not in overflow] and hook.steps == 27
+    assert hook.monitor.findings == []
+    flat = hook.monitor.latest()
+    before, after = flat["gradguard/grad_norm_before_clip"], flat["gradguard/grad_norm_after_clip"]
+    assert after == pytest.approx(min(before, 0.5), rel=1e-5)
+    hook.remove()
+    assert "update" not in vars(scaler)  # the scaler's own method again
+
+
+def test_hook_records_the_norm_after_its_clip():
+    torch.manual_seed(5)
+    model = torch.nn.Linear(6, 3)
+    hook = GradGuardHook(model, max_norm=0.1)
+    model(torch.randn(8, 6)).pow(2).sum().backward()
+    before = math.sqrt(sum(p.grad.pow(2).sum().item() for p in model.parameters()))
+    hook()
+    after = math.sqrt(sum(p.grad.pow(2).sum().item() for p in model.parameters()))
+    flat = hook.monitor.latest()
+    assert flat["gradguard/grad_norm_before_clip"] == pytest.approx(before, rel=1e-6)
+    assert flat["gradguard/grad_norm_after_clip"] == pytest.approx(after, rel=1e-5)
+    assert flat["gradguard/clipped"] == 1.0 and flat["gradguard/clip_rate"] == 1.0
+    unclipped = GradGuardHook(model)
+    unclipped()
+    assert "gradguard/grad_norm_after_clip" not in unclipped.monitor.latest()  # no clip of its own: unknown

@@ -39,6 +39,14 @@ from .adaptive import AutoClip, ZClip
 __all__ = ["Guard", "GuardAction"]
 
 
+def norm_after_clip(norm, report):
+    """The global norm the optimiser applied: the norm before the clip times
+    the step's clip coefficient (None when the step was skipped or replaced)."""
+    if report is None or report.skipped:
+        return None
+    return norm * report.clip_coef
+
+
 @dataclass(frozen=True)
 class GuardAction:
     step: int
@@ -165,16 +173,34 @@ class Guard:
         layers without a gradient this step (the torch Guard's None gradients)."""
         array_list, names = as_array_list(grads, "grads")
         grads = array_list if names is None else dict(zip(names, array_list))  # one snapshot: a generator is read once
+        loss = self._checked(grads, loss, allow_missing)
+        norm, _ = _core.global_norm(array_list, 2.0, names)
+
+        def record(step, report):
+            after = norm_after_clip(norm, report)
+            self.monitor.update(
+                grads, step=step, step_report=report, allow_missing=allow_missing, norm_after_clip=after
+            )
+
+        return self._policies(grads, norm, loss, record)
+
+    def _checked(self, grads, loss, allow_missing):
+        """Everything the step refuses, refused before anything changes; the loss as a float (or None)."""
         loss = real(loss, "loss", allow_none=True, allow_nan=True)
         self.optimizer.check_step(grads)
         if self.monitor is not None:
             self.monitor.check_update(grads, allow_missing=allow_missing)
-        norm, _ = _core.global_norm(array_list, 2.0, names)
+        return loss
+
+    def _recorder(self, stats, allow_missing):
+        """record(step, report) for statistics taken before the step (an adapter
+        whose clip writes into the gradients must read them first)."""
 
         def record(step, report):
-            self.monitor.update(grads, step=step, step_report=report, allow_missing=allow_missing)
+            after = norm_after_clip(stats.global_norm, report)
+            self.monitor.update_stats(stats, step=step, allow_missing=allow_missing, norm_after_clip=after)
 
-        return self._policies(grads, norm, loss, record)
+        return record
 
     def _policies(self, grads, norm, loss, record):
         """The step once everything is checked and the global norm known: the

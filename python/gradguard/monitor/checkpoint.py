@@ -18,11 +18,14 @@ import numpy as np
 from .._arguments import positive_int, state_entries
 from ..guard import GuardAction
 from .detectors import Finding, LayerStates, Streaks
-from .history import SERIES, Baseline, History
+from .history import SERIES, TOTALS, Baseline, History
 
 __all__ = ["monitor_state", "load_monitor_state"]
 
-FORMAT = 1
+# 2: the history keeps the per-step global norm before and after the clip
+# (a format-1 state loads with those unknown).
+FORMAT = 2
+READABLE = (1, 2)
 _STREAK_FIELDS = ("streak", "since", "clear", "reported")
 _STREAK_KINDS = ("vanishing", "dead", "update_ratio")
 
@@ -56,6 +59,7 @@ def _history_state(history: History) -> dict:
         "count": history.count,
         "steps": history.steps.tolist(),
         "series": {name: history.series[name].tolist() for name in SERIES},
+        "totals": {name: history.totals[name].tolist() for name in TOTALS},
         "baseline": None
         if baseline is None
         else {"count": baseline.count.tolist(), "center": baseline.center.tolist(), "spread": baseline.spread.tolist()},
@@ -91,8 +95,8 @@ def load_monitor_state(monitor, state_dict) -> None:
             "detectors",
         ),
     )
-    if state["format"] != FORMAT:
-        raise ValueError(f"GradientMonitor state_dict: format {state['format']!r}; this gradguard reads {FORMAT}")
+    if state["format"] not in READABLE or isinstance(state["format"], bool):
+        raise ValueError(f"GradientMonitor state_dict: format {state['format']!r}; this gradguard reads {READABLE}")
     settings = monitor.settings.as_dict()
     if state["settings"] != settings:
         differ = sorted(
@@ -119,7 +123,9 @@ def load_monitor_state(monitor, state_dict) -> None:
         raise ValueError("GradientMonitor state_dict: more findings logged than kept")
     actions = [GuardAction.from_dict(entry) for entry in _list(state["actions"], "actions")]
     layers = None if names is None else len(names)
-    history = None if state["history"] is None else _history(state["history"], monitor.settings, layers)
+    history = (
+        None if state["history"] is None else _history(state["history"], monitor.settings, layers, state["format"])
+    )
     detectors = None if state["detectors"] is None else _states(state["detectors"], layers)
     if (history is None) != (detectors is None) or (history is not None and names is None):
         raise ValueError("GradientMonitor state_dict: history, detectors and names come together (after a first step)")
@@ -173,10 +179,9 @@ def _finding(entry) -> Finding:
     )
 
 
-def _history(saved, settings, layers) -> History:
-    saved = state_entries(
-        saved, "GradientMonitor history", ("count", "steps", "series", "baseline", "baseline_age", "baseline_kept")
-    )
+def _history(saved, settings, layers, form) -> History:
+    keys = ("count", "steps", "series", "baseline", "baseline_age", "baseline_kept")
+    saved = state_entries(saved, "GradientMonitor history", keys + (("totals",) if form >= 2 else ()))
     if layers is None:
         raise ValueError("GradientMonitor state_dict: a history needs the layers' names")
     window = settings.window
@@ -185,6 +190,9 @@ def _history(saved, settings, layers) -> History:
     history.steps = _array(saved["steps"], "history steps", (window,), np.int64)
     series = state_entries(saved["series"], "GradientMonitor history series", SERIES)
     history.series = {name: _array(series[name], f"history {name}", (window, layers), np.float64) for name in SERIES}
+    if form >= 2:
+        totals = state_entries(saved["totals"], "GradientMonitor history totals", TOTALS)
+        history.totals = {name: _array(totals[name], f"history {name}", (window,), np.float64) for name in TOTALS}
     kept = history.steps[history._kept()]
     if np.any(kept < 0) or np.any(np.diff(kept) <= 0):
         raise ValueError("GradientMonitor state_dict: the kept steps must be >= 0 and increasing")

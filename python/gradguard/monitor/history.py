@@ -8,10 +8,14 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["SERIES", "History", "Baseline"]
+__all__ = ["SERIES", "TOTALS", "History", "Baseline", "clipped"]
 
 # The series kept per step and layer.
 SERIES = ("norm", "abs_mean", "std", "zero_fraction", "update_ratio")
+# The series kept per step for the whole model: the global L2 norm of the
+# gradients the monitor was given, and the norm after the step's clip (NaN
+# where the caller did not say what its clip did).
+TOTALS = ("grad_norm", "norm_after_clip")
 # The least robust spread of a layer's log norm: a history with a MAD near 0
 # (two alternating levels, a plateau) must not turn ordinary jumps into spikes.
 MIN_SPREAD = 0.3
@@ -32,6 +36,7 @@ class History:
         self.window = window
         self.steps = np.full(window, -1, dtype=np.int64)
         self.series = {name: np.full((window, layers), np.nan) for name in SERIES}
+        self.totals = {name: np.full(window, np.nan) for name in TOTALS}
         self.count = 0  # steps recorded, ever
         self._baseline: Optional[Baseline] = None
         self._baseline_age = 0
@@ -59,16 +64,29 @@ class History:
         row = self.count % self.window
         for name in SERIES:
             self.series[name][row] = values[name]
+        for name in TOTALS:
+            self.totals[name][row] = values[name]
         self.steps[row] = step
         self.count += 1
 
     def as_dict(self, layers) -> dict:
-        """The kept window: 'step' (steps,), 'layers', and steps x layers arrays per series; oldest first."""
+        """The kept window: 'step' (steps,), 'layers', steps x layers arrays per
+        series and (steps,) arrays per total; oldest first."""
         order = self._kept()
         result = {"step": self.steps[order].copy(), "layers": list(layers)}
         for name in SERIES:
             result[name] = self.series[name][order].copy()
+        for name in TOTALS:
+            result[name] = self.totals[name][order].copy()
         return result
+
+    def clip_rate(self) -> float:
+        """The fraction of the kept steps whose clip is known that were clipped
+        (NaN when no kept step's clip is known)."""
+        order = self._kept()
+        before, after = self.totals["grad_norm"][order], self.totals["norm_after_clip"][order]
+        known = ~np.isnan(after)
+        return float(np.mean(clipped(before[known], after[known]))) if known.any() else float("nan")
 
     def baseline(self) -> Baseline:
         """The layers' baseline over the kept norms before this step, recomputed every
@@ -97,9 +115,18 @@ class History:
         return self._baseline
 
 
+def clipped(before, after):
+    """Whether a clip scaled the gradients: the norm after it is below the norm
+    before (a coefficient of 1 writes nothing, so an unclipped step keeps its
+    norm exactly; a non-finite step is not clipped, it is broken)."""
+    return np.isfinite(before) & (np.asarray(after) < before)
+
+
 def empty_history(layers) -> dict:
     """GradientMonitor.history() before any step."""
     result = {"step": np.full(0, -1, dtype=np.int64), "layers": list(layers)}
     for name in SERIES:
         result[name] = np.empty((0, 0))
+    for name in TOTALS:
+        result[name] = np.empty(0)
     return result

@@ -15,7 +15,7 @@ from typing import Optional
 
 import numpy as np
 
-from .._arguments import Arrays, as_array_list, duplicates, in_order_of, positive_int
+from .._arguments import Arrays, as_array_list, duplicates, in_order_of, positive_int, real
 from ..stats import STATS_FIELDS, GradStats, stats_of
 from . import checkpoint, sinks
 from .detectors import Detectors, Finding
@@ -26,6 +26,11 @@ __all__ = ["GradientMonitor", "Finding"]
 
 # Weights whose root mean square is below this count as zero for the update ratio.
 NEAR_ZERO_RMS = 1e-8
+
+
+def _norm_after(value):
+    """norm_after_clip checked before anything is recorded: >= 0, inf or NaN (a clip of a broken step), or None."""
+    return real(value, "norm_after_clip", low=0.0, allow_none=True, allow_nan=True)
 
 
 def _spread_out(stats, present, names):
@@ -82,6 +87,7 @@ class GradientMonitor:
         *,
         step_report=None,
         allow_missing: bool = False,
+        norm_after_clip: Optional[float] = None,
     ) -> list:
         """Record one step's gradients and return its findings.
 
@@ -100,7 +106,14 @@ class GradientMonitor:
         step). Their statistics are NaN for the step, nothing is detected on
         them, and a streak they were on starts again. Names the monitor does
         not know are still refused.
+
+        norm_after_clip: the global L2 norm of these gradients after the
+        step's clip, from a caller that clips them (or knows what its clip
+        did). The step then counts as clipped when that is below their norm,
+        and latest(), report() and history() carry both norms and the clip
+        rate over the window. None: the clip is unknown for this step.
         """
+        after = _norm_after(norm_after_clip)
         array_list, names = as_array_list(grads, "grads")
         labels, order, subset, present = self._matched(names, len(array_list), allow_missing, "gradients", "grads")
         array_list = [array_list[index] for index in order]
@@ -119,7 +132,7 @@ class GradientMonitor:
             )
         layer_names = labels if labels is not None else [str(i) for i in range(len(array_list))]
         ratio = self._update_ratios(step_report, layer_names, array_list)
-        return self._record(stats, step, ratio, present, layer_names, names is not None)
+        return self._record(stats, step, ratio, present, layer_names, names is not None, after)
 
     def check_update(self, grads: Arrays, *, allow_missing: bool = False) -> None:
         """Refuse here, recording nothing, the gradients update(grads,
@@ -136,15 +149,24 @@ class GradientMonitor:
             raise ValueError(f"names layers more than once: {duplicates(names)}")
         self._matched(names, len(names), allow_missing, "layers' statistics", "stats")
 
-    def update_stats(self, stats: GradStats, step: Optional[int] = None, *, allow_missing: bool = False) -> list:
+    def update_stats(
+        self,
+        stats: GradStats,
+        step: Optional[int] = None,
+        *,
+        allow_missing: bool = False,
+        norm_after_clip: Optional[float] = None,
+    ) -> list:
         """Record one step from statistics already taken (gg.grad_stats, or
         combined over ranks by gradguard.distributed.grad_stats) and return its
         findings: one read of the gradients can serve the norm, the clip and
         the monitor. Layers are matched by name as in update (a GradStats
         without names pairs by position). The update-ratio rule is not applied:
         it needs the update itself (update(..., step_report=)). allow_missing
-        as in update: named statistics may leave out some of the monitor's layers.
+        and norm_after_clip as in update: named statistics may leave out some
+        of the monitor's layers; stats.global_norm is the norm before the clip.
         """
+        after = _norm_after(norm_after_clip)
         if not isinstance(stats, GradStats):
             raise TypeError(f"stats must be a GradStats (from gg.grad_stats), not {type(stats).__name__}")
         names = [str(name) for name in stats.names] if stats.names is not None else None
@@ -158,7 +180,8 @@ class GradientMonitor:
             stats = _spread_out(stats, present, labels)
         step = self._last_step + 1 if step is None else positive_int(step, "step", minimum=0)
         layer_names = labels if labels is not None else [str(i) for i in range(len(stats))]
-        return self._record(stats, step, np.full(len(stats), np.nan), present, layer_names, names is not None)
+        ratio = np.full(len(stats), np.nan)
+        return self._record(stats, step, ratio, present, layer_names, names is not None, after)
 
     def _matched(self, names, count, allow_missing, noun, argument):
         """How one step's entries (named, or by position) map onto the layers:
@@ -177,7 +200,7 @@ class GradientMonitor:
             return labels, in_order_of(subset, indices, names, argument), subset, present
         return labels, in_order_of(known if self._named else None, indices, names, argument), labels, None
 
-    def _record(self, stats, step, ratio, present, layer_names, named):
+    def _record(self, stats, step, ratio, present, layer_names, named, norm_after_clip):
         """Append one step's series and run the detectors (both update paths end here)."""
         if self.recorded is None:
             self.names = layer_names
@@ -201,6 +224,8 @@ class GradientMonitor:
             # n_zero < 0: not counted (gradguard.torch's device path, for a monitor whose dead_fraction is 1)
             "zero_fraction": np.where(empty | (stats.n_zero < 0), np.nan, stats.n_zero / np.maximum(stats.numel, 1)),
             "update_ratio": ratio,
+            "grad_norm": stats.global_norm,
+            "norm_after_clip": np.nan if norm_after_clip is None else norm_after_clip,
         }
         self.recorded.append(step, values)
         self._last_step = step
@@ -259,11 +284,18 @@ class GradientMonitor:
 
     # -- reading -------------------------------------------------------------------------
     def history(self) -> dict:
-        """The kept window as NumPy arrays: 'step' (steps,), and steps x layers arrays
-        'norm', 'abs_mean', 'std', 'zero_fraction', 'update_ratio'; oldest first."""
+        """The kept window as NumPy arrays, oldest first: 'step' (steps,);
+        steps x layers arrays 'norm', 'abs_mean', 'std', 'zero_fraction',
+        'update_ratio'; and (steps,) arrays 'grad_norm' (the global norm the
+        monitor was given) and 'norm_after_clip' (NaN where the clip is unknown)."""
         if self.recorded is None:
             return empty_history(self.names or [])
         return self.recorded.as_dict(self.names)
+
+    def clip_rate(self) -> float:
+        """The fraction of the kept window's steps that were clipped, over the
+        steps whose clip is known (norm_after_clip given); NaN when none is."""
+        return float("nan") if self.recorded is None else self.recorded.clip_rate()
 
     def summary(self) -> dict:
         """Counts of findings per kind and the layers currently flagged."""

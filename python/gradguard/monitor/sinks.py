@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 
-from .history import SERIES
+from .history import SERIES, clipped
 
-__all__ = ["text_report", "latest", "log_to", "to_csv", "to_jsonl", "LOGGED"]
+__all__ = ["text_report", "latest", "clip_line", "log_to", "to_csv", "to_jsonl", "LOGGED"]
 
 # The kept series that latest() and log_to() publish, and their tag prefixes.
 LOGGED = (
@@ -29,7 +29,8 @@ def text_report(monitor):
     data = monitor.history()
     flagged = monitor.summary()["flagged"]
     width = max(12, max(len(n) for n in monitor.names))
-    lines = [f"{'layer':<{width}}  {'norm':>10}  {'trend':>8}  findings"]
+    lines = [clip_line(monitor), ""]
+    lines.append(f"{'layer':<{width}}  {'norm':>10}  {'trend':>8}  findings")
     for index, layer in enumerate(monitor.names):
         column = data["norm"][:, index]
         finite = column[np.isfinite(column) & (column > 0)]
@@ -53,10 +54,16 @@ def latest(monitor):
         {"grad_norm/<layer>": ..., "grad_abs_mean/<layer>": ..., "grad_std/<layer>": ...,
          "grad_zero_fraction/<layer>": ..., "update_ratio/<layer>": ...,
          "gradguard/step": ..., "gradguard/findings": findings so far,
-         "gradguard/flagged_layers": layers flagged now}
+         "gradguard/flagged_layers": layers flagged now,
+         "gradguard/grad_norm_before_clip": the global L2 norm the monitor read,
+         "gradguard/grad_norm_after_clip": the global norm after the step's clip,
+         "gradguard/clipped": 1.0 when the clip scaled the gradients, else 0.0,
+         "gradguard/clip_rate": clipped steps / steps with a known clip, over the window}
 
     Values a step did not have (an absent layer, an update ratio without a
-    StepReport) are left out rather than logged as NaN. {} before any step."""
+    StepReport, the after-clip values of a step whose clip the caller did
+    not give) are left out rather than logged as NaN; a non-finite global
+    norm is logged as it is. {} before any step."""
     recorded = monitor.recorded
     if recorded is None or recorded.count == 0:
         return {}
@@ -70,7 +77,30 @@ def latest(monitor):
     flat["gradguard/step"] = int(recorded.steps[row])
     flat["gradguard/findings"] = len(monitor.findings)
     flat["gradguard/flagged_layers"] = len(monitor.summary()["flagged"])
+    before, after = recorded.totals["grad_norm"][row], recorded.totals["norm_after_clip"][row]
+    flat["gradguard/grad_norm_before_clip"] = float(before)
+    if not np.isnan(after):
+        flat["gradguard/grad_norm_after_clip"] = float(after)
+        flat["gradguard/clipped"] = float(clipped(before, after))
+        flat["gradguard/clip_rate"] = recorded.clip_rate()
     return flat
+
+
+def clip_line(monitor):
+    """One line on the last step's global norm before and after its clip and
+    the clip rate over the window (what clip-rate logs in Optax's and HF's
+    recipes track), or '' before any step."""
+    recorded = monitor.recorded
+    if recorded is None or recorded.count == 0:
+        return ""
+    row = recorded.last_row()
+    before, after = recorded.totals["grad_norm"][row], recorded.totals["norm_after_clip"][row]
+    line = f"global grad norm at step {int(recorded.steps[row])}: {before:.4g} before clipping"
+    if np.isnan(after):
+        return line + " (clip not known to the monitor)"
+    kept = min(recorded.count, recorded.window)
+    state = "clipped" if clipped(before, after) else "not clipped"
+    return line + f", {after:.4g} after ({state}); clip rate {recorded.clip_rate():.1%} over the last {kept} steps"
 
 
 def log_to(monitor, writer, step=None, since=0):

@@ -7,9 +7,10 @@ import copy
 import torch as _torch
 
 from .._arguments import duplicates, real
-from ..clip import clip_coefficient, clip_with_norm_
+from ..clip import clip_coefficient, clip_with_norm_, global_norm
 from ..guard import Guard as _Guard
 from ..optim import StepReport
+from ..stats import grad_stats
 from ._tensors import InPlace, as_numpy
 from .device import device_grad_stats, needs_zero_counts, on_device_path, scale_on_device_
 
@@ -97,7 +98,13 @@ class Guard(_Guard):
                 return self._step_on_device(gradients, step_names, loss_value, allow_missing)
             adapter.in_place = InPlace(gradients)
             grads = dict(zip(step_names, adapter.in_place.arrays))
-            return super().step(grads, loss=loss_value, allow_missing=allow_missing)
+            loss_value = self._checked(grads, loss_value, allow_missing)
+            # Read before the step: the clip writes into these gradients, and the
+            # monitor records them as they were (its norm before the clip).
+            if self.monitor is None:  # the norm alone: one pass, no statistics
+                return self._policies(grads, global_norm(grads), loss_value, None)
+            stats = grad_stats(grads)
+            return self._policies(grads, stats.global_norm, loss_value, self._recorder(stats, allow_missing))
         finally:
             adapter.in_place = adapter.on_device = None
 
@@ -109,8 +116,6 @@ class Guard(_Guard):
             self.monitor.check_layers(names, allow_missing=allow_missing)
         stats = device_grad_stats(gradients, names, full=False, count_zeros=needs_zero_counts(self.monitor))
         self.optimizer.on_device = gradients
-
-        def record(step, report):
-            self.monitor.update_stats(stats, step=step, allow_missing=allow_missing)
-
-        return self._policies(dict(zip(names, gradients)), stats.global_norm, loss, record)
+        return self._policies(
+            dict(zip(names, gradients)), stats.global_norm, loss, self._recorder(stats, allow_missing)
+        )

@@ -58,7 +58,20 @@ class GradGuardHook:
     gradguard.torch.device_path()) on their device by torch's kernels, the
     monitor's statistics brought to the host in one transfer a step and the
     clip applied there without another. hook.last_norm is the last step's pre-clip global norm;
-    hook.steps counts the steps seen; hook.remove() detaches it.
+    hook.steps counts the steps recorded; hook.remove() detaches it.
+
+    The monitor numbers steps by the training step: with optimizer= and
+    scaler=, each scaler.update() (once per iteration, skipped or not) ends a
+    step, so the steps the scaler skips leave gaps in the monitor's step
+    numbers instead of shifting the later ones; otherwise each optimiser step
+    (or hook() call) is one. hook(step=k) numbers a call explicitly (the
+    Lightning callback passes trainer.global_step).
+
+    What the monitor sees: the gradients as they are when opt.step() is
+    called, so after any clip the training loop did itself. With max_norm=
+    the hook clips them and tells the monitor the norm after its clip
+    (monitor.latest()'s before/after-clip values and clip rate);
+    `gradguard watch` records a script's own clip the same way.
     """
 
     def __init__(self, parameters, monitor=None, *, optimizer=None, max_norm=None, scaler=None, skip_nonfinite=False):
@@ -71,13 +84,35 @@ class GradGuardHook:
         self.scaler = scaler
         self.skip_nonfinite = boolean(skip_nonfinite, "skip_nonfinite")
         self.steps = 0
+        self.training_step = 0  # the next step's number (see the class docstring)
         self.last_norm = None
         self._handle = None
+        self._scaler_update = None
         if optimizer is not None:
             self._handle = optimizer.register_step_pre_hook(self._before_step)
+            if scaler is not None:
+                self._count_scaler_updates(scaler)
 
-    def __call__(self):
-        """Record (and clip) the current gradients; returns the monitor's findings."""
+    def _count_scaler_updates(self, scaler):
+        """Number steps by scaler.update() calls (one per iteration, also when
+        the scaler skipped the optimiser's step): the instance's update is
+        wrapped until remove()."""
+        original = scaler.update
+
+        def update(*args, **kwargs):
+            self.training_step += 1
+            return original(*args, **kwargs)
+
+        scaler.update = update
+        self._scaler_update = (scaler, original)
+
+    def __call__(self, step=None, *, later_clip=None):
+        """Record (and clip) the current gradients; returns the monitor's findings.
+        step: the training step to record them at (default: the hook's count).
+        later_clip: for a caller whose own clip follows (the Lightning
+        Trainer's), a function of the norm giving the norm after that clip."""
+        if step is not None:
+            step = positive_int(step, "step", minimum=0)
         present = [(name, p.grad) for name, p in self._named if p.grad is not None]
         if not present:
             return []
@@ -93,11 +128,19 @@ class GradGuardHook:
             stats = grad_stats(grads)  # one read serves the monitor and the norm
         norm = stats.global_norm
         self.last_norm = norm
+        counted_here = step is None and self._scaler_update is None
         if (self.scaler is not None or self.skip_nonfinite) and not math.isfinite(norm):
+            self.training_step += counted_here  # a skipped step is still a training step
             return []  # the step will be skipped: nothing to record, nothing to clip
-        findings = self.monitor.update_stats(stats, step=self.steps, allow_missing=True)
+        clipping = self.max_norm is not None and math.isfinite(norm)
+        after = norm * clip_coefficient(self.max_norm, norm) if clipping else None
+        if later_clip is not None and after is None:
+            after = later_clip(norm)
+        recorded_at = self.training_step if step is None else step
+        findings = self.monitor.update_stats(stats, step=recorded_at, allow_missing=True, norm_after_clip=after)
         self.steps += 1
-        if self.max_norm is not None and math.isfinite(norm):
+        self.training_step += counted_here
+        if clipping:
             if on_device:
                 coefficient = clip_coefficient(self.max_norm, norm)
                 if coefficient != 1.0:  # the core's rule: a coefficient of 1 writes nothing
@@ -110,17 +153,23 @@ class GradGuardHook:
     def state_dict(self) -> dict:
         """The monitor's state (plain lists and numbers) and the hook's step count
         and last norm: torch.save it with the model's checkpoint."""
-        return {"monitor": self.monitor.state_dict(), "steps": self.steps, "last_norm": self.last_norm}
+        return {
+            "monitor": self.monitor.state_dict(),
+            "steps": self.steps,
+            "training_step": self.training_step,
+            "last_norm": self.last_norm,
+        }
 
     def load_state_dict(self, state_dict) -> None:
         """Restore a state_dict(): the monitor resumes with its history, baselines
         and streaks, so detection after a resume is what it would have been.
         Checked whole first; nothing changes unless all of it is valid."""
-        state = state_entries(state_dict, "GradGuardHook", ("monitor", "steps", "last_norm"))
+        state = state_entries(state_dict, "GradGuardHook", ("monitor", "steps", "training_step", "last_norm"))
         steps = positive_int(state["steps"], "steps", minimum=0)
+        training_step = positive_int(state["training_step"], "training_step", minimum=0)
         last_norm = real(state["last_norm"], "last_norm", low=0.0, allow_none=True, allow_nan=True)
         self.monitor.load_state_dict(state["monitor"])  # checked whole before it loads anything
-        self.steps, self.last_norm = steps, last_norm
+        self.steps, self.training_step, self.last_norm = steps, training_step, last_norm
 
     def _before_step(self, optimizer, args, kwargs):
         self()  # a step pre-hook must return None (or replacement arguments)
@@ -130,3 +179,8 @@ class GradGuardHook:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        if self._scaler_update is not None:
+            scaler, original = self._scaler_update
+            if scaler.update is not original:
+                del scaler.update  # the class's method shows through again
+            self._scaler_update = None
