@@ -1,4 +1,4 @@
-"""`gradguard COMMAND` (also `python -m gradguard COMMAND`): demo, bench, config."""
+"""`gradguard COMMAND` (also `python -m gradguard COMMAND`): demo, bench, watch, config."""
 
 from __future__ import annotations
 
@@ -21,7 +21,9 @@ def build_parser():
 
     parser = _Parser(prog="gradguard", description="gradguard: numerically healthy training, at memory speed.")
     parser.add_argument("--version", action="version", version=f"gradguard {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="{demo,bench,config}", parser_class=_Parser)
+    from .watch.cli import add_arguments as watch_arguments
+
+    commands = parser.add_subparsers(dest="command", metavar="{demo,bench,watch,config}", parser_class=_Parser)
     demo = commands.add_parser(
         "demo",
         help="train deep and recurrent networks with and without each remedy, over several seeds",
@@ -37,6 +39,17 @@ def build_parser():
         description="Time gradguard against NumPy and torch on the standard workloads.",
     )
     bench_arguments(bench)
+    watch = commands.add_parser(
+        "watch",
+        help="run an unmodified PyTorch training script under the monitor",
+        description=(
+            "Run a PyTorch training script unmodified (as `python script.py args` would) with every optimiser's "
+            "steps monitored: gradients read before the script's own clip, each finding printed as it happens, "
+            "report.md, history.jsonl, findings.jsonl and gradient-flow PNGs written at exit."
+        ),
+        usage="gradguard watch [options] [--] script.py [args ...]",
+    )
+    watch_arguments(watch)
     commands.add_parser("config", help="print the SIMD target, threads and build", description="Print the build.")
     return parser
 
@@ -59,6 +72,10 @@ def main(argv=None):
         except KeyboardInterrupt:
             print("\ngradguard demo: interrupted", file=sys.stderr)
             return 130
+    if arguments.command == "watch":
+        from .watch.cli import run_from_arguments
+
+        return run_from_arguments(arguments)
     if arguments.command == "bench":
         from .bench.cli import run_from_arguments
 

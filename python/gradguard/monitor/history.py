@@ -115,11 +115,16 @@ class History:
         return self._baseline
 
 
+# A norm after the clip this much below the norm before is a clip: two float64
+# readings of the same unclipped gradients (before the clip and after it) may
+# differ in their last bits, a clip scales by 1 - 1e-6 / max_norm or less.
+CLIPPED_BELOW = 1.0 - 1e-9
+
+
 def clipped(before, after):
     """Whether a clip scaled the gradients: the norm after it is below the norm
-    before (a coefficient of 1 writes nothing, so an unclipped step keeps its
-    norm exactly; a non-finite step is not clipped, it is broken)."""
-    return np.isfinite(before) & (np.asarray(after) < before)
+    before (by more than rounding); a non-finite step is not clipped, it is broken."""
+    return np.isfinite(before) & (np.asarray(after) < np.asarray(before) * CLIPPED_BELOW)
 
 
 def empty_history(layers) -> dict:

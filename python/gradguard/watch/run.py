@@ -1,0 +1,98 @@
+"""Running a script as `python script.py args` would, under a Watcher, and
+writing the watcher's outputs whatever way the script ends."""
+
+from __future__ import annotations
+
+import os
+import runpy
+import signal
+import sys
+import traceback
+
+__all__ = ["run_watched"]
+
+
+class _Terminated(BaseException):
+    """SIGTERM (torchrun stopping the other ranks after one failed): unwinds the
+    script like Ctrl-C does, so that the reports are written."""
+
+
+def _exit_code(error: SystemExit) -> int:
+    code = error.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)  # sys.exit("message"): Python prints it and exits with 1
+    return 1
+
+
+def run_watched(target, arguments, *, module=False, command=None, **watcher_options) -> int:
+    """Run target (a script path, or a module name with module=True) with
+    sys.argv = [target, *arguments] and __name__ == "__main__", under a
+    Watcher(**watcher_options); returns the script's exit status (its
+    sys.exit code, 1 after an uncaught exception, 130 after Ctrl-C, 143
+    after SIGTERM), the outputs written in every case."""
+    try:
+        import torch  # noqa: F401 - the watcher hooks torch's optimisers
+    except ImportError:
+        print("gradguard watch: needs PyTorch (pip install torch)", file=sys.stderr)
+        return 2
+    from .watcher import Watcher
+
+    if not module and not os.path.exists(target):
+        print(f"gradguard watch: {target}: no such file", file=sys.stderr)
+        return 2
+    watcher = Watcher(**watcher_options)
+    saved_argv, saved_path = sys.argv[:], sys.path[:]
+    sys.argv = [target, *arguments]
+    if not module:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(target)))  # as `python script.py` puts its folder first
+    previous = None
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and _in_main_thread():
+
+        def terminate(signum, frame):
+            raise _Terminated
+
+        previous = signal.signal(signal.SIGTERM, terminate)
+    code = 0
+    try:
+        if module:
+            runpy.run_module(target, run_name="__main__", alter_sys=True)
+        else:
+            runpy.run_path(target, run_name="__main__")
+    except SystemExit as error:
+        code = _exit_code(error)
+    except KeyboardInterrupt:
+        print("\ngradguard watch: interrupted", file=sys.stderr)
+        code = 130
+    except _Terminated:
+        print("gradguard watch: terminated", file=sys.stderr)
+        code = 143
+    except BaseException as error:  # the script's own error: shown as Python shows it, then the reports
+        _print_from_script(error, target if not module else None)
+        code = 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+        sys.argv, sys.path[:] = saved_argv, saved_path
+        watcher.close(exit_code=code, command=command)
+    return code
+
+
+def _print_from_script(error, script):
+    """The traceback from the script's first frame on (the runner's frames left
+    out, as `python script.py` shows it)."""
+    trace = error.__traceback__
+    here = os.path.dirname(os.path.abspath(__file__))
+    while trace is not None and (
+        trace.tb_frame.f_code.co_filename.startswith(here) or "runpy" in trace.tb_frame.f_code.co_filename
+    ):
+        trace = trace.tb_next
+    traceback.print_exception(type(error), error, trace)
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()

@@ -1,0 +1,172 @@
+"""gradguard watch: unmodified training scripts (tests/watch_scripts) under the
+watcher, checked against what torch, Lightning and the Trainer report themselves."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from gradguard.watch import run_watched  # noqa: E402
+
+SCRIPTS = Path(__file__).parent / "watch_scripts"
+
+
+def _history(out):
+    return [json.loads(line) for line in (Path(out) / "history.jsonl").read_text().splitlines()]
+
+
+def _watch(script, out, *arguments, **options):
+    return run_watched(str(SCRIPTS / script), [str(a) for a in arguments], out=str(out), **options)
+
+
+def test_cli_runs_a_plain_loop_sees_norms_before_its_clip_and_keeps_its_exit_code(tmp_path):
+    out, norms_path = tmp_path / "out", tmp_path / "torch_norms.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gradguard",
+            "watch",
+            "--out",
+            str(out),
+            "--",
+            str(SCRIPTS / "plain_loop.py"),
+            str(norms_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 3, done.stderr  # the script's sys.exit(3)
+    lines = [line for line in done.stderr.splitlines() if line.startswith("gradguard: step")]
+    assert lines and all(line.startswith("gradguard: step 30: exploding: ") for line in lines)  # once, as it happened
+    torch_norms = json.loads(norms_path.read_text())
+    history = _history(out)
+    assert [entry["gradguard/step"] for entry in history] == list(range(40))
+    before = [entry["gradguard/grad_norm_before_clip"] for entry in history]
+    assert before == pytest.approx(torch_norms, rel=1e-5)  # torch's own pre-clip norms
+    for entry, norm in zip(history, torch_norms):
+        assert entry["gradguard/grad_norm_after_clip"] == pytest.approx(min(norm, 1.0), rel=1e-5)
+        assert entry["gradguard/clipped"] == float(norm > 1.0 + 1e-6)
+    assert before[30] > 1e3  # the spike the clip hid from a hook at optimizer.step
+    report = (out / "report.md").read_text()
+    assert "Exit status of the script: 3" in report and "| 30 | `0.weight` | exploding |" in report
+    assert (out / "gradient_flow_optimizer_0_sgd.png").stat().st_size > 0
+    findings = [json.loads(line) for line in (out / "findings.jsonl").read_text().splitlines()]
+    assert {f["step"] for f in findings} == {30}
+
+
+def test_gradscaler_skipped_steps_are_counted_not_recorded(tmp_path):
+    assert _watch("scaler_loop.py", tmp_path) == 0
+    history = _history(tmp_path)
+    steps = [entry["gradguard/step"] for entry in history]
+    assert steps == [s for s in range(30) if s not in (7, 19)]  # numbered by training step, gaps at the skips
+    assert all(entry["gradguard/grad_norm_after_clip"] <= 0.05 * (1 + 1e-5) for entry in history)
+    report = (tmp_path / "report.md").read_text()
+    assert "28 steps recorded of 30" in report and "2 skipped by the GradScaler" in report
+    assert "No findings" in report  # routine overflows are not explosions
+
+
+def test_a_gan_gets_one_monitor_per_optimizer(tmp_path):
+    assert _watch("gan.py", tmp_path) == 0
+    history = _history(tmp_path)
+    labels = {entry["optimizer"] for entry in history}
+    assert labels == {"optimizer 0 (Adam)", "optimizer 1 (Adam)"}
+    discriminator = [entry for entry in history if entry["optimizer"] == "optimizer 0 (Adam)"]
+    # clip_grad_value_(0.1): the norm after it is the clamped gradients' norm, at most 0.1 * sqrt(numel)
+    assert any(entry["gradguard/clipped"] == 1.0 for entry in discriminator)
+    assert len(discriminator) == 25 and "grad_norm/0.weight" in discriminator[0]
+
+
+def test_a_crashing_script_keeps_its_exit_code_and_its_report(tmp_path, capsys):
+    assert _watch("crash.py", tmp_path, "x") == 1
+    error = capsys.readouterr().err
+    assert "RuntimeError: loss is nan at step 15" in error and "runpy" not in error
+    assert "gradguard: step 12: exploding: " in error
+    report = (tmp_path / "report.md").read_text()
+    assert "Exit status of the script: 1" in report and "| 12 |" in report and "16 steps recorded" in report
+
+
+def test_a_script_without_an_optimizer_gets_a_clear_message(tmp_path, capsys):
+    assert _watch("no_optimizer.py", tmp_path) == 0
+    assert "never stepped a torch.optim optimizer" in capsys.readouterr().err
+    assert "nothing was monitored" in (tmp_path / "report.md").read_text()
+
+
+def test_guard_options_clip_and_skip(tmp_path):
+    out = tmp_path / "guarded"
+    assert _watch("crash.py", out, "x", max_norm=0.01, skip_nonfinite=True) == 1
+    history = _history(out)
+    assert all(entry["gradguard/grad_norm_after_clip"] <= 0.01 * (1 + 1e-5) for entry in history[:12])
+    assert "4 skipped by --skip-nonfinite" in (out / "report.md").read_text()
+
+
+def test_every_records_one_step_in_n(tmp_path):
+    out = tmp_path / "sampled"
+    assert _watch("scaler_loop.py", out, every=5) == 0
+    assert [entry["gradguard/step"] for entry in _history(out)] == [0, 5, 10, 15, 20, 25]
+
+
+def test_ctrl_c_writes_the_report_and_exits_130(tmp_path):
+    marker = tmp_path / "started"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gradguard",
+            "watch",
+            "--out",
+            str(tmp_path / "out"),
+            str(SCRIPTS / "endless.py"),
+            str(marker),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, error = process.communicate(timeout=60)
+    assert process.returncode == 130 and "interrupted" in error
+    assert "steps recorded" in (tmp_path / "out" / "report.md").read_text()
+
+
+@pytest.mark.filterwarnings("ignore")  # Lightning's own warnings (workers, deprecations)
+def test_lightning_script_records_before_the_trainers_clip(tmp_path):
+    pytest.importorskip("lightning")
+    assert _watch("lightning_fit.py", tmp_path) == 0
+    history = _history(tmp_path)
+    assert [entry["gradguard/step"] for entry in history] == list(range(12))  # step(closure): recorded in the step
+    for entry in history:
+        assert entry["gradguard/grad_norm_before_clip"] > 0.5  # the Trainer's gradient_clip_val
+        assert entry["gradguard/grad_norm_after_clip"] == pytest.approx(0.5, rel=1e-4)
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_hugging_face_trainer_script_norms_match_the_trainers_grad_norm(tmp_path):
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    out, trainer_out = tmp_path / "watch", tmp_path / "trainer"
+    assert _watch("hf_trainer.py", out, trainer_out) == 0
+    logged = [entry for entry in json.loads((trainer_out / "log_history.json").read_text()) if "grad_norm" in entry]
+    history = _history(out)
+    assert len(history) == len(logged) == 10
+    for entry, log in zip(history, logged):
+        assert entry["gradguard/step"] == log["step"] - 1
+        assert entry["gradguard/grad_norm_before_clip"] == pytest.approx(log["grad_norm"], rel=1e-4)  # pre-clip
+        assert entry["gradguard/grad_norm_after_clip"] == pytest.approx(min(log["grad_norm"], 1.0), rel=1e-4)
+    assert "transformer.h.0.attn.c_attn.weight" in (out / "report.md").read_text()
+
+
+def test_the_clip_functions_are_torchs_own_again_after_the_watch(tmp_path):
+    original = torch.nn.utils.clip_grad_norm_
+    assert _watch("gan.py", tmp_path) == 0
+    assert torch.nn.utils.clip_grad_norm_ is original and not hasattr(original, "__gradguard_original__")
+    assert os.path.exists(tmp_path / "report.md")
