@@ -8,7 +8,7 @@ discriminator = torch.nn.Sequential(torch.nn.Linear(2, 16), torch.nn.LeakyReLU(0
 g_optimizer = torch.optim.Adam(generator.parameters(), lr=1e-3, betas=(0.5, 0.999))
 d_optimizer = torch.optim.Adam(discriminator.parameters(), lr=1e-3, betas=(0.5, 0.999))
 bce = torch.nn.BCEWithLogitsLoss()
-for step in range(25):
+for _ in range(25):
     real = torch.randn(32, 2) * 0.5 + 2.0
     fake = generator(torch.randn(32, 4))
     d_optimizer.zero_grad()
