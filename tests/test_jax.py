@@ -35,13 +35,19 @@ def test_leaves_are_named_by_path_and_shared_not_copied():
     assert stats.l2[2] == pytest.approx(np.linalg.norm(np.asarray(tree["dense"]["kernel"], np.float64)), rel=1e-12)
 
 
-def test_clip_by_global_norm_returns_a_new_tree():
+def test_clip_tree_by_global_norm_returns_a_new_tree():
     tree = _tree(scale=10.0)
-    clipped, norm = ggj.clip_by_global_norm(tree, 1.0)
+    clipped, norm = ggj.clip_tree_by_global_norm(tree, 1.0)
     assert norm > 1.0 and ggj.global_norm(clipped) == pytest.approx(1.0, rel=1e-5)
     assert ggj.global_norm(tree) == pytest.approx(norm)  # the input is untouched (JAX arrays are immutable)
-    same, _ = ggj.clip_by_global_norm(tree, 1e6)
+    same, _ = ggj.clip_tree_by_global_norm(tree, 1e6)
     assert same is tree
+
+
+def test_host_functions_inside_jit_say_so_in_gradguards_words():
+    for function in (ggj.global_norm, ggj.grad_stats, lambda t: ggj.clip_tree_by_global_norm(t, 1.0)):
+        with pytest.raises(TypeError, match="cannot run inside jax.jit.*clip_by_global_norm"):
+            jax.jit(function)(_tree())
 
 
 def test_monitor_update_and_refusals():
@@ -49,10 +55,42 @@ def test_monitor_update_and_refusals():
     assert ggj.monitor_update(monitor, _tree()) == []
     assert monitor.names == ["blocks/0", "dense/bias", "dense/kernel"]
     with pytest.raises(ValueError, match="max_norm"):
-        ggj.clip_by_global_norm(_tree(), -1.0)
+        ggj.clip_tree_by_global_norm(_tree(), -1.0)
 
 
 optax = pytest.importorskip("optax")
+
+
+@pytest.mark.parametrize("scale", [0.0, 0.01, 1.0, 30.0, 1e30])
+@pytest.mark.parametrize("eps", [0.0, gg.CLIP_EPS])
+def test_clip_by_global_norm_is_optaxs_transformation_under_jit(scale, eps):
+    """Against a float64 reference of the rule, and Optax's own where its float32 norm is finite."""
+    tree = _tree(seed=3, scale=scale)
+    transform = ggj.clip_by_global_norm(1.0, eps=eps)
+    state = transform.init(tree)
+    clipped, _ = jax.jit(transform.update)(tree, state)
+    flat = np.concatenate([np.asarray(leaf, np.float64).ravel() for leaf in jax.tree_util.tree_leaves(tree)])
+    norm = np.linalg.norm(flat)
+    factor = 1.0 if norm == 0 else min(1.0, 1.0 / (norm + eps))
+    for ours, leaf in zip(jax.tree_util.tree_leaves(clipped), jax.tree_util.tree_leaves(tree)):
+        np.testing.assert_allclose(np.asarray(ours, np.float64), np.asarray(leaf, np.float64) * factor, rtol=2e-6)
+    if eps == 0.0 and scale < 1e19:
+        theirs, _ = optax.clip_by_global_norm(1.0).update(tree, optax.EmptyState())
+        for ours, leaf in zip(jax.tree_util.tree_leaves(clipped), jax.tree_util.tree_leaves(theirs)):
+            np.testing.assert_allclose(np.asarray(ours), np.asarray(leaf), rtol=2e-6, atol=1e-30)
+
+
+def test_clip_by_global_norm_in_half_precision_does_not_overflow():
+    """float16 leaves of norm ~ 2000: their squares overflow float16, not this norm."""
+    leaves = {"w": jnp.full((4, 4), 500.0, jnp.float16), "b": jnp.full(3, -300.0, jnp.bfloat16)}
+    clipped, _ = jax.jit(ggj.clip_by_global_norm(1.0).update)(leaves, optax.EmptyState())
+    norm = math.sqrt(16 * 500.0**2 + 3 * 300.0**2)
+    assert float(clipped["w"][0, 0]) == pytest.approx(500.0 / norm, rel=2e-3)
+    assert float(clipped["b"][0]) == pytest.approx(-300.0 / norm, rel=1e-2)
+    assert clipped["w"].dtype == jnp.float16 and clipped["b"].dtype == jnp.bfloat16
+    nan = {"w": jnp.array([1.0, float("nan")])}
+    kept, _ = ggj.clip_by_global_norm(1.0).update(nan, optax.EmptyState())
+    assert np.isnan(np.asarray(kept["w"])[1]) and float(kept["w"][0]) == 1.0  # NaN stays visible, not spread
 
 
 def _run(transform, scales, seed=0):

@@ -18,6 +18,7 @@ NEEDS = {
     "lightning": ["torch", "lightning"],
     "keras": ["torch", "keras"],
     "distributed": ["torch"],
+    "transformers": ["torch", "transformers", "accelerate"],
 }
 
 
@@ -42,6 +43,6 @@ def test_readme_example_runs(name, tmp_path):
         script.write_text(_examples()[name])
         environment.update(GRADGUARD_NUM_THREADS="1", OMP_NUM_THREADS="1")
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.strip(), "the example prints its result"

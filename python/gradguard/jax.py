@@ -44,6 +44,7 @@ __all__ = [
     "global_norm",
     "grad_stats",
     "clip_by_global_norm",
+    "clip_tree_by_global_norm",
     "monitor_update",
     "zclip",
     "autoclip",
@@ -88,6 +89,7 @@ def leaves_by_path(tree) -> dict:
     leaves on the CPU are shared, not copied (read-only views); leaves on another
     device are refused here (NumPy cannot view them): global_norm, grad_stats and
     monitor_update reduce those on their device instead."""
+    _refuse_traced(tree, "leaves_by_path")
     names = _leaf_names(tree)
     named = {}
     for name, leaf in zip(names, jax.tree_util.tree_leaves(tree)):
@@ -102,6 +104,17 @@ def leaves_by_path(tree) -> dict:
 
 def _on_device(tree) -> bool:
     return not all(_on_cpu(leaf) for leaf in jax.tree_util.tree_leaves(tree))
+
+
+def _refuse_traced(tree, function):
+    """The host functions read values; inside jit (grad, vmap) there are none yet:
+    say so in gradguard's words rather than JAX's ConcretizationTypeError."""
+    if any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree_util.tree_leaves(tree)):
+        raise TypeError(
+            f"gradguard.jax.{function} reads the arrays' values on the host, so it cannot run inside jax.jit "
+            "(or grad, vmap); inside jit use the Optax transformations clip_by_global_norm(max_norm), zclip(), "
+            "autoclip() and monitor_tap(monitor), or leaf_stats(tree)"
+        )
 
 
 # The columns of leaf_stats' table: grad_stats' fields, in the core's order.
@@ -176,6 +189,7 @@ def global_norm(tree, ord=2.0) -> float:
     """gg.global_norm of every leaf of a pytree: (sum_i sum_j |leaf_i_j|^p)^(1/p).
     Leaves on an accelerator: the L2 norm from leaf_stats on their device (one
     small transfer), to float32 rounding; other orders need CPU leaves."""
+    _refuse_traced(tree, "global_norm")
     if _on_device(tree):
         if real(ord, "ord") != 2.0:
             raise ValueError("global_norm of device arrays takes ord=2 (leaf_stats' l2); jax.device_get them first")
@@ -186,17 +200,20 @@ def global_norm(tree, ord=2.0) -> float:
 def grad_stats(tree):
     """gg.grad_stats of a pytree's leaves, named by tree path: by gradguard's core
     on CPU leaves, by leaf_stats on their device otherwise (one small transfer)."""
+    _refuse_traced(tree, "grad_stats")
     if _on_device(tree):
         return stats_from_table(jax.device_get(_leaf_stats_jit(tree)), _leaf_names(tree))
     return _grad_stats(leaves_by_path(tree))
 
 
-def clip_by_global_norm(tree, max_norm, eps=CLIP_EPS):
+def clip_tree_by_global_norm(tree, max_norm, eps=CLIP_EPS):
     """(clipped tree, norm before clipping), gg.clip_by_global_norm's rule
     (gg.clip_coefficient): leaf * min(1, max_norm / (norm + eps)) for every
     leaf, unchanged when that is 1; the norm and the coefficient are taken by
     gradguard's core on the shared CPU memory, the scaling by JAX (its arrays
-    are immutable)."""
+    are immutable). Reads values on the host, so not inside jit: there,
+    clip_by_global_norm(max_norm) is the transformation."""
+    _refuse_traced(tree, "clip_tree_by_global_norm")
     max_norm = real(max_norm, "max_norm", low=0.0)
     eps = real(eps, "eps", low=0.0, allow_inf=False)
     norm = global_norm(tree)
@@ -209,6 +226,7 @@ def clip_by_global_norm(tree, max_norm, eps=CLIP_EPS):
 def monitor_update(monitor, grads, step=None, *, allow_missing=False):
     """monitor.update with a pytree of gradients, layers named by tree path
     (leaves on an accelerator: their statistics from leaf_stats, on the device)."""
+    _refuse_traced(grads, "monitor_update")
     if _on_device(grads):
         return monitor.update_stats(grad_stats(grads), step=step, allow_missing=allow_missing)
     return monitor.update(leaves_by_path(grads), step=step, allow_missing=allow_missing)
@@ -231,6 +249,44 @@ def _tree_norm(updates):
     tracing), so this one norm is JAX's own."""
     leaves = jax.tree_util.tree_leaves(updates)
     return jnp.sqrt(sum(jnp.sum(jnp.square(leaf.astype(jnp.float32))) for leaf in leaves))
+
+
+def _safe_tree_norm(updates):
+    """The global L2 norm of a pytree, traced, without overflow or underflow: each
+    leaf scaled by the largest |value| of all before squaring (float32 at least;
+    a float16 sum of squares overflows at a norm of 256)."""
+    leaves = [leaf.astype(jnp.promote_types(leaf.dtype, jnp.float32)) for leaf in jax.tree_util.tree_leaves(updates)]
+    if not leaves:
+        return jnp.zeros([], jnp.float32)
+    largest = jnp.max(jnp.stack([jnp.max(jnp.abs(leaf), initial=0.0) for leaf in leaves]))
+    scale = jnp.where(jnp.isfinite(largest) & (largest > 0), largest, 1.0)
+    total = sum(jnp.sum(jnp.square(leaf / scale)) for leaf in leaves)
+    return jnp.where(jnp.isfinite(largest), scale * jnp.sqrt(total), largest + total)
+
+
+def clip_by_global_norm(max_norm, eps=0.0):
+    """Optax's clip_by_global_norm as a GradientTransformation that runs under jit:
+
+        updates * min(1, max_norm / (norm + eps)),  norm = ||updates||_2 over every leaf
+
+    eps=0 (the default) is Optax's rule (updates * max_norm / max(norm,
+    max_norm)); eps=gg.CLIP_EPS is torch's clip_grad_norm_'s. The norm is taken
+    without overflow (leaves scaled by their largest |value| first), so float16
+    and bfloat16 updates whose squares overflow clip as float32 ones would;
+    a non-finite norm leaves the updates as they are (NaN stays visible). No
+    state. clip_tree_by_global_norm is the eager function (the core's norm)."""
+    optax = _optax()
+    max_norm = real(max_norm, "max_norm", low=0.0)
+    eps = real(eps, "eps", low=0.0, allow_inf=False)
+
+    def update_fn(updates, state, params=None):
+        del params
+        norm = _safe_tree_norm(updates)
+        factor = jnp.where(jnp.isfinite(norm), jnp.minimum(1.0, max_norm / (norm + eps)), 1.0)
+        factor = jnp.where(norm == 0, 1.0, factor)
+        return jax.tree_util.tree_map(lambda leaf: (leaf * factor).astype(leaf.dtype), updates), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
 
 
 def _scaled(updates, norm, threshold):
