@@ -56,7 +56,8 @@ def test_callback_restores_the_optimiser_and_refuses_bad_arguments():
     x, y = _data()
     model = _model()
     model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[GradGuardCallback()])
-    assert "apply" not in vars(model.optimizer)  # the wrapper is gone after fit
+    assert "_clip_gradients" not in vars(model.optimizer)  # the wrappers are gone after fit
+    assert "_backend_apply_gradients" not in vars(model.optimizer)
     with pytest.raises(ValueError, match="max_norm"):
         GradGuardCallback(max_norm=-1.0)
 
@@ -86,3 +87,39 @@ def test_other_backends_are_refused_clearly():
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "refused" in result.stdout
+
+
+def test_gradient_accumulation_records_and_clips_what_the_optimiser_applies():
+    """6 updates of 2 micro-batches: 6 records, and the weights of Keras's own global_clipnorm run."""
+    x, y = _data()
+    ours, theirs = _model(2), _model(2)
+    ours.compile(optimizer=keras.optimizers.SGD(0.05, gradient_accumulation_steps=2), loss="mse")
+    theirs.compile(
+        optimizer=keras.optimizers.SGD(0.05, gradient_accumulation_steps=2, global_clipnorm=0.05), loss="mse"
+    )
+    callback = GradGuardCallback(max_norm=0.05)
+    ours.fit(x[:48], y[:48], batch_size=4, epochs=1, verbose=0, shuffle=False, callbacks=[callback])
+    theirs.fit(x[:48], y[:48], batch_size=4, epochs=1, verbose=0, shuffle=False)
+    assert callback.monitor.summary()["steps"] == 6
+    for mine, reference in zip(ours.get_weights(), theirs.get_weights()):
+        np.testing.assert_allclose(mine, reference, rtol=1e-4, atol=1e-6)
+
+
+def test_mixed_float16_records_unscaled_gradients_and_leaves_out_overflowed_steps():
+    x, y = _data()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        model = _model(3)
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse")  # wrapped in a LossScaleOptimizer
+        assert hasattr(model.optimizer, "inner_optimizer")
+        callback = GradGuardCallback()
+        model.fit(x, y, batch_size=16, epochs=2, verbose=0, callbacks=[callback])
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    norms = callback.monitor.history()["grad_norm"]
+    reference = _model(3)
+    reference.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[probe := GradGuardCallback()])
+    # unscaled: the same order as a float32 run's (loss-scaled ones are 2**15 times larger)
+    assert np.isfinite(norms).all() and norms.max() < 100 * probe.monitor.history()["grad_norm"].max()
+    assert callback.monitor.findings == []
+    assert callback.monitor.summary()["steps"] <= 8
