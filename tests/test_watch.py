@@ -3,6 +3,7 @@ watcher, checked against what torch, Lightning and the Trainer report themselves
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -170,3 +171,62 @@ def test_the_clip_functions_are_torchs_own_again_after_the_watch(tmp_path):
     assert _watch("gan.py", tmp_path) == 0
     assert torch.nn.utils.clip_grad_norm_ is original and not hasattr(original, "__gradguard_original__")
     assert os.path.exists(tmp_path / "report.md")
+
+
+def _torchrun(tmp_path, *script_arguments):
+    environment = dict(os.environ, OMP_NUM_THREADS="1", GRADGUARD_NUM_THREADS="1")
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+    command += ["-m", "gradguard", "watch", "--out", str(tmp_path / "out"), str(SCRIPTS / "ddp.py"), *script_arguments]
+    started = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=environment)
+    return done, time.monotonic() - started
+
+
+def test_under_torchrun_each_rank_writes_its_own_report(tmp_path):
+    done, _ = _torchrun(tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for rank in (0, 1):
+        report = (tmp_path / "out" / f"rank{rank}" / "report.md").read_text()
+        assert f"Rank {rank} of 2" in report and "20 steps recorded of 20" in report
+        history = _history(tmp_path / "out" / f"rank{rank}")
+        # DDP averages the gradients over ranks: both ranks see the same norms
+        assert len(history) == 20
+    zero, one = (_history(tmp_path / "out" / f"rank{r}") for r in (0, 1))
+    assert [e["gradguard/grad_norm_before_clip"] for e in zero] == pytest.approx(
+        [e["gradguard/grad_norm_before_clip"] for e in one], rel=1e-6
+    )
+
+
+def test_under_torchrun_a_crashed_rank_does_not_hang_the_others_reports(tmp_path):
+    """Rank 1 raises at step 10; rank 0 blocks in DDP's next all-reduce until torchrun
+    terminates it: both reports are written (rank 0's by the watcher's SIGTERM helper)."""
+    done, seconds = _torchrun(tmp_path, "1")
+    assert done.returncode != 0 and seconds < 200
+    crashed = (tmp_path / "out" / "rank1" / "report.md").read_text()
+    assert "Exit status of the script: 1" in crashed and "11 steps recorded" in crashed
+    # Rank 0 either sees gloo's connection drop (its script raises: 1) or is
+    # terminated by torchrun (143); its report is written either way.
+    survivor = (tmp_path / "out" / "rank0" / "report.md").read_text()
+    assert re.search(r"Exit status of the script: (1|143)\n", survivor) and "steps recorded" in survivor
+
+
+def test_sigterm_while_blocked_in_cpp_still_writes_the_report(tmp_path):
+    """The script waits in C++ (a TCPStore key that never comes), where Python
+    cannot unwind: the watcher's helper thread writes the report and exits 143."""
+    marker = tmp_path / "blocked"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gradguard", "watch", "--out", str(tmp_path / "out"), str(SCRIPTS / "blocked.py"), str(marker)],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.1)
+    time.sleep(0.3)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    _, error = process.communicate(timeout=60)
+    assert process.returncode == 143 and time.monotonic() - started < 30
+    assert "terminated while blocked" in error
+    report = (tmp_path / "out" / "report.md").read_text()
+    assert "Exit status of the script: 143" in report and "3 steps recorded of 3" in report

@@ -7,6 +7,8 @@ import os
 import runpy
 import signal
 import sys
+import threading
+import time
 import traceback
 
 __all__ = ["run_watched"]
@@ -48,13 +50,7 @@ def run_watched(target, arguments, *, module=False, command=None, **watcher_opti
     sys.argv = [target, *arguments]
     if not module:
         sys.path.insert(0, os.path.dirname(os.path.abspath(target)))  # as `python script.py` puts its folder first
-    previous = None
-    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL and _in_main_thread():
-
-        def terminate(signum, frame):
-            raise _Terminated
-
-        previous = signal.signal(signal.SIGTERM, terminate)
+    termination = _TerminationWatch(watcher, command) if _in_main_thread() else None
     code = 0
     try:
         if module:
@@ -73,8 +69,8 @@ def run_watched(target, arguments, *, module=False, command=None, **watcher_opti
         _print_from_script(error, target if not module else None)
         code = 1
     finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        if termination is not None:
+            termination.stop()
         sys.argv, sys.path[:] = saved_argv, saved_path
         watcher.close(exit_code=code, command=command)
     return code
@@ -92,7 +88,63 @@ def _print_from_script(error, script):
     traceback.print_exception(type(error), error, trace)
 
 
-def _in_main_thread() -> bool:
-    import threading
+class _TerminationWatch:
+    """SIGTERM (torchrun stopping the other ranks after one failed, a scheduler's
+    preemption) unwinds the script like Ctrl-C, so the reports are written by
+    run_watched. A rank blocked in a collective whose peer died never gets back
+    to Python to unwind: a helper thread, woken by the signal through
+    signal.set_wakeup_fd, gives the main thread GRACE seconds, then writes the
+    reports itself and ends the process with status 143 (torchrun's own
+    grace before SIGKILL is 30 s). Only a default SIGTERM disposition is
+    replaced, and only an unused wakeup fd is taken."""
 
+    GRACE = 3.0
+
+    def __init__(self, watcher, command):
+        self.previous = None
+        self.reader = self.writer = None
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return  # the script's launcher handles SIGTERM itself
+
+        def terminate(signum, frame):
+            raise _Terminated
+
+        self.previous = signal.signal(signal.SIGTERM, terminate)
+        self.reader, self.writer = os.pipe()
+        os.set_blocking(self.writer, False)
+        if signal.set_wakeup_fd(self.writer) != -1:  # someone else's (asyncio): give it back, no helper
+            signal.set_wakeup_fd(-1)  # pragma: no cover - not under test
+            os.close(self.reader)
+            os.close(self.writer)
+            self.reader = self.writer = None
+            return
+        self.watcher, self.command = watcher, command
+        self.thread = threading.Thread(target=self._wait, name="gradguard-watch-sigterm", daemon=True)
+        self.thread.start()
+
+    def _wait(self):
+        data = os.read(self.reader, 64)
+        os.close(self.reader)
+        if not data or signal.SIGTERM not in data:
+            return  # stop() woke it, or another signal
+        time.sleep(self.GRACE)  # the main thread unwinds and writes the reports, if it can
+        if self.watcher.closed:
+            return
+        try:
+            self.watcher.close(exit_code=143, command=self.command)
+        finally:
+            print("gradguard watch: terminated while blocked (reports written by the watcher)", file=sys.stderr)
+            os._exit(143)
+
+    def stop(self):
+        if self.previous is None:
+            return
+        signal.signal(signal.SIGTERM, self.previous)
+        if self.writer is not None:
+            signal.set_wakeup_fd(-1)
+            os.write(self.writer, b"\0")  # wakes the helper, which sees no SIGTERM and returns
+            os.close(self.writer)
+
+
+def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()

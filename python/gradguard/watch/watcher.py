@@ -23,6 +23,7 @@ import gc
 import json
 import os
 import sys
+import threading
 import warnings
 
 import torch as _torch
@@ -113,6 +114,7 @@ class Watcher:
         self._history = None
         self._scaler_step = None
         self.closed = False
+        self._closing = threading.Lock()
         os.makedirs(self.out, exist_ok=True)
         self._history = open(os.path.join(self.out, "history.jsonl"), "w")
         self._handle = register_optimizer_step_pre_hook(self._before_step)
@@ -209,9 +211,10 @@ class Watcher:
 
     def close(self, exit_code=None, command=None) -> str:
         """Unhook, write report.md, findings.jsonl and the PNGs; returns the report's path."""
-        if self.closed:
-            return os.path.join(self.out, "report.md")
-        self.closed = True
+        with self._closing:  # the main thread and the SIGTERM helper (run.py) may both close
+            if self.closed:
+                return os.path.join(self.out, "report.md")
+            self.closed = True
         if self._handle is not None:
             self._handle.remove()
         clip_tap.remove_listener(self._before_clip)
