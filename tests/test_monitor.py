@@ -344,8 +344,85 @@ def test_a_format_1_checkpoint_loads_with_the_clip_unknown():
     for grads in _story(np.random.default_rng(5), steps=6):
         monitor.update(grads, norm_after_clip=0.5)
     state = monitor.state_dict()
-    state["format"] = 1
+    state["format"] = 1  # what gradguard wrote before the clip record and the sustained-growth detector
     del state["history"]["totals"]
+    for key in ("sustained", "reference"):
+        del state["detectors"][key]
+    for key in ("sustained_growth", "sustained_steps", "reference_history"):
+        del state["settings"][key]
     resumed = gg.GradientMonitor(names=["a", "b"])
     resumed.load_state_dict(state)
     assert resumed.summary() == monitor.summary() and np.isnan(resumed.clip_rate())
+
+
+def test_a_layer_that_appears_late_joins_and_is_judged_on_its_own_history():
+    """An expert's first gradient at step 1, a layer unfrozen at step 30: they join,
+    nothing raises, and a later spike of the late layer is found against its own
+    history (not against NaN, and not from the steps before it existed)."""
+    rng = np.random.default_rng(7)
+    monitor = gg.GradientMonitor()
+    found = []
+    for step in range(80):
+        grads = {"shared": rng.standard_normal(16).astype(np.float32)}
+        if step >= 1:
+            grads["expert.1"] = rng.standard_normal(16).astype(np.float32) * 0.1
+        if step >= 30:
+            grads["unfrozen"] = rng.standard_normal(16).astype(np.float32) * (1e4 if step == 70 else 10.0)
+        found += monitor.update(grads, step=step, allow_missing=True)
+    assert monitor.names == ["shared", "expert.1", "unfrozen"]
+    assert [(f.step, f.layer, f.kind) for f in found] == [(70, "unfrozen", "exploding")]
+    history = monitor.history()
+    assert np.isnan(history["norm"][:30, 2]).all() and np.isfinite(history["norm"][30:, 2]).all()
+    with pytest.raises(ValueError, match="missing"):  # a known layer left out needs allow_missing
+        monitor.update({"shared": np.ones(4, np.float32)})
+    resumed = gg.GradientMonitor()
+    resumed.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
+    assert resumed.names == monitor.names and resumed.summary() == monitor.summary()
+
+
+def test_monitor_module_with_a_mixture_of_experts_whose_expert_starts_late():
+    torch = pytest.importorskip("torch")
+    from gradguard.torch import monitor_module
+
+    torch.manual_seed(0)
+    experts = torch.nn.ModuleList([torch.nn.Linear(4, 4) for _ in range(3)])
+    monitor = gg.GradientMonitor()
+    for step in range(12):
+        experts.zero_grad(set_to_none=True)
+        used = [0] if step == 0 else [0, 1] if step < 6 else [0, 1, 2]  # routing reaches experts 1 and 2 later
+        sum(experts[i](torch.randn(8, 4)).pow(2).mean() for i in used).backward()
+        monitor_module(monitor, experts, step=step)
+    assert monitor.names[:2] == ["0.weight", "0.bias"] and len(monitor.names) == 6
+    assert monitor.findings == []
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_slow_growth_is_found_soon_after_it_passes_10x_its_long_run_level(seed):
+    """10x over 190 steps (about 1.2 % a step, noisy): no step is a spike and the
+    rolling median follows it, but the long-run level does not."""
+    rng = np.random.default_rng(seed)
+    norms = stationary(rng, 400, 3, sigma=0.2)
+    growth = np.ones(400)
+    growth[150:340] = 10.0 ** (np.arange(190) / 190.0)
+    growth[340:] = 10.0 ** (1 + np.arange(60) / 190.0)
+    norms[:, 1] *= growth
+    _, findings = run(norms)
+    assert [(f.layer, f.kind) for f in findings] == [("layer1", "exploding")]
+    # the level passes 10x its long-run level (about 1, from the noisy early steps) at about step 340
+    assert 325 <= findings[0].step <= 350 and "sustained growth" in findings[0].message
+    assert findings[0].evidence["times"] > 10.0
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_healthy_drifts_are_not_sustained_growth(seed):
+    """An early fall and a partial recovery (5x from the trough), a 4x slow rise,
+    a learning-rate drop: no finding."""
+    rng = np.random.default_rng(seed)
+    steps = 1500
+    t = np.arange(steps)
+    fall_and_recover = 30.0 * np.exp(-t / 40.0) + np.where(t > 200, np.minimum(5.0, 1 + (t - 200) / 200.0), 1.0)
+    slow_rise = 4.0 ** (t / steps)
+    lr_drop = np.where(t < 700, 1.0, 0.3)
+    norms = stationary(rng, steps, 3, sigma=0.25) * np.stack([fall_and_recover, slow_rise, lr_drop], axis=1)
+    _, findings = run(norms)
+    assert findings == []

@@ -33,16 +33,18 @@ def test_a_present_layer_is_still_judged_when_others_are_missing():
     assert [(f.layer, f.kind, f.step) for f in found] == [("c", "exploding", 5)]
 
 
-def test_missing_layers_refused_without_allow_missing_and_unknown_names_always():
+def test_missing_layers_refused_without_allow_missing_and_unknown_names_join():
     monitor = gg.GradientMonitor(names=["a", "b"])
     one = {"a": np.ones(3, np.float32)}
     with pytest.raises(ValueError, match=r"missing \['b'\]"):
         monitor.update(one)
-    with pytest.raises(ValueError, match=r"unexpected \['z'\]"):
-        monitor.update({"a": np.ones(3, np.float32), "z": np.ones(3, np.float32)}, allow_missing=True)
-    assert monitor.summary()["steps"] == 0  # refused updates changed nothing
+    with pytest.raises(ValueError, match=r"missing \['b'\]"):  # a new name does not excuse a missing one
+        monitor.update({"a": np.ones(3, np.float32), "z": np.ones(3, np.float32)})
+    assert monitor.summary()["steps"] == 0 and monitor.names == ["a", "b"]  # refused updates changed nothing
     monitor.update(one, allow_missing=True)
     assert monitor.summary()["steps"] == 1
+    monitor.update({"a": np.ones(3, np.float32), "z": np.ones(3, np.float32)}, allow_missing=True)
+    assert monitor.names == ["a", "b", "z"] and monitor.summary()["layers"] == 3
 
 
 def test_latest_is_a_flat_dict_without_nan():

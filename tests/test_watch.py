@@ -215,7 +215,16 @@ def test_sigterm_while_blocked_in_cpp_still_writes_the_report(tmp_path):
     cannot unwind: the watcher's helper thread writes the report and exits 143."""
     marker = tmp_path / "blocked"
     process = subprocess.Popen(
-        [sys.executable, "-m", "gradguard", "watch", "--out", str(tmp_path / "out"), str(SCRIPTS / "blocked.py"), str(marker)],
+        [
+            sys.executable,
+            "-m",
+            "gradguard",
+            "watch",
+            "--out",
+            str(tmp_path / "out"),
+            str(SCRIPTS / "blocked.py"),
+            str(marker),
+        ],
         stderr=subprocess.PIPE,
         text=True,
     )

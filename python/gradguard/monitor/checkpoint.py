@@ -27,7 +27,7 @@ __all__ = ["monitor_state", "load_monitor_state"]
 FORMAT = 2
 READABLE = (1, 2)
 _STREAK_FIELDS = ("streak", "since", "clear", "reported")
-_STREAK_KINDS = ("vanishing", "dead", "update_ratio")
+_STREAK_KINDS = LayerStates.STREAK_KINDS
 
 
 def monitor_state(monitor) -> dict:
@@ -74,6 +74,7 @@ def _detector_state(states: LayerStates) -> dict:
     }
     saved["growth_streak"] = states.growth_streak.tolist()
     saved["exploding"] = states.exploding.tolist()
+    saved["reference"] = states.reference.tolist()
     return saved
 
 
@@ -98,6 +99,8 @@ def load_monitor_state(monitor, state_dict) -> None:
     if state["format"] not in READABLE or isinstance(state["format"], bool):
         raise ValueError(f"GradientMonitor state_dict: format {state['format']!r}; this gradguard reads {READABLE}")
     settings = monitor.settings.as_dict()
+    if state["format"] < 2 and isinstance(state["settings"], dict):  # settings added since are at their defaults
+        settings = {key: value for key, value in settings.items() if key in state["settings"]}
     if state["settings"] != settings:
         differ = sorted(
             key
@@ -112,7 +115,8 @@ def load_monitor_state(monitor, state_dict) -> None:
         raise TypeError("GradientMonitor state_dict: names must be a list of strings or None")
     if names is not None and len(set(names)) != len(names):
         raise ValueError("GradientMonitor state_dict: names repeat")
-    if monitor.names is not None and monitor._named and names != monitor.names:
+    if monitor.names is not None and monitor._named and (names is None or names[: len(monitor.names)] != monitor.names):
+        # (a saved monitor may have more layers: layers that joined after its first step)
         raise ValueError("GradientMonitor state_dict: saved for other layers than this monitor's names")
     if not isinstance(state["named"], bool):
         raise TypeError("GradientMonitor state_dict: named must be a bool")
@@ -126,7 +130,7 @@ def load_monitor_state(monitor, state_dict) -> None:
     history = (
         None if state["history"] is None else _history(state["history"], monitor.settings, layers, state["format"])
     )
-    detectors = None if state["detectors"] is None else _states(state["detectors"], layers)
+    detectors = None if state["detectors"] is None else _states(state["detectors"], layers, state["format"])
     if (history is None) != (detectors is None) or (history is not None and names is None):
         raise ValueError("GradientMonitor state_dict: history, detectors and names come together (after a first step)")
     monitor.names, monitor._named, monitor._last_step = (
@@ -212,12 +216,19 @@ def _history(saved, settings, layers, form) -> History:
     return history
 
 
-def _states(saved, layers) -> LayerStates:
+# What a format-1 state lacks: the sustained-growth detector's streaks and long-run levels (fresh on load).
+_SINCE_FORMAT_2 = ("sustained", "reference")
+
+
+def _states(saved, layers, form) -> LayerStates:
     if layers is None:
         raise ValueError("GradientMonitor state_dict: detector state needs the layers' names")
-    saved = state_entries(saved, "GradientMonitor detectors", (*_STREAK_KINDS, "growth_streak", "exploding"))
+    keys = (*_STREAK_KINDS, "growth_streak", "exploding", "reference")
+    if form < 2:
+        keys = tuple(key for key in keys if key not in _SINCE_FORMAT_2)
+    saved = state_entries(saved, "GradientMonitor detectors", keys)
     states = LayerStates(layers)
-    for kind in _STREAK_KINDS:
+    for kind in (kind for kind in _STREAK_KINDS if kind in keys):
         streaks = state_entries(saved[kind], f"GradientMonitor {kind} streaks", _STREAK_FIELDS)
         setattr(
             states,
@@ -229,4 +240,6 @@ def _states(saved, layers) -> LayerStates:
         )
     states.growth_streak = _array(saved["growth_streak"], "growth_streak", (layers,), np.int64)
     states.exploding = _array(saved["exploding"], "exploding", (layers,), bool)
+    if "reference" in keys:
+        states.reference = _array(saved["reference"], "reference", (layers,), np.float64)
     return states

@@ -46,8 +46,10 @@ class StepView:
     previous: object  # the previous step's norms, or None
     center: np.ndarray  # median log norm of each layer's history
     spread: np.ndarray  # robust spread of it
+    baseline_count: np.ndarray  # positive finite norms the baseline was taken over
     has_history: np.ndarray
     present: np.ndarray  # layers with a gradient this step
+    recent: object = None  # recent(layers, count): median of those layers' last `count` positive finite norms
 
 
 @dataclass
@@ -65,16 +67,18 @@ class Streaks:
     def zeros(cls, layers):
         return cls(*(np.zeros(layers, dtype=np.int64) for _ in range(3)), np.zeros(layers, dtype=bool))
 
-    def advance(self, condition, step, blocked, patience):
+    def advance(self, condition, step, blocked, patience, clear_after=None, blocked_counts=False):
         """Advance the streaks; return the layers to report now: held for
         `patience` steps, not reported in this episode, not taken by a
-        higher-priority finding. An episode ends after `patience` clear steps."""
+        higher-priority finding. An episode ends after `clear_after` (default
+        `patience`) clear steps. blocked_counts: an episode a higher-priority
+        finding took is over for this condition too (not reported once that one ends)."""
         self.since = np.where(condition & (self.streak == 0), step, self.since)
         self.streak = np.where(condition, self.streak + 1, 0)
         self.clear = np.where(condition, 0, self.clear + 1)
-        reported = self.reported & (self.clear < patience)
+        reported = self.reported & (self.clear < (patience if clear_after is None else clear_after))
         due = (self.streak >= patience) & ~reported & ~blocked
-        self.reported = reported | due
+        self.reported = reported | due | ((self.streak >= patience) & blocked if blocked_counts else False)
         return due
 
     def active(self, patience):
@@ -91,11 +95,27 @@ class LayerStates:
     update_ratio: Streaks = None
     growth_streak: np.ndarray = None  # steps in a row the norm grew by growth_factor
     exploding: np.ndarray = None  # flagged exploding at the last step
+    sustained: Streaks = None  # steps in a row above sustained_growth x the long-run level
+    reference: np.ndarray = None  # the long-run level: lowest baseline median (log), NaN before it is taken
+
+    STREAK_KINDS = ("vanishing", "dead", "update_ratio", "sustained")
 
     def __post_init__(self):
-        self.vanishing, self.dead, self.update_ratio = (Streaks.zeros(self.layers) for _ in range(3))
+        self.vanishing, self.dead, self.update_ratio, self.sustained = (Streaks.zeros(self.layers) for _ in range(4))
         self.growth_streak = np.zeros(self.layers, dtype=np.int64)
         self.exploding = np.zeros(self.layers, dtype=bool)
+        self.reference = np.full(self.layers, np.nan)
+
+    def add_layers(self, count):
+        """Layers joining: every state of theirs starts fresh (no streak, nothing reported, no level yet)."""
+        fresh = LayerStates(count)
+        for name in self.STREAK_KINDS:
+            mine, theirs = getattr(self, name), getattr(fresh, name)
+            for part in ("streak", "since", "clear", "reported"):
+                setattr(mine, part, np.concatenate([getattr(mine, part), getattr(theirs, part)]))
+        for name in ("growth_streak", "exploding", "reference"):
+            setattr(self, name, np.concatenate([getattr(self, name), getattr(fresh, name)]))
+        self.layers += count
 
     def flagged(self, patience) -> dict:
         """kind -> per-layer bool: the layers each condition holds for now (the
@@ -115,7 +135,11 @@ class Detectors:
         self.settings, self.names = settings, list(names)
         self.states = LayerStates(len(self.names))
 
-    def detect(self, step, norm, zero_fraction, ratio, stats, previous, baseline, present=None):
+    def add_layers(self, names):
+        self.names += list(names)
+        self.states.add_layers(len(names))
+
+    def detect(self, step, norm, zero_fraction, ratio, stats, previous, baseline, present=None, recent=None):
         """The step's findings, one detector per kind over all layers at once, in
         order of priority: a layer flagged by one is not flagged by the next.
         Layers absent this step (present False) count as finite, and their NaN
@@ -138,8 +162,10 @@ class Detectors:
             previous,
             center,
             spread,
+            count,
             count >= self.settings.min_history,
             present,
+            recent,
         )
         findings = []
         exploding = self.exploding(view, findings)
@@ -185,6 +211,36 @@ class Detectors:
         with np.errstate(invalid="ignore", over="ignore"):
             well_above = ~view.has_history | (norm > s.growth_over_history * np.exp(view.center))
         growing = (state.growth_streak >= s.growth_steps) & well_above
+        # Sustained growth: a rolling baseline follows a slow rise, so no step is a
+        # spike; the long-run level (the lowest median the layer's window has had,
+        # taken once it holds reference_history steps) does not follow it.
+        # The test is on the median of the last `sustained_steps` norms (this step's
+        # included), so that step-to-step noise neither triggers nor delays it;
+        # it is read only for layers whose norm is above the bound this step.
+        settled = view.baseline_count >= s.reference_history
+        state.reference = np.where(settled, np.fmin(state.reference, view.center), state.reference)
+        with np.errstate(invalid="ignore"):
+            bound = state.reference + np.log(s.sustained_growth)
+            risen = view.positive & (view.logs > bound)
+        # (layers in an episode are read too: their median decides when it ends)
+        candidates = np.flatnonzero(risen | (state.sustained.streak > 0) | state.sustained.reported)
+        recent = np.full(len(norm), np.nan)
+        if candidates.size:
+            recent[candidates] = view.recent(candidates, s.sustained_steps)
+            # Hysteresis: an episode lasts until the median falls below half the
+            # bound, so a level hovering at the bound is one finding, not several.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                risen = np.log(recent) > bound - np.where(state.sustained.reported, np.log(2.0), 0.0)
+                # A layer that grows with the whole model (a learning phase lifts
+                # every layer's gradient) is not this finding: it must also stand
+                # sqrt(sustained_growth) above the median layer's growth this step.
+                growth = view.logs - state.reference
+                others = growth[np.isfinite(growth)]
+                if others.size >= 3:
+                    risen &= np.log(recent) - state.reference > np.median(others) + 0.5 * np.log(s.sustained_growth)
+        sustained = state.sustained.advance(
+            risen, view.step, above | spike | growing | already, 1, clear_after=s.patience, blocked_counts=True
+        )
         self._report(
             findings,
             view.step,
@@ -216,7 +272,24 @@ class Detectors:
                 f"{state.growth_streak[i]} steps, now {norm[i]:.3g}"
             ),
         )
-        state.exploding = ~view.finite | above | spike | growing
+        self._report(
+            findings,
+            view.step,
+            sustained,
+            "exploding",
+            lambda i: {
+                "norm": float(norm[i]),
+                "recent_median_norm": float(recent[i]),
+                "long_run_norm": float(np.exp(state.reference[i])),
+                "times": float(recent[i] / np.exp(state.reference[i])),
+            },
+            lambda i: (
+                f"{{layer}}: norm {recent[i]:.3g} (median of the last {s.sustained_steps} steps) is "
+                f"{recent[i] / np.exp(state.reference[i]):.3g}x its long-run level {np.exp(state.reference[i]):.3g} "
+                "(sustained growth)"
+            ),
+        )
+        state.exploding = ~view.finite | above | spike | growing | state.sustained.active(s.patience)
         return state.exploding.copy()
 
     def dead(self, view, findings, blocked):

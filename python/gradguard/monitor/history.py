@@ -47,6 +47,18 @@ class History:
         self._min_history = min_history
         self._baseline_kept = 0  # steps the cached baseline was taken over
 
+    def add_layers(self, count: int) -> None:
+        """Layers joining at the next step: NaN before it, no baseline until their own history has min_history steps."""
+        for name in SERIES:
+            self.series[name] = np.concatenate([self.series[name], np.full((self.window, count), np.nan)], axis=1)
+        if self._baseline is not None:
+            baseline = self._baseline
+            self._baseline = Baseline(
+                np.concatenate([baseline.count, np.zeros(count, dtype=baseline.count.dtype)]),
+                np.concatenate([baseline.center, np.full(count, np.nan)]),
+                np.concatenate([baseline.spread, np.full(count, MIN_SPREAD)]),
+            )
+
     def _kept(self):
         """Ring rows of the kept steps, oldest first."""
         kept = min(self.count, self.window)
@@ -59,6 +71,16 @@ class History:
         """The last recorded step's norms (a copy), or None before any step."""
         row = self.last_row()
         return None if row is None else self.series["norm"][row].copy()
+
+    def recent_norm(self, layers, count: int) -> np.ndarray:
+        """Per layer (indices), the median of its positive finite norms over the last
+        `count` kept steps (NaN where it has none)."""
+        rows = self._kept()[-count:]
+        norms = self.series["norm"][np.ix_(rows, layers)]
+        norms = np.where(np.isfinite(norms) & (norms > 0), norms, np.nan)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a layer with no positive norm yet
+            return np.nanmedian(norms, axis=0)
 
     def append(self, step: int, values: dict) -> None:
         row = self.count % self.window

@@ -93,8 +93,9 @@ class GradientMonitor:
 
         grads: a dict name -> array, or a list. Once the monitor knows its
         layers' names (from `names=` or a first dict), a dict is matched by
-        name (different key sets raise a ValueError naming the missing and
-        unexpected layers); a list pairs by position. params is deprecated and ignored
+        name: a name it has not seen is a layer joining at this step (judged
+        from here on, on its own history), a known layer left out raises a
+        ValueError naming it unless allow_missing; a list pairs by position. params is deprecated and ignored
         (a DeprecationWarning says so): the update-ratio rule needs the
         update actually applied, which `step_report=` gives: the
         StepReport of a gg.optim step (`step(..., return_report=True)`) over
@@ -189,6 +190,11 @@ class GradientMonitor:
         labels are all the layers' names (None before the first step of an
         unnamed monitor); present marks the layers given (None: all of them)."""
         known = self.names if self.recorded is not None or self.names is not None else None
+        if known is not None and self._named and names is not None:
+            # A layer the monitor has not seen joins (an expert's first token, a layer
+            # unfrozen or added late): it is judged from here on, on its own history.
+            seen = set(known)
+            known = known + [name for name in names if name not in seen]
         labels = known if known is not None else names
         if labels is not None and len(labels) != count and names is None:
             raise ValueError(f"{count} {noun}; this monitor tracks {len(labels)} layers")
@@ -202,6 +208,11 @@ class GradientMonitor:
 
     def _record(self, stats, step, ratio, present, layer_names, named, norm_after_clip):
         """Append one step's series and run the detectors (both update paths end here)."""
+        if self.recorded is not None and len(layer_names) > len(self.names):
+            joined = len(layer_names) - len(self.names)
+            self.recorded.add_layers(joined)
+            self._detectors.add_layers(layer_names[len(self.names) :])
+            self.names = list(layer_names)
         if self.recorded is None:
             self.names = layer_names
             self._named = self._named or named
@@ -229,7 +240,9 @@ class GradientMonitor:
         }
         self.recorded.append(step, values)
         self._last_step = step
-        new = self._detectors.detect(step, norm, values["zero_fraction"], ratio, stats, previous, baseline, present)
+        new = self._detectors.detect(
+            step, norm, values["zero_fraction"], ratio, stats, previous, baseline, present, self.recorded.recent_norm
+        )
         room = self.max_findings - len(self.findings)
         self.findings.extend(new[: max(room, 0)])
         return new

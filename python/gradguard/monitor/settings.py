@@ -37,6 +37,16 @@ class MonitorSettings(Settings):
     growth_over_history: float = setting(
         10.0, _NON_NEGATIVE, "... and (once there is history) above this times the layer's history median"
     )
+    sustained_growth: float = setting(
+        10.0,
+        _NON_NEGATIVE,
+        "exploding: norm above this times the layer's long-run level (the lowest median its kept window "
+        "has had, once that holds reference_history steps) for patience steps: growth too slow to look like a spike",
+    )
+    sustained_steps: int = setting(16, integer(1), "... the median over this many recent steps is what is compared")
+    reference_history: int = setting(
+        64, integer(2), "steps of a layer's own history before its long-run level is taken (warm-up is not a level)"
+    )
     dead_fraction: float = setting(
         1.0, _NON_NEGATIVE, "dead: this fraction of the gradient exactly zero (1.0: the whole layer)"
     )
