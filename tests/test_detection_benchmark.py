@@ -31,7 +31,7 @@ def test_score_counts_false_findings_and_detections():
 
 def test_a_silent_monitor_detects_nothing():
     class Silent:
-        def update(self, grads, params=None, step=None, step_report=None):
+        def update(self, grads, params=None, step=None, step_report=None, loss=None):
             return []
 
     sick = [s for s in detection.corpus() if not s.healthy]

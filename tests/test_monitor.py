@@ -346,9 +346,9 @@ def test_a_format_1_checkpoint_loads_with_the_clip_unknown():
     state = monitor.state_dict()
     state["format"] = 1  # what gradguard wrote before the clip record and the sustained-growth detector
     del state["history"]["totals"]
-    for key in ("sustained", "reference"):
+    for key in ("sustained", "reference", "loss"):
         del state["detectors"][key]
-    for key in ("sustained_growth", "sustained_steps", "reference_history"):
+    for key in ("sustained_growth", "sustained_steps", "reference_history", "loss_spike_z", "loss_rise", "loss_window"):
         del state["settings"][key]
     resumed = gg.GradientMonitor(names=["a", "b"])
     resumed.load_state_dict(state)
@@ -426,3 +426,49 @@ def test_healthy_drifts_are_not_sustained_growth(seed):
     norms = stationary(rng, steps, 3, sigma=0.25) * np.stack([fall_and_recover, slow_rise, lr_drop], axis=1)
     _, findings = run(norms)
     assert findings == []
+
+
+def _loss_run(rng, steps=220, spike_at=None, rise_layer=None, rise_from=None, loss_factor=5.0):
+    norms = stationary(rng, steps, 4, sigma=0.15)
+    losses = 2.0 * np.exp(-np.arange(steps) / 150.0) * np.exp(rng.standard_normal(steps) * 0.05) + 0.3
+    if rise_layer is not None:
+        norms[rise_from : spike_at + 1, rise_layer] *= 30.0 ** np.linspace(0.3, 1.0, spike_at + 1 - rise_from)
+    if spike_at is not None:
+        losses[spike_at] *= loss_factor
+    monitor = gg.GradientMonitor(names=[f"layer{i}" for i in range(4)], spike_z=1e9)  # the loss finding alone
+    found = []
+    for step in range(steps):
+        grads = [layer_with_norm(rng, norms[step, i], 0.0) for i in range(4)]
+        found += monitor.update(grads, step=step, loss=losses[step])
+    return monitor, [f for f in found if f.kind == "loss_spike"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3])
+def test_normal_loss_noise_is_not_a_spike(seed):
+    _, found = _loss_run(np.random.default_rng(seed))
+    assert found == []
+
+
+def test_a_loss_spike_names_the_layer_whose_gradient_rose_first():
+    monitor, found = _loss_run(np.random.default_rng(4), spike_at=150, rise_layer=2, rise_from=146)
+    assert [(f.step, f.layer, f.kind) for f in found] == [(150, "loss", "loss_spike")]
+    evidence = found[0].evidence
+    assert evidence["first_layer"] == "layer2" and 146 <= evidence["first_step"] <= 148
+    assert "layer2's gradient rose first" in found[0].message
+    resumed = gg.GradientMonitor(names=[f"layer{i}" for i in range(4)], spike_z=1e9)
+    resumed.load_state_dict(json.loads(json.dumps(monitor.state_dict())))
+    assert resumed.summary() == monitor.summary()
+
+
+def test_a_loss_spike_without_a_rising_layer_is_a_bad_batch():
+    _, found = _loss_run(np.random.default_rng(5), spike_at=120)
+    assert [f.step for f in found] == [120] and found[0].evidence["first_layer"] is None
+    assert "no layer's gradient rose" in found[0].message
+
+
+def test_a_nan_loss_is_a_finding_at_once_and_a_bad_loss_is_refused():
+    monitor = gg.GradientMonitor(names=["a"])
+    assert monitor.update({"a": np.ones(3, np.float32)}, loss=float("nan"))[0].kind == "loss_spike"
+    with pytest.raises(TypeError, match="loss"):
+        monitor.update({"a": np.ones(3, np.float32)}, loss="high")
+    assert monitor.summary()["steps"] == 1

@@ -179,7 +179,7 @@ class Guard:
         def record(step, report):
             after = norm_after_clip(norm, report)
             self.monitor.update(
-                grads, step=step, step_report=report, allow_missing=allow_missing, norm_after_clip=after
+                grads, step=step, step_report=report, allow_missing=allow_missing, norm_after_clip=after, loss=loss
             )
 
         return self._policies(grads, norm, loss, record)
@@ -192,13 +192,13 @@ class Guard:
             self.monitor.check_update(grads, allow_missing=allow_missing)
         return loss
 
-    def _recorder(self, stats, allow_missing):
+    def _recorder(self, stats, allow_missing, loss):
         """record(step, report) for statistics taken before the step (an adapter
         whose clip writes into the gradients must read them first)."""
 
         def record(step, report):
             after = norm_after_clip(stats.global_norm, report)
-            self.monitor.update_stats(stats, step=step, allow_missing=allow_missing, norm_after_clip=after)
+            self.monitor.update_stats(stats, step=step, allow_missing=allow_missing, norm_after_clip=after, loss=loss)
 
         return record
 

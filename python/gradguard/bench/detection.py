@@ -382,7 +382,7 @@ class _Training:
             # what a non-finite gradient does to an unguarded step: the parameters become NaN
             for value in self.params.values():
                 value[...] = np.nan
-        self.record.findings.extend(self.monitor.update(grads, step=step, step_report=report))
+        self.record.findings.extend(self.monitor.update(grads, step=step, step_report=report, loss=loss))
 
     def affected(self):
         """The truly affected layers (indices of weights), by the run's definition and record."""
@@ -453,8 +453,10 @@ def _score_sick(record):
         return index in record.affected or (index is not None and not np.isfinite(norms[finding.step, index]))
 
     hits = [f for f in window if f.kind in spec.expected and truly_affected(f)]
-    flagged = {f.layer for f in window}
-    correct = {f.layer for f in window if truly_affected(f)}
+    # (a loss spike names the loss, not a layer: it does not count for layer precision)
+    layered = [f for f in window if f.kind != "loss_spike"]
+    flagged = {f.layer for f in layered}
+    correct = {f.layer for f in layered if truly_affected(f)}
     return {
         "run": spec.name,
         "healthy": False,
@@ -464,6 +466,13 @@ def _score_sick(record):
     }
 
 
+def _real_surge(losses, step, window=128):
+    """Whether the recorded loss at step is non-finite or at least twice the median
+    of the window before it (llm-foundry's loss-spike rule, from the record alone)."""
+    loss, before = losses[step], np.asarray(losses[max(0, step - window) : step], dtype=np.float64)
+    return not math.isfinite(loss) or (before.size > 0 and loss >= 2.0 * float(np.median(before)))
+
+
 def score(records):
     """One row per run: healthy runs count their (false) findings by kind; sick runs
     say whether they were detected in time on a truly affected layer, the delay,
@@ -471,10 +480,13 @@ def score(records):
     rows = []
     for record in records:
         if record.run.healthy:
-            kinds = {}
+            kinds, surges = {}, 0
             for finding in record.findings:
+                if finding.kind == "loss_spike" and _real_surge(record.losses, finding.step):
+                    surges += 1  # the loss really rose: a spike the run recovered from, not a false finding
+                    continue
                 kinds[finding.kind] = kinds.get(finding.kind, 0) + 1
-            rows.append({"run": record.run.name, "healthy": True, "false_findings": kinds})
+            rows.append({"run": record.run.name, "healthy": True, "false_findings": kinds, "loss_surges": surges})
         else:
             rows.append(_score_sick(record))
     return rows
@@ -489,7 +501,8 @@ def format_score(rows):
     for row in rows:
         if row["healthy"]:
             found = ", ".join(f"{k} {n}" for k, n in sorted(row["false_findings"].items())) or "none"
-            lines.append(f"{row['run']:<28} {'healthy':<8} false findings: {found}")
+            surges = f"  (loss spikes it recovered from: {row['loss_surges']})" if row.get("loss_surges") else ""
+            lines.append(f"{row['run']:<28} {'healthy':<8} false findings: {found}{surges}")
         else:
             delay = "-" if row["delay"] is None else str(row["delay"])
             lines.append(

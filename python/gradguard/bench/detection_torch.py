@@ -113,7 +113,9 @@ class TorchTraining:
         report = None
         if all(np.all(np.isfinite(g)) for g in grads.values()):
             report = self.optimiser.step(grads, return_report=True)
-        self.record.findings.extend(self.monitor.update(grads, step=step, step_report=report))
+        self.record.findings.extend(
+            self.monitor.update(grads, step=step, step_report=report, loss=float(loss.detach()))
+        )
 
     def affected(self):
         if self.spec.sickness == "rnn_exploding":

@@ -75,6 +75,7 @@ def _detector_state(states: LayerStates) -> dict:
     saved["growth_streak"] = states.growth_streak.tolist()
     saved["exploding"] = states.exploding.tolist()
     saved["reference"] = states.reference.tolist()
+    saved["loss"] = {"reported": states.loss_reported, "clear": states.loss_clear}
     return saved
 
 
@@ -217,13 +218,13 @@ def _history(saved, settings, layers, form) -> History:
 
 
 # What a format-1 state lacks: the sustained-growth detector's streaks and long-run levels (fresh on load).
-_SINCE_FORMAT_2 = ("sustained", "reference")
+_SINCE_FORMAT_2 = ("sustained", "reference", "loss")
 
 
 def _states(saved, layers, form) -> LayerStates:
     if layers is None:
         raise ValueError("GradientMonitor state_dict: detector state needs the layers' names")
-    keys = (*_STREAK_KINDS, "growth_streak", "exploding", "reference")
+    keys = (*_STREAK_KINDS, "growth_streak", "exploding", "reference", "loss")
     if form < 2:
         keys = tuple(key for key in keys if key not in _SINCE_FORMAT_2)
     saved = state_entries(saved, "GradientMonitor detectors", keys)
@@ -242,4 +243,9 @@ def _states(saved, layers, form) -> LayerStates:
     states.exploding = _array(saved["exploding"], "exploding", (layers,), bool)
     if "reference" in keys:
         states.reference = _array(saved["reference"], "reference", (layers,), np.float64)
+    if "loss" in keys:
+        loss = state_entries(saved["loss"], "GradientMonitor loss state", ("reported", "clear"))
+        if not isinstance(loss["reported"], bool):
+            raise TypeError("GradientMonitor state_dict: the loss state's reported is a bool")
+        states.loss_reported, states.loss_clear = loss["reported"], _integer(loss["clear"], "loss clear", 0)
     return states

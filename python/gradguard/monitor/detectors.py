@@ -6,6 +6,7 @@ episode."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,7 +20,17 @@ REMEDIES = {
     "vanishing": "add residual connections or normalisation, or use an initialisation suited to the activation",
     "dead": "use a leaky activation or a lower learning rate",
     "update_ratio": "adjust this layer's learning rate",
+    "loss_spike": "skip the step (a bad batch), or clip and lower the learning rate when a layer's gradient rose first",
 }
+
+# A layer's gradient "rose" before a loss spike when its log norm stood this many
+# robust spreads above its history's median (or was not finite).
+ROSE_Z = 3.0
+# The least spread of a positive loss's log over its window (5 %: a loss that
+# barely moves must not turn a 20 % wobble into a spike).
+LOSS_MIN_LOG_SPREAD = 0.05
+# Steps whose median is the loss's current level.
+LOSS_LEVEL_STEPS = 16
 
 
 @dataclass(frozen=True)
@@ -99,6 +110,8 @@ class LayerStates:
     reference: np.ndarray = None  # the long-run level: lowest baseline median (log), NaN before it is taken
 
     STREAK_KINDS = ("vanishing", "dead", "update_ratio", "sustained")
+    loss_reported: bool = False  # the current loss-spike episode was reported
+    loss_clear: int = 0  # steps the loss has been below the spike bound
 
     def __post_init__(self):
         self.vanishing, self.dead, self.update_ratio, self.sustained = (Streaks.zeros(self.layers) for _ in range(4))
@@ -173,6 +186,80 @@ class Detectors:
         vanishing = self.vanishing(view, findings, blocked=exploding | dead, exploding=exploding)
         self.update_ratio(view, findings, blocked=exploding | dead | vanishing)
         return findings
+
+    def loss_spike(self, step, loss, losses, history, baseline):
+        """A loss far above its recent level (robust z-score over the last
+        loss_window steps above loss_spike_z and loss_rise above the median), or
+        not finite: one finding per episode, whose evidence is the layer whose
+        gradient norm rose first in the steps before it (history's kept norms
+        against each layer's baseline)."""
+        s, state = self.settings, self.states
+        finite = losses[np.isfinite(losses)]
+        median = float(np.median(finite)) if finite.size else float("nan")
+        z = float("inf")
+        if math.isfinite(loss):
+            if finite.size < s.min_history:
+                condition = False
+            else:
+                # Positive losses are judged in log space: a loss near zero is
+                # heavy-tailed (0.001 one batch, 0.03 the next) and its spikes are
+                # relative; a loss that can be negative (a GAN's, an ELBO) as it is.
+                # The level is the median of the recent steps and the noise is taken
+                # from step-to-step differences, so that a falling loss (a trend)
+                # widens neither.
+                positive = loss > 0 and finite.min() > 0
+                values, now = (np.log(finite), math.log(loss)) if positive else (finite, loss)
+                center = float(np.median(values[-LOSS_LEVEL_STEPS:]))
+                noise = 1.4826 * float(np.median(np.abs(np.diff(values)))) / math.sqrt(2.0)
+                floor = LOSS_MIN_LOG_SPREAD if positive else 1e-12 * max(abs(center), 1e-30)
+                z = (now - center) / max(noise, floor)
+                condition = z > s.loss_spike_z and loss - median > s.loss_rise * abs(median)
+        else:
+            condition = True
+        state.loss_clear = 0 if condition else state.loss_clear + 1
+        if state.loss_reported and state.loss_clear >= s.patience:
+            state.loss_reported = False
+        if not condition or state.loss_reported:
+            return []
+        state.loss_reported = True
+        evidence = {"loss": float(loss), "median_loss": median, "z": float(z)}
+        evidence.update(self._first_riser(history, baseline, s.patience * 2))
+        evidence["remedy"] = REMEDIES["loss_spike"]
+        if evidence["first_layer"] is None:
+            cause = "no layer's gradient rose before it (a bad batch?)"
+        else:
+            cause = (
+                f"{evidence['first_layer']}'s gradient rose first, at step {evidence['first_step']} "
+                f"(norm {evidence['first_norm']:.3g}, z = {evidence['first_z']:.1f})"
+            )
+        what = (
+            "is not finite"
+            if not math.isfinite(loss)
+            else f"is {loss:.4g}, {loss / median:.3g}x the median of its last {losses.size} steps (z = {z:.1f})"
+        )
+        message = f"loss at step {step} {what}; {cause}; remedy: {REMEDIES['loss_spike']}"
+        return [Finding(step, "loss", "loss_spike", evidence, message)]
+
+    def _first_riser(self, history, baseline, steps):
+        """The layer whose norm rose (ROSE_Z robust spreads above its median, or not
+        finite) earliest in the last `steps` kept steps, the highest z at that step."""
+        kept_steps, norms = history.recent_rows("norm", steps)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = (np.log(norms) - baseline.center) / baseline.spread
+        rose = np.where(np.isnan(norms), False, ~np.isfinite(norms) | (z > ROSE_Z))
+        rose &= (baseline.count >= self.settings.min_history) | ~np.isfinite(norms)
+        rows = np.flatnonzero(rose.any(axis=1))
+        if rows.size == 0:
+            return {"first_layer": None, "first_step": None, "first_norm": None, "first_z": None}
+        row = rows[0]
+        scores = np.where(rose[row], np.where(np.isfinite(norms[row]), z[row], np.inf), -np.inf)
+        layer = int(np.argmax(scores))
+        return {
+            "first_layer": self.names[layer],
+            "first_step": int(kept_steps[row]),
+            "first_norm": float(norms[row, layer]),
+            "first_z": float(z[row, layer]) if np.isfinite(z[row, layer]) else float("inf"),
+        }
 
     def _report(self, findings, step, mask, kind, evidence_of, message_of):
         for index in np.flatnonzero(mask):

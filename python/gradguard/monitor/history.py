@@ -13,9 +13,9 @@ __all__ = ["SERIES", "TOTALS", "History", "Baseline", "clipped"]
 # The series kept per step and layer.
 SERIES = ("norm", "abs_mean", "std", "zero_fraction", "update_ratio")
 # The series kept per step for the whole model: the global L2 norm of the
-# gradients the monitor was given, and the norm after the step's clip (NaN
-# where the caller did not say what its clip did).
-TOTALS = ("grad_norm", "norm_after_clip")
+# gradients the monitor was given, the norm after the step's clip (NaN where
+# the caller did not say what its clip did), and the loss (NaN where not given).
+TOTALS = ("grad_norm", "norm_after_clip", "loss")
 # The least robust spread of a layer's log norm: a history with a MAD near 0
 # (two alternating levels, a plateau) must not turn ordinary jumps into spikes.
 MIN_SPREAD = 0.3
@@ -71,6 +71,15 @@ class History:
         """The last recorded step's norms (a copy), or None before any step."""
         row = self.last_row()
         return None if row is None else self.series["norm"][row].copy()
+
+    def previous_totals(self, name: str, count: int) -> np.ndarray:
+        """The last `count` kept values of a total before the step being recorded (oldest first)."""
+        return self.totals[name][self._kept()[-count:]]
+
+    def recent_rows(self, name: str, count: int) -> np.ndarray:
+        """The last `count` kept steps x layers of a series (oldest first), with their steps."""
+        rows = self._kept()[-count:]
+        return self.steps[rows], self.series[name][rows]
 
     def recent_norm(self, layers, count: int) -> np.ndarray:
         """Per layer (indices), the median of its positive finite norms over the last

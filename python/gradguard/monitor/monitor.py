@@ -33,6 +33,11 @@ def _norm_after(value):
     return real(value, "norm_after_clip", low=0.0, allow_none=True, allow_nan=True)
 
 
+def _loss(value):
+    """loss checked before anything is recorded: a real number (NaN and inf accepted), or None."""
+    return real(value, "loss", allow_none=True, allow_nan=True)
+
+
 def _spread_out(stats, present, names):
     """GradStats of the present layers laid out over all of them: NaN moments and
     zero counts where a layer is absent."""
@@ -88,6 +93,7 @@ class GradientMonitor:
         step_report=None,
         allow_missing: bool = False,
         norm_after_clip: Optional[float] = None,
+        loss: Optional[float] = None,
     ) -> list:
         """Record one step's gradients and return its findings.
 
@@ -113,8 +119,15 @@ class GradientMonitor:
         did). The step then counts as clipped when that is below their norm,
         and latest(), report() and history() carry both norms and the clip
         rate over the window. None: the clip is unknown for this step.
+
+        loss: the step's loss (a real number; NaN and inf are news, not
+        mistakes). A loss far above its recent level is a "loss_spike"
+        finding of its own, whose evidence names the layer whose gradient
+        norm rose first in the steps before it (None when none did: a bad
+        batch rather than a layer running away).
         """
         after = _norm_after(norm_after_clip)
+        loss = _loss(loss)
         array_list, names = as_array_list(grads, "grads")
         labels, order, subset, present = self._matched(names, len(array_list), allow_missing, "gradients", "grads")
         array_list = [array_list[index] for index in order]
@@ -133,7 +146,7 @@ class GradientMonitor:
             )
         layer_names = labels if labels is not None else [str(i) for i in range(len(array_list))]
         ratio = self._update_ratios(step_report, layer_names, array_list)
-        return self._record(stats, step, ratio, present, layer_names, names is not None, after)
+        return self._record(stats, step, ratio, present, layer_names, names is not None, after, loss)
 
     def check_update(self, grads: Arrays, *, allow_missing: bool = False) -> None:
         """Refuse here, recording nothing, the gradients update(grads,
@@ -157,17 +170,19 @@ class GradientMonitor:
         *,
         allow_missing: bool = False,
         norm_after_clip: Optional[float] = None,
+        loss: Optional[float] = None,
     ) -> list:
         """Record one step from statistics already taken (gg.grad_stats, or
         combined over ranks by gradguard.distributed.grad_stats) and return its
         findings: one read of the gradients can serve the norm, the clip and
         the monitor. Layers are matched by name as in update (a GradStats
         without names pairs by position). The update-ratio rule is not applied:
-        it needs the update itself (update(..., step_report=)). allow_missing
-        and norm_after_clip as in update: named statistics may leave out some
-        of the monitor's layers; stats.global_norm is the norm before the clip.
+        it needs the update itself (update(..., step_report=)). allow_missing,
+        norm_after_clip and loss as in update: named statistics may leave out
+        some of the monitor's layers; stats.global_norm is the norm before the clip.
         """
         after = _norm_after(norm_after_clip)
+        loss = _loss(loss)
         if not isinstance(stats, GradStats):
             raise TypeError(f"stats must be a GradStats (from gg.grad_stats), not {type(stats).__name__}")
         names = [str(name) for name in stats.names] if stats.names is not None else None
@@ -182,7 +197,7 @@ class GradientMonitor:
         step = self._last_step + 1 if step is None else positive_int(step, "step", minimum=0)
         layer_names = labels if labels is not None else [str(i) for i in range(len(stats))]
         ratio = np.full(len(stats), np.nan)
-        return self._record(stats, step, ratio, present, layer_names, names is not None, after)
+        return self._record(stats, step, ratio, present, layer_names, names is not None, after, loss)
 
     def _matched(self, names, count, allow_missing, noun, argument):
         """How one step's entries (named, or by position) map onto the layers:
@@ -206,7 +221,7 @@ class GradientMonitor:
             return labels, in_order_of(subset, indices, names, argument), subset, present
         return labels, in_order_of(known if self._named else None, indices, names, argument), labels, None
 
-    def _record(self, stats, step, ratio, present, layer_names, named, norm_after_clip):
+    def _record(self, stats, step, ratio, present, layer_names, named, norm_after_clip, loss=None):
         """Append one step's series and run the detectors (both update paths end here)."""
         if self.recorded is not None and len(layer_names) > len(self.names):
             joined = len(layer_names) - len(self.names)
@@ -237,12 +252,16 @@ class GradientMonitor:
             "update_ratio": ratio,
             "grad_norm": stats.global_norm,
             "norm_after_clip": np.nan if norm_after_clip is None else norm_after_clip,
+            "loss": np.nan if loss is None else loss,
         }
+        losses = self.recorded.previous_totals("loss", self.settings.loss_window)
         self.recorded.append(step, values)
         self._last_step = step
         new = self._detectors.detect(
             step, norm, values["zero_fraction"], ratio, stats, previous, baseline, present, self.recorded.recent_norm
         )
+        if loss is not None:
+            new += self._detectors.loss_spike(step, loss, losses, self.recorded, baseline)
         room = self.max_findings - len(self.findings)
         self.findings.extend(new[: max(room, 0)])
         return new

@@ -47,6 +47,19 @@ class MonitorSettings(Settings):
     reference_history: int = setting(
         64, integer(2), "steps of a layer's own history before its long-run level is taken (warm-up is not a level)"
     )
+    loss_spike_z: float = setting(
+        6.0,
+        number(low=0.0),
+        "loss_spike: the loss's robust z-score (of log loss when the losses are positive) against its last "
+        "loss_window steps above this: level the median of the last 16, noise from step-to-step differences "
+        "(1.4826 MAD / sqrt 2, at least 0.05 in log) ...",
+    )
+    loss_rise: float = setting(
+        1.0,
+        _NON_NEGATIVE,
+        "... and above its window's median by this fraction of |median| (1: twice the median, llm-foundry's rule)",
+    )
+    loss_window: int = setting(128, integer(2), "steps of loss history the loss spike is judged against")
     dead_fraction: float = setting(
         1.0, _NON_NEGATIVE, "dead: this fraction of the gradient exactly zero (1.0: the whole layer)"
     )

@@ -104,7 +104,9 @@ class Guard(_Guard):
             if self.monitor is None:  # the norm alone: one pass, no statistics
                 return self._policies(grads, global_norm(grads), loss_value, None)
             stats = grad_stats(grads)
-            return self._policies(grads, stats.global_norm, loss_value, self._recorder(stats, allow_missing))
+            return self._policies(
+                grads, stats.global_norm, loss_value, self._recorder(stats, allow_missing, loss_value)
+            )
         finally:
             adapter.in_place = adapter.on_device = None
 
@@ -117,5 +119,5 @@ class Guard(_Guard):
         stats = device_grad_stats(gradients, names, full=False, count_zeros=needs_zero_counts(self.monitor))
         self.optimizer.on_device = gradients
         return self._policies(
-            dict(zip(names, gradients)), stats.global_norm, loss, self._recorder(stats, allow_missing)
+            dict(zip(names, gradients)), stats.global_norm, loss, self._recorder(stats, allow_missing, loss)
         )
