@@ -232,3 +232,58 @@ def test_hook_records_the_norm_after_its_clip():
     unclipped = GradGuardHook(model)
     unclipped()
     assert "gradguard/grad_norm_after_clip" not in unclipped.monitor.latest()  # no clip of its own: unknown
+
+
+class _Poison(torch.nn.Module):
+    """Passes its input through, except at one step, when it writes a NaN into it."""
+
+    def __init__(self):
+        super().__init__()
+        self.armed = False
+
+    def forward(self, x):
+        return x * float("nan") if self.armed else x
+
+
+def _poisoned_model():
+    torch.manual_seed(6)
+    return torch.nn.Sequential(
+        torch.nn.Linear(4, 16),
+        torch.nn.Tanh(),
+        torch.nn.Sequential(torch.nn.Linear(16, 16), _Poison()),
+        torch.nn.Tanh(),
+        torch.nn.Linear(16, 1),
+    )
+
+
+@pytest.mark.parametrize("where", ["forward", "loss"])
+def test_a_nan_is_attributed_to_the_module_where_it_was_born(where):
+    model = _poisoned_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    hook = GradGuardHook(model, optimizer=optimizer, find_origin=True)
+    x, y = torch.randn(8, 4), torch.randn(8, 1)
+    for step in range(8):
+        model[2][1].armed = where == "forward" and step == 5
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        if where == "loss" and step == 5:
+            loss = loss * torch.log(torch.tensor(-1.0))  # NaN born in the loss, after every module
+        loss.backward()
+        optimizer.step()
+        if step == 5:
+            break
+    nonfinite = [f for f in hook.monitor.findings if "n_nan" in f.evidence]
+    assert nonfinite and {f.step for f in nonfinite} == {5}
+    expected = "forward output of `2.1`" if where == "forward" else "backward gradient of `4."
+    assert all(f.evidence["origin"].startswith(expected) for f in nonfinite), nonfinite[0].evidence["origin"]
+    assert expected in nonfinite[0].message
+    # the first layer holds NaN too, but is not named as the origin
+    assert any(f.layer == "0.weight" for f in nonfinite)
+    hook.remove()
+    assert not model._forward_hooks and not model[2][1]._forward_hooks
+
+
+def test_find_origin_needs_the_module():
+    model = _poisoned_model()
+    with pytest.raises(TypeError, match="module itself"):
+        GradGuardHook(model.named_parameters(), find_origin=True)

@@ -239,3 +239,10 @@ def test_sigterm_while_blocked_in_cpp_still_writes_the_report(tmp_path):
     assert "terminated while blocked" in error
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Exit status of the script: 143" in report and "3 steps recorded of 3" in report
+
+
+def test_a_nan_born_in_a_forward_module_is_named_where_it_was_born(tmp_path, capsys):
+    assert _watch("nan_module.py", tmp_path) == 0
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gradguard: step 12")]
+    assert lines and all("the first inf/NaN of the step: forward output of `3`" in line for line in lines)
+    assert any("4.weight: gradient holds NaN/inf" in line for line in lines)  # where it ended up, and where it began

@@ -9,6 +9,7 @@ it has cleared.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import warnings
 from typing import Optional
@@ -31,6 +32,17 @@ NEAR_ZERO_RMS = 1e-8
 def _norm_after(value):
     """norm_after_clip checked before anything is recorded: >= 0, inf or NaN (a clip of a broken step), or None."""
     return real(value, "norm_after_clip", low=0.0, allow_none=True, allow_nan=True)
+
+
+def _with_origin(finding, origin):
+    """A non-finite finding (NaN/inf gradients, a non-finite loss) with where the value was born."""
+    nonfinite = "n_nan" in finding.evidence or (
+        finding.kind == "loss_spike" and not np.isfinite(finding.evidence["loss"])
+    )
+    if not nonfinite:
+        return finding
+    message = finding.message.replace("; remedy:", f"; the first inf/NaN of the step: {origin}; remedy:", 1)
+    return dataclasses.replace(finding, evidence=dict(finding.evidence, origin=origin), message=message)
 
 
 def _loss(value):
@@ -171,6 +183,7 @@ class GradientMonitor:
         allow_missing: bool = False,
         norm_after_clip: Optional[float] = None,
         loss: Optional[float] = None,
+        nonfinite_origin: Optional[str] = None,
     ) -> list:
         """Record one step from statistics already taken (gg.grad_stats, or
         combined over ranks by gradguard.distributed.grad_stats) and return its
@@ -180,6 +193,9 @@ class GradientMonitor:
         it needs the update itself (update(..., step_report=)). allow_missing,
         norm_after_clip and loss as in update: named statistics may leave out
         some of the monitor's layers; stats.global_norm is the norm before the clip.
+        nonfinite_origin: where this step's inf/NaN started, in words (from
+        gradguard.torch.origin): its non-finite findings carry it as evidence
+        ("origin") and in their message.
         """
         after = _norm_after(norm_after_clip)
         loss = _loss(loss)
@@ -197,7 +213,7 @@ class GradientMonitor:
         step = self._last_step + 1 if step is None else positive_int(step, "step", minimum=0)
         layer_names = labels if labels is not None else [str(i) for i in range(len(stats))]
         ratio = np.full(len(stats), np.nan)
-        return self._record(stats, step, ratio, present, layer_names, names is not None, after, loss)
+        return self._record(stats, step, ratio, present, layer_names, names is not None, after, loss, nonfinite_origin)
 
     def _matched(self, names, count, allow_missing, noun, argument):
         """How one step's entries (named, or by position) map onto the layers:
@@ -221,7 +237,7 @@ class GradientMonitor:
             return labels, in_order_of(subset, indices, names, argument), subset, present
         return labels, in_order_of(known if self._named else None, indices, names, argument), labels, None
 
-    def _record(self, stats, step, ratio, present, layer_names, named, norm_after_clip, loss=None):
+    def _record(self, stats, step, ratio, present, layer_names, named, norm_after_clip, loss=None, origin=None):
         """Append one step's series and run the detectors (both update paths end here)."""
         if self.recorded is not None and len(layer_names) > len(self.names):
             joined = len(layer_names) - len(self.names)
@@ -262,6 +278,8 @@ class GradientMonitor:
         )
         if loss is not None:
             new += self._detectors.loss_spike(step, loss, losses, self.recorded, baseline)
+        if origin is not None:
+            new = [_with_origin(finding, origin) for finding in new]
         room = self.max_findings - len(self.findings)
         self.findings.extend(new[: max(room, 0)])
         return new

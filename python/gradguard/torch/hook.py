@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import math
 
+import torch as _torch
+
 from .._arguments import boolean, positive_int, real, state_entries
 from ..clip import clip_coefficient, clip_with_norm_
 from ..monitor import GradientMonitor
 from ..stats import grad_stats
 from ._tensors import InPlace, as_numpy, named_parameters, scalar
 from .device import device_grad_stats, needs_zero_counts, on_device_path, scale_on_device_
+from .origin import NonfiniteOrigin
 
 __all__ = ["GradGuardHook", "monitor_module"]
 
@@ -67,6 +70,12 @@ class GradGuardHook:
     (or hook() call) is one. hook(step=k) numbers a call explicitly (the
     Lightning callback passes trainer.global_step).
 
+    find_origin=True (parameters: the module): a step whose gradients hold
+    inf/NaN is reported with where the value was born, the first submodule
+    whose forward output held inf/NaN or else the first parameter whose
+    backward gradient did (gradguard.torch.origin: forward hooks on every
+    submodule, flags kept on the device, read only for such a step).
+
     What the monitor sees: the gradients as they are when opt.step() is
     called, so after any clip the training loop did itself. With max_norm=
     the hook clips them and tells the monitor the norm after its clip
@@ -74,7 +83,17 @@ class GradGuardHook:
     `gradguard watch` records a script's own clip the same way.
     """
 
-    def __init__(self, parameters, monitor=None, *, optimizer=None, max_norm=None, scaler=None, skip_nonfinite=False):
+    def __init__(
+        self,
+        parameters,
+        monitor=None,
+        *,
+        optimizer=None,
+        max_norm=None,
+        scaler=None,
+        skip_nonfinite=False,
+        find_origin=False,
+    ):
         self._named = named_parameters(parameters)
         self.names = [name for name, _ in self._named]
         self.monitor = GradientMonitor(names=self.names) if monitor is None else monitor
@@ -83,6 +102,13 @@ class GradGuardHook:
         self.max_norm = real(scalar(max_norm), "max_norm", low=0.0, allow_none=True)
         self.scaler = scaler
         self.skip_nonfinite = boolean(skip_nonfinite, "skip_nonfinite")
+        self.origin = None
+        if boolean(find_origin, "find_origin"):
+            if not isinstance(parameters, _torch.nn.Module):
+                raise TypeError(
+                    "find_origin=True needs the module itself (its submodules are hooked), not its parameters"
+                )
+            self.origin = NonfiniteOrigin(parameters, named_parameters=self._named)
         self.steps = 0
         self.training_step = 0  # the next step's number (see the class docstring)
         self.last_norm = None
@@ -101,6 +127,8 @@ class GradGuardHook:
 
         def update(*args, **kwargs):
             self.training_step += 1
+            if self.origin is not None:
+                self.origin.clear()  # a step the scaler skipped leaves its flags behind
             return original(*args, **kwargs)
 
         scaler.update = update
@@ -131,13 +159,21 @@ class GradGuardHook:
         counted_here = step is None and self._scaler_update is None
         if (self.scaler is not None or self.skip_nonfinite) and not math.isfinite(norm):
             self.training_step += counted_here  # a skipped step is still a training step
+            if self.origin is not None:
+                self.origin.clear()
             return []  # the step will be skipped: nothing to record, nothing to clip
         clipping = self.max_norm is not None and math.isfinite(norm)
         after = norm * clip_coefficient(self.max_norm, norm) if clipping else None
         if later_clip is not None and after is None:
             after = later_clip(norm)
         recorded_at = self.training_step if step is None else step
-        findings = self.monitor.update_stats(stats, step=recorded_at, allow_missing=True, norm_after_clip=after)
+        origin = None
+        if self.origin is not None:
+            origin = self.origin.origin_of(stats)
+            self.origin.clear()
+        findings = self.monitor.update_stats(
+            stats, step=recorded_at, allow_missing=True, norm_after_clip=after, nonfinite_origin=origin
+        )
         self.steps += 1
         self.training_step += counted_here
         if clipping:
@@ -179,6 +215,9 @@ class GradGuardHook:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
+        if self.origin is not None:
+            self.origin.remove()
+            self.origin = None
         if self._scaler_update is not None:
             scaler, original = self._scaler_update
             if scaler.update is not original:

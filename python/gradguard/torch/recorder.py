@@ -55,7 +55,7 @@ class StepRecorder:
     a GradScaler skipped) unless at_step is given one.
     """
 
-    def __init__(self, named, monitor, *, max_norm=None, skip_nonfinite=False, every=1):
+    def __init__(self, named, monitor, *, max_norm=None, skip_nonfinite=False, every=1, origin=None):
         self.named = list(named)
         self.ids = {id(parameter) for _, parameter in self.named}
         self.monitor = monitor
@@ -68,6 +68,7 @@ class StepRecorder:
         self.guard_skips = 0  # steps skip_nonfinite skipped
         self.last_norm = None
         self._pending = None  # statistics taken before this step's first clip
+        self.origin = origin  # a gradguard.torch.origin.NonfiniteOrigin watching these parameters' steps
 
     def _present(self):
         return [(name, p.grad) for name, p in self.named if p.grad is not None]
@@ -87,9 +88,18 @@ class StepRecorder:
             if present:
                 self._pending = read_stats(present, self.monitor)
 
+    def _nonfinite_origin(self, stats):
+        if self.origin is None:
+            return None
+        origin = self.origin.origin_of(stats)
+        self.origin.clear()
+        return origin
+
     def skipped(self) -> None:
         """A GradScaler skipped this step (its gradients overflowed): not recorded, the step counted."""
         self._pending = None
+        if self.origin is not None:
+            self.origin.clear()
         self.scaler_skips += 1
         self.step += 1
 
@@ -113,6 +123,8 @@ class StepRecorder:
         self.last_norm = norm
         if unrecorded_if_nonfinite and not math.isfinite(norm):
             self.scaler_skips += 1
+            if self.origin is not None:
+                self.origin.clear()
             return []
         # The loop's clip (when one ran): the norm now is the norm after it.
         after = _norm(gradients) if pending is not None else norm
@@ -121,7 +133,9 @@ class StepRecorder:
             if coefficient != 1.0:  # the core's rule: a coefficient of 1 writes nothing
                 self._clip(gradients, self.max_norm, after)
                 after *= coefficient
-        findings = self.monitor.update_stats(stats, step=step, allow_missing=True, norm_after_clip=after)
+        findings = self.monitor.update_stats(
+            stats, step=step, allow_missing=True, norm_after_clip=after, nonfinite_origin=self._nonfinite_origin(stats)
+        )
         self.recorded += 1
         if self.skip_nonfinite and not math.isfinite(norm):
             self.guard_skips += 1

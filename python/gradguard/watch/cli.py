@@ -38,6 +38,12 @@ def add_arguments(parser):
     parser.add_argument(
         "--every", type=whole_number(1), default=1, help="record one step in N (for very large models; default 1)"
     )
+    parser.add_argument(
+        "--no-origin",
+        dest="find_origin",
+        action="store_false",
+        help="do not hook every module's forward to find where a NaN was born (about 4%% of a step on CPU)",
+    )
     parser.add_argument("-m", dest="module", action="store_true", help="run the target as a module (python -m target)")
     parser.add_argument("target", help="the script (or, with -m, the module) to run")
     parser.add_argument("arguments", nargs=argparse.REMAINDER, help="the script's own arguments")
@@ -60,4 +66,5 @@ def run_from_arguments(arguments) -> int:
         max_norm=arguments.max_norm,
         skip_nonfinite=arguments.skip_nonfinite,
         every=arguments.every,
+        find_origin=arguments.find_origin,
     )

@@ -69,10 +69,12 @@ def run_watched(target, arguments, *, module=False, command=None, **watcher_opti
         _print_from_script(error, target if not module else None)
         code = 1
     finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
+        if termination is not None:
+            termination.hold()  # a SIGTERM now (torchrun stopping this rank) must not cut the reports short
+        watcher.close(exit_code=code, command=command)
         if termination is not None:
             termination.stop()
-        sys.argv, sys.path[:] = saved_argv, saved_path
-        watcher.close(exit_code=code, command=command)
     return code
 
 
@@ -135,6 +137,11 @@ class _TerminationWatch:
         finally:
             print("gradguard watch: terminated while blocked (reports written by the watcher)", file=sys.stderr)
             os._exit(143)
+
+    def hold(self):
+        """SIGTERM ignored while the reports are written (the process exits right after)."""
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     def stop(self):
         if self.previous is None:

@@ -31,6 +31,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ..monitor import GradientMonitor
 from ..torch import clip_tap
+from ..torch.origin import NonfiniteOrigin
 from ..torch.recorder import StepRecorder
 from . import outputs
 
@@ -43,14 +44,8 @@ def owner_names(parameters):
     parameters first; the module's class name leads when they span several;
     parameters no module holds are named by position ("param.<i>")."""
     wanted = {id(p): index for index, p in enumerate(parameters)}
-    with warnings.catch_warnings():  # isinstance on some live objects (deprecated torch aliases) warns
-        warnings.simplefilter("ignore")
-        modules = [obj for obj in gc.get_objects() if isinstance(obj, _torch.nn.Module)]
-    children = {id(child) for module in modules for child in module.children()}
     roots = []
-    for module in modules:
-        if id(module) in children:
-            continue
+    for module in _roots():
         held = [(name, p) for name, p in module.named_parameters(remove_duplicate=False) if id(p) in wanted]
         if held:
             roots.append((module, held))
@@ -73,6 +68,25 @@ def owner_names(parameters):
     return _unique(labels)
 
 
+def module_name(module):
+    """A live module's name in the outermost module holding it (found among the
+    live objects: asked only for a step that went non-finite)."""
+    for root in _roots():
+        for name, candidate in root.named_modules():
+            if candidate is module:
+                return name or type(root).__name__
+    return type(module).__name__
+
+
+def _roots():
+    """The live modules no other live module has as a child."""
+    with warnings.catch_warnings():  # isinstance on some live objects (deprecated torch aliases) warns
+        warnings.simplefilter("ignore")
+        modules = [obj for obj in gc.get_objects() if isinstance(obj, _torch.nn.Module)]
+    children = {id(child) for module in modules for child in module.children()}
+    return [module for module in modules if id(module) not in children]
+
+
 def _unique(labels):
     seen, result = {}, []
     for label in labels:
@@ -91,12 +105,22 @@ class Watcher:
     (torch's rule), after the script's own clip. skip_nonfinite: skip a step
     whose gradients hold inf/NaN (every .grad set to None before the step).
     every: record one step in N (the steps in between cost nothing).
+    find_origin: hook every module's forward (torch's global module hook) so
+    that a non-finite step names where its inf/NaN was born (gradguard.torch.origin).
     monitor_settings: GradientMonitor's keyword settings. stream: where the
     findings go as they happen (stderr).
     """
 
     def __init__(
-        self, out="gradguard-watch", *, max_norm=None, skip_nonfinite=False, every=1, monitor_settings=None, stream=None
+        self,
+        out="gradguard-watch",
+        *,
+        max_norm=None,
+        skip_nonfinite=False,
+        every=1,
+        find_origin=True,
+        monitor_settings=None,
+        stream=None,
     ):
         self.rank = int(os.environ.get("RANK", "0") or 0)
         self.world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
@@ -118,6 +142,8 @@ class Watcher:
         os.makedirs(self.out, exist_ok=True)
         self._history = open(os.path.join(self.out, "history.jsonl"), "w")
         self._handle = register_optimizer_step_pre_hook(self._before_step)
+        # Where a NaN was born: every module's forward output checked on its device (see torch.origin).
+        self.origin = NonfiniteOrigin(name_of=module_name) if find_origin else None
         clip_tap.add_listener(self._before_clip)
         self._wrap_scaler()
 
@@ -134,7 +160,10 @@ class Watcher:
                 max_norm=self.max_norm,
                 skip_nonfinite=self.skip_nonfinite,
                 every=self.every,
+                origin=self.origin,
             )
+            if self.origin is not None:
+                self.origin.add_parameters(zip(names, parameters))
             label = f"optimizer {len(self.recorders)} ({type(optimizer).__name__})"
             self.recorders.append((label, type(optimizer).__name__, recorder))
             self._by_optimizer[id(optimizer)] = recorder
@@ -218,6 +247,8 @@ class Watcher:
         if self._handle is not None:
             self._handle.remove()
         clip_tap.remove_listener(self._before_clip)
+        if self.origin is not None:
+            self.origin.remove()
         if self._scaler_step is not None:
             owner, original = self._scaler_step
             owner.step = original
