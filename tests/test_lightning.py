@@ -123,3 +123,13 @@ def test_callback_numbers_steps_by_the_trainer_global_step(tmp_path):
     callback = GradGuardCallback()
     _trainer(callback, tmp_path, steps=6).fit(Regression(), _data())
     assert callback.monitor.history()["step"].tolist() == list(range(6))
+
+
+def test_callback_names_where_a_nan_was_born(tmp_path):
+    torch.manual_seed(2)
+    callback = GradGuardCallback(find_origin=True)
+    _trainer(callback, tmp_path, steps=5).fit(Regression(poison_step=3), _data())
+    born = [f for f in callback.monitor.findings if "origin" in f.evidence]
+    assert born and {f.step for f in born} == {3}
+    # the loss was multiplied by inf after every module: the last layer's gradient is where it began
+    assert all(f.evidence["origin"].startswith("backward gradient of `body.2.") for f in born)

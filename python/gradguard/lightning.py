@@ -48,10 +48,15 @@ class GradGuardCallback(Callback):
     that the optimiser skips the step (torch optimisers skip parameters
     without a gradient); the step is not recorded by the monitor. New findings
     go to Lightning's rank-zero log (logging, INFO) when report=True.
+    find_origin: a step whose gradients hold inf/NaN names where the value
+    was born (GradGuardHook's find_origin).
     """
 
-    def __init__(self, monitor=None, *, max_norm=None, per_layer=False, skip_nonfinite=False, report=True):
+    def __init__(
+        self, monitor=None, *, max_norm=None, per_layer=False, skip_nonfinite=False, report=True, find_origin=False
+    ):
         super().__init__()
+        self.find_origin = boolean(find_origin, "find_origin")
         self.monitor = monitor
         self.max_norm = max_norm
         self.per_layer = boolean(per_layer, "per_layer")
@@ -81,7 +86,12 @@ class GradGuardCallback(Callback):
                 self._trainer_clip = float(trainer.gradient_clip_val)
         scaler = getattr(trainer.precision_plugin, "scaler", None)  # 16-mixed: overflowed steps are skipped
         self._hook = GradGuardHook(
-            pl_module, self.monitor, max_norm=max_norm, scaler=scaler, skip_nonfinite=self.skip_nonfinite
+            pl_module,
+            self.monitor,
+            max_norm=max_norm,
+            scaler=scaler,
+            skip_nonfinite=self.skip_nonfinite,
+            find_origin=self.find_origin,
         )
         if self._pending is not None:  # a checkpoint's state, given before the hook existed
             self._hook.load_state_dict(self._pending)

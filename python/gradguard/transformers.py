@@ -33,6 +33,7 @@ except ImportError as error:  # pragma: no cover - exercised only without transf
 from ._arguments import boolean, real
 from .monitor import GradientMonitor
 from .torch import clip_tap
+from .torch.origin import NonfiniteOrigin
 from .torch.recorder import StepRecorder
 
 __all__ = ["GradGuardCallback"]
@@ -58,7 +59,9 @@ class GradGuardCallback(TrainerCallback, ExportableState):
     (max_grad_norm; with both set the smaller bound wins). skip_nonfinite:
     a step whose gradients hold inf/NaN is skipped (every .grad set to None
     before optimizer.step(); with fp16 the Trainer's GradScaler skips such
-    steps itself, and they are counted, not recorded). monitor_settings:
+    steps itself, and they are counted, not recorded). find_origin: a step
+    whose gradients hold inf/NaN names where the value was born (forward
+    hooks on every submodule, gradguard.torch.origin). monitor_settings:
     GradientMonitor's keyword settings (a dict, so that the Trainer can make
     the callback again from its checkpoint).
 
@@ -69,8 +72,9 @@ class GradGuardCallback(TrainerCallback, ExportableState):
     Trainer's switch for every stateful callback.
     """
 
-    def __init__(self, max_norm=None, skip_nonfinite=False, per_layer=False, monitor_settings=None):
+    def __init__(self, max_norm=None, skip_nonfinite=False, per_layer=False, find_origin=False, monitor_settings=None):
         self.max_norm = real(max_norm, "max_norm", low=0.0, allow_none=True)
+        self.find_origin = boolean(find_origin, "find_origin")
         self.skip_nonfinite = boolean(skip_nonfinite, "skip_nonfinite")
         self.per_layer = boolean(per_layer, "per_layer")
         self.monitor_settings = dict(monitor_settings or {})
@@ -85,7 +89,10 @@ class GradGuardCallback(TrainerCallback, ExportableState):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
         self.monitor = GradientMonitor(names=[name for name, _ in named], **self.monitor_settings)
-        self.recorder = StepRecorder(named, self.monitor, max_norm=self.max_norm, skip_nonfinite=self.skip_nonfinite)
+        origin = NonfiniteOrigin(model, named_parameters=named) if self.find_origin else None
+        self.recorder = StepRecorder(
+            named, self.monitor, max_norm=self.max_norm, skip_nonfinite=self.skip_nonfinite, origin=origin
+        )
         if self.checkpoint is not None:
             self.recorder.load_state_dict(self.checkpoint)  # checked whole before it loads
             self.checkpoint = None
@@ -131,6 +138,8 @@ class GradGuardCallback(TrainerCallback, ExportableState):
         if self._listening:
             clip_tap.remove_listener(self._before_clip)
             self._listening = False
+        if self.recorder is not None and self.recorder.origin is not None:
+            self.recorder.origin.remove()
 
     # -- checkpoints ---------------------------------------------------------------------------
     def state(self) -> dict:
@@ -142,6 +151,7 @@ class GradGuardCallback(TrainerCallback, ExportableState):
                 "max_norm": self.max_norm,
                 "skip_nonfinite": self.skip_nonfinite,
                 "per_layer": self.per_layer,
+                "find_origin": self.find_origin,
                 "monitor_settings": self.monitor_settings,
             },
             "attributes": {"checkpoint": saved},

@@ -125,10 +125,13 @@ class _TerminationWatch:
         self.thread.start()
 
     def _wait(self):
-        data = os.read(self.reader, 64)
+        while True:  # the wakeup fd carries every signal's number (Ctrl-C too); stop() writes a 0
+            data = os.read(self.reader, 64)
+            if not data or 0 in data or signal.SIGTERM in data:
+                break
         os.close(self.reader)
         if not data or signal.SIGTERM not in data:
-            return  # stop() woke it, or another signal
+            return  # stopped
         time.sleep(self.GRACE)  # the main thread unwinds and writes the reports, if it can
         if self.watcher.closed:
             return
@@ -149,7 +152,10 @@ class _TerminationWatch:
         signal.signal(signal.SIGTERM, self.previous)
         if self.writer is not None:
             signal.set_wakeup_fd(-1)
-            os.write(self.writer, b"\0")  # wakes the helper, which sees no SIGTERM and returns
+            try:
+                os.write(self.writer, b"\0")  # wakes the helper, which returns
+            except OSError:  # pragma: no cover - the helper has already ended
+                pass
             os.close(self.writer)
 
 
