@@ -61,7 +61,8 @@ class Run:
     """One training run of the corpus.
 
     sickness: None (healthy), or one of "lr_explosion", "late_explosion",
-    "vanishing", "dead", "nonfinite", "decay", "spike". onset: the step it
+    "vanishing", "dead", "nonfinite", "decay", "spike", "slow_growth" (onset:
+    the step its 10x growth over SLOW_GROWTH_STEPS steps is complete). onset: the step it
     starts; layer: the layer it is injected into (index of a weight), where
     that applies. expected: the finding kinds that count as detecting it.
     """
@@ -77,7 +78,7 @@ class Run:
     steps: int
     residual: bool = False
     layer_norm: bool = False
-    schedule: str = "constant"  # or "warmup_cosine"
+    schedule: str = "constant"  # or "warmup_cosine", "step_drop"
     sickness: Optional[str] = None
     onset: int = 0
     layer: int = 0
@@ -110,6 +111,7 @@ class RunRecord:
     norms: list = field(default_factory=list)  # steps x layers
     findings: list = field(default_factory=list)
     affected: tuple = ()
+    skipped: list = field(default_factory=list)  # steps a loss scaler skipped (their gradients overflowed)
 
     @property
     def diverged(self):
@@ -124,7 +126,11 @@ class RunRecord:
         run, losses = self.run, np.asarray(self.losses)
         norms = np.asarray(self.norms)
         if run.healthy:
-            _expect(np.all(np.isfinite(losses)) and np.all(np.isfinite(norms)), f"{run.name}: non-finite values")
+            kept = np.setdiff1d(np.arange(len(norms)), self.skipped)  # a scaler's skipped steps overflow by design
+            finite = np.isfinite(norms[kept]) | np.isnan(norms[kept])  # NaN: no gradient that step (frozen, unrouted)
+            _expect(np.all(np.isfinite(losses)) and np.all(finite), f"{run.name}: non-finite values")
+            if self.skipped:
+                _expect(len(self.skipped) >= 3, f"{run.name}: the scaler skipped too few steps to test anything")
             first, last = losses[:10].mean(), losses[-10:].mean()
             _expect(last < 0.7 * first, f"{run.name}: the loss did not fall ({first:.3g} -> {last:.3g})")
             return
@@ -142,14 +148,27 @@ class RunRecord:
             _expect(run.layer in self.affected, f"{run.name}: the killed layer still has gradients")
         elif run.sickness == "nonfinite":
             _expect(not np.isfinite(norms[onset, run.layer]), f"{run.name}: no non-finite gradient")
+        elif run.sickness == "slow_growth":
+            start = onset - SLOW_GROWTH_STEPS
+            level = np.median(norms[start - 40 : start, run.layer])
+            _expect(np.median(norms[onset - 5 : onset + 5, run.layer]) > 8 * level, f"{run.name}: no 10x growth")
+            steps = norms[start + 1 : onset + 1, run.layer] / norms[start:onset, run.layer]
+            _expect(steps.max() < 3.0, f"{run.name}: a step of the growth is a spike")
         elif run.sickness == "decay":
             _expect(norms[onset + 20, run.layer] < 1e-3 * norms[onset, run.layer], f"{run.name}: no decay")
         elif run.sickness == "rnn_exploding":
             head = self.layers.index("head.weight")
             _expect(max(norms[0, i] for i in self.affected) > 1e4 * norms[0, head], f"{run.name}: not exploding")
+        elif run.sickness == "nan_forward":
+            _expect(not np.all(np.isfinite(norms[onset])), f"{run.name}: no NaN gradient at the onset")
+            _expect(np.all(np.isfinite(norms[onset + 1 :])), f"{run.name}: the NaN did not stay at one step")
         elif run.sickness == "spike":
             before = np.median(total[max(0, onset - 20) : onset])
             _expect(total[onset] > 10 * before, f"{run.name}: no spike")
+
+
+# Steps over which a slow_growth run's gradient grows 10x (its onset: where it gets there).
+SLOW_GROWTH_STEPS = 190
 
 
 def corpus():
@@ -174,6 +193,7 @@ def corpus():
         Run("sigmoid-xavier-adam", "blobs", 3, 64, "sigmoid", "xavier", "adam", 1e-2, 200),
         Run("relu-plateau-sgd", "blobs", 3, 64, "relu", "he", "sgd", 0.05, 400, seed=1),
         Run("layernorm-relu-sgd", "blobs", 8, 32, "relu", "he", "sgd", 0.05, 200, layer_norm=True, seed=2),
+        Run("tanh-lr-drop-sgd", "spirals", 4, 32, "tanh", "xavier", "sgd", 0.05, 400, schedule="step_drop", seed=3),
     ]
     sick = [
         Run(
@@ -265,6 +285,22 @@ def corpus():
             allowed_delay=25,
         ),
         Run(
+            "layer-2-grows-10x-by-380",
+            "spirals",
+            4,
+            64,
+            "relu",
+            "he",
+            "adam",
+            1e-3,
+            420,
+            sickness="slow_growth",
+            onset=380,
+            layer=2,
+            expected=("exploding",),
+            allowed_delay=20,
+        ),
+        Run(
             "one-batch-spike-at-90",
             "blobs",
             4,
@@ -292,6 +328,24 @@ def _torch_runs():
         Run("torch-lstm-adding", "adding", 1, 20, "tanh", "torch", "adam", 3e-3, 300, model="lstm"),
         Run("torch-cnn-quadrants", "quadrants", 2, 8, "relu", "torch", "adam", 3e-3, 150, model="cnn"),
         Run("torch-preln-transformer", "tokens", 2, 32, "gelu", "torch", "adam", 1e-3, 300, model="transformer"),
+        Run("torch-moe-new-expert-at-40", "teacher", 1, 16, "relu", "torch", "adam", 3e-3, 200, model="moe"),
+        Run("torch-cnn-unfrozen-at-60", "quadrants", 2, 8, "relu", "torch", "adam", 1e-3, 120, model="frozen_cnn"),
+        Run("torch-gradscaler-overflows", "teacher", 2, 64, "tanh", "torch", "adam", 3e-3, 200, model="scaled"),
+        Run(
+            "torch-nan-in-attention-at-80",
+            "tokens",
+            2,
+            32,
+            "gelu",
+            "torch",
+            "adam",
+            1e-3,
+            120,
+            model="transformer",
+            sickness="nan_forward",
+            onset=80,
+            expected=("exploding",),
+        ),
         Run(
             "torch-tanh-rnn-radius-3",
             "adding",
@@ -319,6 +373,8 @@ def _build(run, rng, features, classes):
 
 
 def _learning_rate(run, step, base):
+    if run.schedule == "step_drop":  # x0.1 at 60 % of the run: the usual step schedule
+        return base * (0.1 if step >= int(0.6 * run.steps) else 1.0)
     if run.schedule == "warmup_cosine":
         warmup = max(1, run.steps // 10)
         if step < warmup:
@@ -362,6 +418,11 @@ class _Training:
         loss, _, grads = net.loss_and_gradients(inputs, self.y[rows])
         if spec.sickness == "nonfinite" and step == spec.onset:
             grads[self.weight_names[spec.layer]].reshape(-1)[0] = np.inf
+        if spec.sickness == "slow_growth" and step >= spec.onset - SLOW_GROWTH_STEPS:
+            # a gradient growing 1.2 % a step: 10x its level by the onset, no step a spike
+            factor = np.float32(10.0 ** ((step - spec.onset + SLOW_GROWTH_STEPS) / SLOW_GROWTH_STEPS))
+            for suffix in ("weight", "bias"):
+                grads[f"layer{spec.layer:03d}.{suffix}"] *= factor
         if spec.sickness == "decay" and step >= spec.onset:
             factor = np.float32(0.6 ** (step - spec.onset))
             for suffix in ("weight", "bias"):
@@ -395,7 +456,7 @@ class _Training:
             # the killed layer, every layer before it (no signal comes back) and the next
             # layer's weight (its input is all zero): whatever gets exactly zero gradients
             return tuple(i for i in range(layers) if np.all(norms[spec.onset + 1 :, i] == 0.0))
-        if spec.sickness in ("nonfinite", "decay"):
+        if spec.sickness in ("nonfinite", "decay", "slow_growth"):
             return (spec.layer,)
         return ()
 
@@ -445,7 +506,11 @@ def _layer_index(record, name):
 
 def _score_sick(record):
     spec, norms = record.run, np.asarray(record.norms)
-    window = [f for f in record.findings if spec.onset <= f.step <= spec.onset + spec.allowed_delay]
+    # A slow growth counts from where it began: the layer may pass 10x its level
+    # before its injected factor does (its own drift adds to it); the delay is
+    # still taken from the onset (negative: found before the factor reached 10x).
+    start = spec.onset - SLOW_GROWTH_STEPS if spec.sickness == "slow_growth" else spec.onset
+    window = [f for f in record.findings if start <= f.step <= spec.onset + spec.allowed_delay]
 
     def truly_affected(finding):
         # affected by definition, or (after a non-finite step) holding NaN/inf itself at that step
