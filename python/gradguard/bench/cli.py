@@ -24,13 +24,14 @@ def add_arguments(parser):
         "--sections",
         nargs="+",
         default=["clip", "norm", "optim"],
-        choices=["clip", "norm", "optim", "backward", "sharded", "device", "detection"],
+        choices=["clip", "norm", "optim", "backward", "sharded", "device", "origin", "detection"],
         help="clip: norms, clipping and statistics of the workloads; norm: layer norm; "
         "optim: fused optimiser steps on gpt2-small; backward: a gpt2-small-shaped transformer's backward "
         "+ clip + AdamW, the norm taken during backward (needs torch); sharded: the global-norm clip of "
         "gpt2-small's gradients sharded over 2 processes (needs torch); device: gradguard.torch's device path "
         "(torch's kernels, one transfer a step) against torch's clip_grad_norm_ on gpt2-small, resnet50 and "
         "many-small (needs torch; CPU tensors here, CUDA ones on a GPU); "
+        "origin: the cost of the hooks that find where a NaN was born, on a transformer step (needs torch); "
         "detection: the monitor on labelled training runs",
     )
 
@@ -57,6 +58,8 @@ def run_from_arguments(arguments):
         _torch_section("sharded", None, lambda: _sharded(arguments.repeat))
     if "device" in arguments.sections:
         _torch_section("device", arguments.threads, lambda: _device(arguments.repeat))
+    if "origin" in arguments.sections:
+        _torch_section("origin", arguments.threads, lambda: _origin(arguments.repeat))
     if "detection" in arguments.sections:
         from .detection import main_section
 
@@ -89,6 +92,12 @@ def _sharded(repeat):
     from .sharded import format_sharded, measure_sharded
 
     return format_sharded(measure_sharded(repeat=repeat))
+
+
+def _origin(repeat):
+    from .origin import format_origin, measure_origin
+
+    return format_origin(measure_origin(repeat=max(repeat, 15)))
 
 
 def _device(repeat):

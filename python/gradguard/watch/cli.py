@@ -42,7 +42,7 @@ def add_arguments(parser):
         "--no-origin",
         dest="find_origin",
         action="store_false",
-        help="do not hook every module's forward to find where a NaN was born (about 4%% of a step on CPU)",
+        help="do not hook every module's forward to find where a NaN was born (6-9%% of a transformer step on CPU)",
     )
     parser.add_argument("-m", dest="module", action="store_true", help="run the target as a module (python -m target)")
     parser.add_argument("target", help="the script (or, with -m, the module) to run")
