@@ -159,7 +159,7 @@ class RunRecord:
         elif run.sickness == "rnn_exploding":
             head = self.layers.index("head.weight")
             _expect(max(norms[0, i] for i in self.affected) > 1e4 * norms[0, head], f"{run.name}: not exploding")
-        elif run.sickness == "nan_forward":
+        elif run.sickness in ("nan_forward", "nan_loss"):
             _expect(not np.all(np.isfinite(norms[onset])), f"{run.name}: no NaN gradient at the onset")
             _expect(np.all(np.isfinite(norms[onset + 1 :])), f"{run.name}: the NaN did not stay at one step")
         elif run.sickness == "spike":
@@ -345,6 +345,21 @@ def _torch_runs():
             sickness="nan_forward",
             onset=80,
             expected=("exploding",),
+        ),
+        Run(
+            "torch-cnn-nan-loss-at-50",
+            "quadrants",
+            2,
+            8,
+            "relu",
+            "torch",
+            "adam",
+            3e-3,
+            100,
+            model="cnn",
+            sickness="nan_loss",
+            onset=50,
+            expected=("exploding", "loss_spike"),
         ),
         Run(
             "torch-tanh-rnn-radius-3",

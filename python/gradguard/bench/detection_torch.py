@@ -3,7 +3,7 @@ LSTM on the adding problem, a small CNN, a 2-layer pre-LN transformer, and a
 vanilla tanh RNN whose recurrent spectral radius is 3 (exploding from step 0);
 a mixture of experts whose last expert gets its first token at step 40, a
 CNN whose frozen convolutions are unfrozen at step 60, a transformer whose
-attention output turns NaN at one step, and an MLP trained under a GradScaler
+attention output turns NaN at one step, a CNN whose loss turns NaN at one step, and an MLP trained under a GradScaler
 whose overflows (routine, skipped) recur as its scale grows back.
 torch computes the gradients; gradguard's optimiser updates the parameters in
 place through NumPy views (torch's Adam and GradScaler for the scaled run, fed
@@ -201,6 +201,8 @@ class TorchTraining:
         with torch.autocast("cpu", dtype=torch.float16, enabled=self.hook is not None):
             output = self.module(inputs)
         loss = self.loss_of(output.float(), targets)
+        if spec.sickness == "nan_loss" and step == spec.onset:
+            loss = loss * torch.log(torch.tensor(-1.0))  # a NaN born in the loss, after every module
         if self.hook is not None:
             self._scaled_step(step, loss)
             return
@@ -236,7 +238,7 @@ class TorchTraining:
         self.record.findings.extend(self.monitor.findings[count:])
 
     def affected(self):
-        if self.spec.sickness == "nan_forward":
+        if self.spec.sickness in ("nan_forward", "nan_loss"):
             norms = np.asarray(self.record.norms)
             return tuple(i for i in range(len(self.record.layers)) if not np.isfinite(norms[self.spec.onset, i]))
         if self.spec.sickness == "rnn_exploding":
