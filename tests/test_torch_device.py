@@ -274,12 +274,15 @@ class _ViaStats:
     def __init__(self, names, on_device):
         self.monitor, self.on_device = gg.GradientMonitor(names=names), on_device
 
-    def update(self, grads, params=None, step=None, step_report=None):
+    def update(self, grads, params=None, step=None, step_report=None, loss=None, allow_missing=False):
         if self.on_device:
             stats = device.device_grad_stats([torch.from_numpy(a) for a in grads.values()], list(grads), full=False)
         else:
             stats = gg.grad_stats(grads)
-        return self.monitor.update_stats(stats, step=step)
+        return self.monitor.update_stats(stats, step=step, loss=loss, allow_missing=allow_missing)
+
+    def __getattr__(self, name):  # the rest of the monitor (GradGuardHook feeds the scaled run through it)
+        return getattr(self.monitor, name)
 
 
 @pytest.mark.slow
