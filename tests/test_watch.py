@@ -246,3 +246,22 @@ def test_a_nan_born_in_a_forward_module_is_named_where_it_was_born(tmp_path, cap
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("gradguard: step 12")]
     assert lines and all("the first inf/NaN of the step: forward output of `3`" in line for line in lines)
     assert any("4.weight: gradient holds NaN/inf" in line for line in lines)  # where it ended up, and where it began
+
+
+def test_gradguards_own_clip_is_seen_before_it_writes(tmp_path):
+    from gradguard.torch import clip_grad_norm_
+    from gradguard.watch import watching
+
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    totals = []
+    with watching(str(tmp_path), find_origin=False) as watcher:
+        for _ in range(5):
+            optimizer.zero_grad()
+            (model(torch.randn(16, 4)).pow(2).mean() * 100).backward()
+            totals.append(float(clip_grad_norm_(model.parameters(), 0.5)))
+            optimizer.step()
+    history = watcher.recorders[0][2].monitor.history()
+    assert history["grad_norm"].tolist() == pytest.approx(totals, rel=1e-6) and min(totals) > 0.5
+    assert history["norm_after_clip"].tolist() == pytest.approx([0.5] * 5, rel=1e-5)

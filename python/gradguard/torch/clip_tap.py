@@ -12,7 +12,8 @@ clipped, before anything is written:
   `clip_grads_with_norm_` (Accelerate's dtensor-aware clip calls the last;
   the wrappers are set on `torch.nn.utils` and on its `clip_grad` module, so
   a name looked up at call time or imported after the tap is set finds them);
-- FSDP's `FullyShardedDataParallel.clip_grad_norm_` (its own parameters).
+- FSDP's `FullyShardedDataParallel.clip_grad_norm_` (its own parameters);
+- gradguard.torch's own drop-ins, which call before_clip.
 
 A clip that calls another (clip_grad_norm_ calls clip_grads_with_norm_)
 notifies once, at the outer call. Clips written by hand (`g.mul_(c)`) or
@@ -27,7 +28,7 @@ import threading
 
 import torch as _torch
 
-__all__ = ["add_listener", "remove_listener"]
+__all__ = ["add_listener", "remove_listener", "before_clip"]
 
 _listeners = []
 _installed = []  # (owner, attribute, original) for every wrapper set
@@ -90,6 +91,15 @@ def _wrapped_method(original):
 
     clip.__gradguard_original__ = original
     return clip
+
+
+def before_clip(parameters) -> list:
+    """For gradguard's own clips (gradguard.torch's drop-ins): the parameters as a
+    list (a generator read once), the listeners told first, as torch's clips tell them."""
+    parameters = [parameters] if isinstance(parameters, _torch.Tensor) else list(parameters)
+    if _listeners and getattr(_state, "depth", 0) == 0:
+        _notify(parameters)
+    return parameters
 
 
 def add_listener(listener) -> None:

@@ -11,6 +11,7 @@ import torch as _torch
 from .. import _core
 from .._arguments import real
 from ..clip import NonFiniteNormError, clip_by_global_norm, clip_with_norm_, global_norm
+from . import clip_tap
 from ._tensors import InPlace, as_numpy, gradients, norm_dtype, scalar
 from .device import clamp_on_device_, clip_on_device_, device_total_norm, on_device_path
 
@@ -50,6 +51,7 @@ def _nonfinite_error(norm_type):
 
 def clip_grads_with_norm_(parameters, max_norm, total_norm, foreach=None):
     """torch.nn.utils.clip_grads_with_norm_: every .grad *= min(1, max_norm / (total_norm + CLIP_EPS))."""
+    parameters = clip_tap.before_clip(parameters)  # a watcher reads the gradients before they change
     grads = gradients(parameters)
     if not grads:
         return
@@ -67,6 +69,7 @@ def clip_grad_norm_(parameters, max_norm, norm_type=2.0, error_if_nonfinite=Fals
     memory format), returns the total norm as a 0-dim tensor in the gradients'
     dtype. `foreach` is accepted for compatibility and ignored (gradguard always
     works on the whole list)."""
+    parameters = clip_tap.before_clip(parameters)  # a watcher reads the gradients before they change
     grads = gradients(parameters)
     if not grads:
         return _torch.tensor(0.0)
@@ -86,6 +89,7 @@ def clip_grad_value_(parameters, clip_value, foreach=None):
     """torch.nn.utils.clip_grad_value_: every .grad clamped to [-clip_value, clip_value]
     (clamp_min then clamp_max, as torch does, so a negative clip_value gives -|clip_value|
     everywhere); NaN stays NaN."""
+    parameters = clip_tap.before_clip(parameters)  # a watcher reads the gradients before they change
     grads = gradients(parameters)
     if not grads:
         return

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 
 from ..clip import clip_coefficient, clip_with_norm_, global_norm
-from ..stats import grad_stats
+from ..stats import STATS_FIELDS, GradStats, grad_stats
 from ._tensors import InPlace, as_numpy
 from .device import device_grad_stats, device_total_norm, needs_zero_counts, on_device_path, scale_on_device_
 
@@ -94,6 +94,19 @@ class StepRecorder:
         origin = self.origin.origin_of(stats)
         self.origin.clear()
         return origin
+
+    def adopt(self, stats) -> None:
+        """Statistics a caller took before this recorder existed (the watcher, at the
+        clip before an optimiser's first step), named by str(id(parameter)): kept as
+        this step's pre-clip statistics when they cover exactly its present parameters."""
+        present = [(name, p) for name, p in self.named if p.grad is not None]
+        keys = [str(id(p)) for _, p in present]
+        if self._pending is not None or stats.names is None or sorted(keys) != sorted(stats.names):
+            return
+        row = {name: index for index, name in enumerate(stats.names)}
+        order = [row[key] for key in keys]
+        fields = {field: getattr(stats, field)[order] for field in STATS_FIELDS}
+        self._pending = GradStats(names=tuple(name for name, _ in present), global_norm=stats.global_norm, **fields)
 
     def skipped(self) -> None:
         """A GradScaler skipped this step (its gradients overflowed): not recorded, the step counted."""

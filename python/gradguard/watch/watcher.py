@@ -32,7 +32,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 from ..monitor import GradientMonitor
 from ..torch import clip_tap
 from ..torch.origin import NonfiniteOrigin
-from ..torch.recorder import StepRecorder
+from ..torch.recorder import StepRecorder, read_stats
 from . import outputs
 
 __all__ = ["Watcher"]
@@ -137,6 +137,7 @@ class Watcher:
         self._handle = None
         self._history = None
         self._scaler_step = None
+        self._unclaimed = None  # statistics taken at a clip no recorder claimed (before a first step)
         self.closed = False
         self._closing = threading.Lock()
         os.makedirs(self.out, exist_ok=True)
@@ -164,6 +165,9 @@ class Watcher:
             )
             if self.origin is not None:
                 self.origin.add_parameters(zip(names, parameters))
+            if self._unclaimed is not None:
+                recorder.adopt(self._unclaimed)
+                self._unclaimed = None
             label = f"optimizer {len(self.recorders)} ({type(optimizer).__name__})"
             self.recorders.append((label, type(optimizer).__name__, recorder))
             self._by_optimizer[id(optimizer)] = recorder
@@ -193,9 +197,16 @@ class Watcher:
         return (watched_closure, *args[1:]), kwargs
 
     def _before_clip(self, parameters):
+        claimed = False
         for _, _, recorder in self.recorders:
             if recorder.touches(parameters):
                 recorder.before_clip()
+                claimed = True
+        if not claimed:
+            # Before an optimiser's first step its recorder does not exist yet: keep these
+            # parameters' statistics for it (named by identity until it names them).
+            present = [(str(id(p)), p.grad) for p in parameters if p.grad is not None]
+            self._unclaimed = read_stats(present) if present else None
 
     def _wrap_scaler(self):
         """GradScaler.step(optimizer) that does not call optimizer.step() skipped the step."""
