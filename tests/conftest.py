@@ -94,4 +94,5 @@ def layer_with_norm(rng, norm, zero_fraction=0.0):
     if zero_fraction:
         values[: int(round(zero_fraction * ELEMENTS))] = 0.0
     length = np.linalg.norm(values)
-    return (values * (norm / length) if length > 0 else values).astype(np.float32)
+    # a weight matrix's gradient (a vector's exact zeros are judged apart by the dead test)
+    return (values * (norm / length) if length > 0 else values).astype(np.float32).reshape(-1, 4)

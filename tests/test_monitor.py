@@ -472,3 +472,20 @@ def test_a_nan_loss_is_a_finding_at_once_and_a_bad_loss_is_refused():
     with pytest.raises(TypeError, match="loss"):
         monitor.update({"a": np.ones(3, np.float32)}, loss="high")
     assert monitor.summary()["steps"] == 1
+
+
+def test_a_vector_whose_gradient_cancels_exactly_is_not_dead_units():
+    """A WGAN critic's last bias: its gradient is mean(fake) - mean(real) of the same
+    constant, exactly 0 every step. Dead units zero their weight matrix's gradient too."""
+    rng = np.random.default_rng(9)
+    monitor = gg.GradientMonitor(names=["critic.weight", "critic.bias", "dead.weight"])
+    for step in range(20):
+        monitor.update(
+            {
+                "critic.weight": rng.standard_normal((4, 4)).astype(np.float32),
+                "critic.bias": np.zeros(4, np.float32),
+                "dead.weight": np.zeros((4, 4), np.float32),
+            },
+            step=step,
+        )
+    assert [(f.layer, f.kind) for f in monitor.findings] == [("dead.weight", "dead")]

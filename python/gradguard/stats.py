@@ -3,8 +3,9 @@ exploding-gradient detection."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import make_dataclass
+from dataclasses import field, make_dataclass
 from typing import Optional, Union
 
 import numpy as np
@@ -33,7 +34,9 @@ class _GradStatsBase:
     l2 is then 0.) n_nan, n_inf, n_zero count entries; numel is the size.
     global_norm is the L2 norm of everything: NaN when any NaN is present,
     otherwise inf when any inf is, otherwise sqrt(sum l2^2). names: the
-    arrays' names (None for a list).
+    arrays' names (None for a list). ndim: each array's number of dimensions
+    (None where not known: statistics combined over ranks or from JAX's
+    device table); the monitor judges a vector's exact zeros apart (see its dead test).
     """
 
     def __len__(self):
@@ -42,7 +45,7 @@ class _GradStatsBase:
     def row(self, key: Union[int, str]) -> dict:
         """The statistics of one array, by index or name, as a dict."""
         index = self.names.index(key) if isinstance(key, str) and self.names is not None else int(key)
-        return {field: getattr(self, field)[index].item() for field in STATS_FIELDS}
+        return {name: getattr(self, name)[index].item() for name in STATS_FIELDS}
 
     def nonfinite(self) -> tuple:
         """Indices (or names) of the arrays holding NaN or inf."""
@@ -53,7 +56,8 @@ class _GradStatsBase:
 # A frozen dataclass whose fields are the core's statistics, then names and global_norm.
 GradStats = make_dataclass(
     "GradStats",
-    [(name, np.ndarray) for name in STATS_FIELDS] + [("names", Optional[tuple]), ("global_norm", float)],
+    [(name, np.ndarray) for name in STATS_FIELDS]
+    + [("names", Optional[tuple]), ("global_norm", float), ("ndim", Optional[np.ndarray], field(default=None))],
     bases=(_GradStatsBase,),
     frozen=True,
 )
@@ -92,7 +96,8 @@ def _hypot(norms):
 
 def stats_of(array_list, names, argument="arrays"):
     """grad_stats of an already flattened list; errors name `argument`[i] and the name."""
-    return stats_from_columns(_core.grad_stats(array_list, names, argument), names)
+    stats = stats_from_columns(_core.grad_stats(array_list, names, argument), names)
+    return dataclasses.replace(stats, ndim=np.array([np.ndim(array) for array in array_list], dtype=np.int64))
 
 
 def stats_from_columns(fields, names):

@@ -3,7 +3,8 @@ LSTM on the adding problem, a small CNN, a 2-layer pre-LN transformer, and a
 vanilla tanh RNN whose recurrent spectral radius is 3 (exploding from step 0);
 a mixture of experts whose last expert gets its first token at step 40, a
 CNN whose frozen convolutions are unfrozen at step 60, a transformer whose
-attention output turns NaN at one step, a CNN whose loss turns NaN at one step, and an MLP trained under a GradScaler
+attention output turns NaN at one step, a CNN whose loss turns NaN at one step,
+a Wasserstein GAN with weight clipping (its critic's loss negative by design), and an MLP trained under a GradScaler
 whose overflows (routine, skipped) recur as its scale grows back.
 torch computes the gradients; gradguard's optimiser updates the parameters in
 place through NumPy views (torch's Adam and GradScaler for the scaled run, fed
@@ -84,6 +85,30 @@ class _Poisoned(torch.nn.Module):
         return x / torch.zeros_like(x[..., :1]) * 0.0 if self.armed else x
 
 
+class _WGAN(torch.nn.Module):
+    """A Wasserstein GAN on 2-d points: a generator and a critic whose weights are
+    clipped to [-0.01, 0.01] after each of its steps (Arjovsky et al. 2017)."""
+
+    def __init__(self):
+        super().__init__()
+        self.generator = torch.nn.Sequential(torch.nn.Linear(4, 32), torch.nn.ReLU(), torch.nn.Linear(32, 2))
+        self.critic = torch.nn.Sequential(
+            torch.nn.Linear(2, 32),
+            torch.nn.LeakyReLU(0.2),
+            torch.nn.Linear(32, 32),
+            torch.nn.LeakyReLU(0.2),
+            torch.nn.Linear(32, 1),
+        )
+
+
+# The data the WGAN learns: points around this centre.
+WGAN_CENTRE = (2.0, -1.0)
+
+
+def _real_points(generator, batch):
+    return torch.randn(batch, 2, generator=generator) * 0.3 + torch.tensor(WGAN_CENTRE), None
+
+
 def linear_teacher(generator, batch):
     """(inputs (batch, 8), labels): the sign of a fixed linear function of Gaussian inputs."""
     inputs = torch.randn(batch, 8, generator=generator)
@@ -131,6 +156,8 @@ def build(spec, seed):
     if spec.model in ("frozen_cnn",):
         module = build(_replace_model(spec, "cnn"), seed)[0]
         return module, lambda: quadrant_images(generator, 64), torch.nn.functional.cross_entropy
+    if spec.model == "wgan":
+        return _WGAN(), lambda: _real_points(generator, 64), None
     if spec.model == "scaled":
         module = torch.nn.Sequential(
             torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 64), torch.nn.Tanh(), torch.nn.Linear(64, 2)
@@ -175,6 +202,11 @@ class TorchTraining:
             for name, parameter in named:
                 parameter.requires_grad_(not name.startswith(("0.", "2.")))
         self.hook = None
+        if spec.model == "wgan":
+            # RMSprop as in the paper; the critic steps every step, the generator every 5th
+            self.critic_optimiser = torch.optim.RMSprop(self.module.critic.parameters(), lr=spec.lr)
+            self.generator_optimiser = torch.optim.RMSprop(self.module.generator.parameters(), lr=spec.lr)
+            self.noise = torch.Generator().manual_seed(spec.seed + 7)
         if spec.model == "scaled":  # torch's optimiser and GradScaler, the monitor fed by GradGuardHook
             from ..torch import GradGuardHook
 
@@ -196,6 +228,9 @@ class TorchTraining:
         inputs, targets = self.batch()
         for parameter in self.parameters:
             parameter.grad = None
+        if spec.model == "wgan":
+            self._wgan_step(step, inputs)
+            return
         # The scaled run computes in float16 (CPU autocast), as fp16 training does: its
         # backward overflows whenever the scale has grown too far.
         with torch.autocast("cpu", dtype=torch.float16, enabled=self.hook is not None):
@@ -223,6 +258,36 @@ class TorchTraining:
         self.record.findings.extend(
             self.monitor.update(grads, step=step, step_report=report, loss=float(loss.detach()), allow_missing=True)
         )
+
+    def _wgan_step(self, step, real):
+        """A critic step (its weights clipped after), and every 5th step a generator
+        step; the monitor gets the step's gradients (the generator's on its steps
+        only: allow_missing) and the critic's loss, which is negative by design."""
+        module = self.module
+        fake = module.generator(torch.randn(64, 4, generator=self.noise))
+        critic_loss = module.critic(fake.detach()).mean() - module.critic(real).mean()
+        critic_loss.backward()
+        if step % 5 == 4:
+            (-module.critic(fake).mean()).backward(inputs=list(module.generator.parameters()))
+        grads = {name: p.grad.numpy().copy() for name, p in zip(self.names, self.parameters) if p.grad is not None}
+        self.critic_optimiser.step()
+        with torch.no_grad():
+            for parameter in module.critic.parameters():
+                parameter.clamp_(-0.01, 0.01)
+        if step % 5 == 4:
+            self.generator_optimiser.step()
+        loss = float(critic_loss.detach())
+        self.record.losses.append(loss)
+        with torch.no_grad():
+            sample = module.generator(torch.randn(256, 4, generator=torch.Generator().manual_seed(0)))
+        self.record.progress.append(float((sample.mean(0) - torch.tensor(WGAN_CENTRE)).norm()))
+        self.record.norms.append(
+            [
+                float(np.linalg.norm(grads[name].astype(np.float64))) if name in grads else np.nan
+                for name in self.record.layers
+            ]
+        )
+        self.record.findings.extend(self.monitor.update(grads, step=step, loss=loss, allow_missing=True))
 
     def _scaled_step(self, step, loss):
         count = len(self.monitor.findings)

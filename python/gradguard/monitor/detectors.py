@@ -380,9 +380,16 @@ class Detectors:
         return state.exploding.copy()
 
     def dead(self, view, findings, blocked):
-        """At least dead_fraction of the gradient exactly zero for `patience` steps running."""
+        """At least dead_fraction of the gradient exactly zero for `patience` steps
+        running, in a tensor of two or more dimensions (or of unknown shape). A
+        vector's gradient can be exactly zero by cancellation (a bias under a
+        loss that differences two batches, as a WGAN critic's; a gain in a
+        linear region); dead units zero their weight's gradient too."""
         s, state, zero_fraction = self.settings, self.states, view.zero_fraction
         condition = view.finite & (zero_fraction >= s.dead_fraction)
+        ndim = getattr(view.stats, "ndim", None)
+        if ndim is not None:
+            condition &= ndim != 1
         due = state.dead.advance(condition, view.step, blocked, s.patience)
         self._report(
             findings,
@@ -408,6 +415,9 @@ class Detectors:
         with np.errstate(invalid="ignore"):
             decayed = finite & view.has_history & (norm < s.decay_ratio * np.exp(view.center))
         condition = below_floor | below_median | decayed
+        ndim = getattr(view.stats, "ndim", None)
+        if ndim is not None:  # a vector exactly zero cancels (see the dead test): not vanishing either
+            condition &= ~((ndim == 1) & (view.zero_fraction >= 1.0))
         due = state.vanishing.advance(condition, view.step, blocked, s.patience)
         reasons = (("floor", below_floor), ("below median layer", below_median), ("decayed from its history", decayed))
 

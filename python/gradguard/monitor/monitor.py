@@ -61,7 +61,11 @@ def _spread_out(stats, present, names):
         )
         full[present] = values
         fields[key] = full
-    return GradStats(names=tuple(names), global_norm=stats.global_norm, **fields)
+    ndim = None
+    if stats.ndim is not None:
+        ndim = np.zeros(len(present), dtype=np.int64)
+        ndim[present] = stats.ndim
+    return GradStats(names=tuple(names), global_norm=stats.global_norm, ndim=ndim, **fields)
 
 
 class GradientMonitor:
@@ -207,7 +211,8 @@ class GradientMonitor:
         labels, order, subset, present = self._matched(names, len(stats), allow_missing, "layers' statistics", "stats")
         fields = {key: getattr(stats, key)[order] for key in STATS_FIELDS}
         subset = tuple(subset) if subset is not None else None
-        stats = GradStats(names=subset, global_norm=stats.global_norm, **fields)
+        ndim = None if stats.ndim is None else stats.ndim[order]
+        stats = GradStats(names=subset, global_norm=stats.global_norm, ndim=ndim, **fields)
         if present is not None:
             stats = _spread_out(stats, present, labels)
         step = self._last_step + 1 if step is None else positive_int(step, "step", minimum=0)

@@ -21,6 +21,7 @@ that rare step takes a second transfer, for those tensors only.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import threading
@@ -350,7 +351,8 @@ def device_grad_stats(tensors, names=None, *, full: bool = True, count_zeros: bo
             fields[name] = table[:, _COLUMN[name]]
     for name in ("numel", "n_nan", "n_inf", "n_zero"):
         fields[name] = np.rint(fields[name]).astype(np.int64)
-    return stats_from_columns(fields, names)
+    ndim = np.array([tensor.dim() for tensor in tensors], dtype=np.int64)
+    return dataclasses.replace(stats_from_columns(fields, names), ndim=ndim)
 
 
 def needs_zero_counts(monitor) -> bool:

@@ -106,7 +106,9 @@ class StepRecorder:
         row = {name: index for index, name in enumerate(stats.names)}
         order = [row[key] for key in keys]
         fields = {field: getattr(stats, field)[order] for field in STATS_FIELDS}
-        self._pending = GradStats(names=tuple(name for name, _ in present), global_norm=stats.global_norm, **fields)
+        ndim = None if stats.ndim is None else stats.ndim[order]
+        names = tuple(name for name, _ in present)
+        self._pending = GradStats(names=names, global_norm=stats.global_norm, ndim=ndim, **fields)
 
     def skipped(self) -> None:
         """A GradScaler skipped this step (its gradients overflowed): not recorded, the step counted."""
