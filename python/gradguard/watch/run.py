@@ -157,6 +157,11 @@ class _TerminationWatch:
             except OSError:  # pragma: no cover - the helper has already ended
                 pass
             os.close(self.writer)
+            # Joined here, not left to the interpreter's exit: a thread still holding the
+            # watcher (and through it torch tensors) when Python finalises frees them
+            # without the GIL, inside torch's destructors, and the process aborts.
+            self.thread.join(timeout=10.0)
+            self.watcher = None
 
 
 def _in_main_thread() -> bool:
