@@ -112,3 +112,82 @@ def test_grad_stats_extreme_values(simd_target, values):
     for field in ("mean", "std", "abs_mean"):
         assert abs(getattr(stats, field)[0] - expected[field][0]) <= 1e-6 * largest, field
     assert stats.n_nan[0] == 0 and stats.n_inf[0] == 0
+
+
+# float32 pieces take a fast path (float32 deviations, widened every few
+# terms) and fall back to the exact one when its error bound would not hold:
+# non-finite values, largest |x| below 2^-40, a shift far from the mean.
+# These inputs sit on both sides of each fallback rule.
+def _float32_inputs():
+    rng = np.random.default_rng(11)
+    size = 3 * 65536 + 77  # pieces of both paths in one tensor, and a tail
+    normal = rng.standard_normal(size)
+    outlier_first = normal.copy()
+    outlier_first[0] = 1e4
+    mixed_tiny = normal.copy()
+    mixed_tiny[::3] *= 1e-30
+    mixed_tiny[:16] = 1e-30  # the shift is tiny: squares below 2^-126 are flushed
+    half_zero = np.where(rng.random(size) < 0.5, 0.0, normal)
+    spikes = normal + (rng.random(size) < 0.001) * 1e6
+    one_bad_piece = normal.copy()
+    one_bad_piece[65536 + 5] = np.nan
+    return {
+        "normal": normal,
+        "outlier-first": outlier_first,
+        "max-1e-13": normal * 1e-13,
+        "max-1e-11": normal * 1e-11,
+        "mixed-tiny": mixed_tiny,
+        "offset-1000": 1000 + normal * 0.01,
+        "max-1e18": normal * 1e18,
+        "max-1e20": normal * 1e20,
+        "half-zero": half_zero,
+        "cauchy": np.abs(rng.standard_cauchy(size)),
+        "lognormal-e10": np.exp(normal * 10),
+        "spikes": spikes,
+        "one-nan-piece": one_bad_piece,
+        "ramp": np.linspace(-1, 1, size) + 5,
+    }
+
+
+FLOAT32_INPUTS = _float32_inputs()
+
+
+@pytest.mark.parametrize("name", list(FLOAT32_INPUTS))
+def test_float32_fast_path_and_its_fallbacks(simd_target, name):
+    values = FLOAT32_INPUTS[name].astype(np.float32)
+    stats = gg.grad_stats([values])
+    expected = reference.grad_stats([values])
+    for field in COUNT_FIELDS + ("min", "max"):
+        np.testing.assert_array_equal(getattr(stats, field), expected[field], err_msg=field)
+    for field in ("std", "abs_mean", "l2"):
+        assert getattr(stats, field)[0] == pytest.approx(expected[field][0], rel=STATS_RTOL["float32"]), field
+    # The mean's error is relative to the spread (the mean may be ~0).
+    assert abs(stats.mean[0] - expected["mean"][0]) <= STATS_RTOL["float32"] * expected["std"][0]
+    # The pieces merge and split as the exact path's do: same result per thread count.
+    with _threads(1):
+        alone = gg.grad_stats([values])
+    for field in FLOAT_FIELDS:
+        np.testing.assert_array_equal(getattr(alone, field), getattr(stats, field), err_msg=field)
+
+
+class _threads:
+    def __init__(self, count):
+        self.count = count
+
+    def __enter__(self):
+        self.before = gg.get_num_threads()
+        gg.set_num_threads(self.count)
+
+    def __exit__(self, *exc):
+        gg.set_num_threads(self.before)
+
+
+def test_subnormal_results_survive_a_stats_call(simd_target):
+    # The fast path flushes subnormal results while it runs, in the caller's
+    # thread and the workers': the mode must be restored everywhere after.
+    with _threads(2):
+        gg.grad_stats([np.random.default_rng(0).standard_normal(4 * gg.PIECE_ELEMENTS).astype(np.float32)])
+        assert np.float32(1e-38) * np.float32(1e-3) != 0
+        tiny = np.full(4 * gg.PIECE_ELEMENTS, 1e-30, np.float32)
+        gg.clip_with_norm_([tiny], max_norm=1e-10, total_norm=1.0, eps=0.0)  # x * 1e-10 on the workers
+        assert (tiny > 0).all() and tiny[0] == pytest.approx(1e-40, rel=1e-2)

@@ -1,0 +1,200 @@
+"""A/B timing of this checkout against another build of gradguard, on one
+machine whose bandwidth drifts: the two builds run in alternating processes,
+each process times every case best-of-N next to the bandwidth probes, and the
+best of all rounds is kept per build.
+
+    python tools/ab_bench.py --base-rev 113d060 --rounds 6 stats norm
+
+The base revision is built once into --cache (a git worktree and a wheel
+unpacked beside it); the current checkout is whatever `import gradguard`
+finds. Cases: `stats` (grad_stats on the standard workloads), `norm` (layer
+and RMS norm, forward and backward, with and without out=, on the norm
+bench's shapes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _use_base(path):
+    """Imports gradguard from `path` instead of the editable checkout."""
+    sys.meta_path[:] = [
+        finder
+        for finder in sys.meta_path
+        if "gradguard" not in repr(finder).lower() and "skbuild" not in type(finder).__module__.lower()
+    ]
+    sys.path.insert(0, path)
+
+
+def _best(function, calls):
+    function()
+    best = float("inf")
+    for _ in range(calls):
+        start = time.perf_counter()
+        function()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def _stats_cases():
+    import gradguard as gg
+    from gradguard.bench.workloads import make_gradients, workload_names
+
+    for name in workload_names():
+        arrays = list(make_gradients(name).values())
+        nbytes = sum(a.nbytes for a in arrays)
+        yield f"grad_stats {name}", (lambda arrays=arrays: gg.grad_stats(arrays)), nbytes, "read"
+        # The one-pass reduction with the least work per element, for scale.
+        yield f"global_norm {name}", (lambda arrays=arrays: gg.global_norm(arrays)), nbytes, "read"
+
+
+def _norm_cases():
+    import numpy as np
+
+    import gradguard as gg
+    from gradguard.bench.norm_cases import NORM_SHAPES
+
+    for rows, features in NORM_SHAPES:
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((rows, features), dtype=np.float32)
+        dy = rng.standard_normal((rows, features), dtype=np.float32)
+        weight = rng.standard_normal(features).astype(np.float32)
+        bias = rng.standard_normal(features).astype(np.float32)
+        out = np.empty_like(x)
+        _, mean, rstd = gg.layer_norm(x, weight, bias, return_stats=True)
+        _, rms_rstd = gg.rms_norm(x, weight, return_stats=True)
+        shape = f"{rows}x{features}"
+        for suffix, kwargs in (("", {}), (" out=", {"out": out})):
+            yield (
+                f"layer fwd {shape}{suffix}",
+                (lambda k=kwargs: gg.layer_norm(x, weight, bias, **k)),
+                2 * x.nbytes,
+                "copy",
+            )
+            yield (
+                f"layer bwd {shape}{suffix}",
+                (lambda k=kwargs: gg.layer_norm_backward(dy, x, mean, rstd, weight, **k)),
+                3 * x.nbytes,
+                "copy",
+            )
+            yield f"rms fwd {shape}{suffix}", (lambda k=kwargs: gg.rms_norm(x, weight, **k)), 2 * x.nbytes, "copy"
+            yield (
+                f"rms bwd {shape}{suffix}",
+                (lambda k=kwargs: gg.rms_norm_backward(dy, x, rms_rstd, weight, **k)),
+                3 * x.nbytes,
+                "copy",
+            )
+
+
+def _child(sections, calls, threads):
+    import numpy as np
+
+    from gradguard import _core
+
+    _core.set_num_threads(threads)
+    probe = np.ones(128 << 20, np.float32)  # 512 MiB
+    target = np.empty_like(probe)
+    probes = {
+        "read": lambda: (_core.read_probe(probe), probe.nbytes),
+        "copy": lambda: (np.copyto(target, probe), 2 * probe.nbytes),
+    }
+    results = {}
+    makers = {"stats": _stats_cases, "norm": _norm_cases}
+    for section in sections:
+        for name, function, nbytes, kind in makers[section]():
+            seconds = _best(function, calls)
+            moved = probes[kind]()[1]
+            probe_seconds = _best(lambda kind=kind: probes[kind](), 3)
+            results[name] = {
+                "seconds": seconds,
+                "nbytes": nbytes,
+                "kind": kind,
+                "probe_GBps": moved / probe_seconds / 1e9,
+            }
+    print(json.dumps(results))
+
+
+def _build_base(revision, cache):
+    target = cache / revision
+    if (target / "gradguard").is_dir():
+        return target
+    source = cache / f"{revision}-src"
+    if not source.exists():
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-f", str(source), revision], check=True)
+    wheels = cache / f"{revision}-wheel"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheels),
+            str(source),
+        ],
+        check=True,
+    )
+    (wheel,) = wheels.glob("*.whl")
+    subprocess.run([sys.executable, "-m", "zipfile", "-e", str(wheel), str(target)], check=True)
+    return target
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sections", nargs="+", choices=["stats", "norm"])
+    parser.add_argument("--base-rev", help="git revision to compare against (built once into --cache)")
+    parser.add_argument("--base-path", help="an unpacked build of gradguard to compare against")
+    parser.add_argument("--cache", default="/tmp/gradguard-ab", help="where base builds are kept")
+    parser.add_argument("--rounds", type=int, default=4, help="alternating process pairs")
+    parser.add_argument("--calls", type=int, default=15, help="timed calls per case in each process (best kept)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        if args.base_path:
+            _use_base(args.base_path)
+        return _child(args.sections, args.calls, args.threads)
+    base = args.base_path or str(_build_base(args.base_rev, Path(args.cache)))
+    common = [*args.sections, "--calls", str(args.calls), "--threads", str(args.threads), "--child"]
+    best = {"base": {}, "new": {}}
+    for round_index in range(args.rounds):
+        order = ("base", "new") if round_index % 2 == 0 else ("new", "base")
+        for build in order:
+            extra = ["--base-path", base] if build == "base" else []
+            done = subprocess.run(
+                [sys.executable, __file__, *common, *extra], capture_output=True, text=True, check=True, cwd="/"
+            )
+            for name, row in json.loads(done.stdout.splitlines()[-1]).items():
+                kept = best[build].get(name)
+                if kept is None:
+                    best[build][name] = row
+                else:
+                    kept["seconds"] = min(kept["seconds"], row["seconds"])
+                    kept["probe_GBps"] = max(kept["probe_GBps"], row["probe_GBps"])
+        print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
+    print(f"best of {args.rounds} alternating processes x {args.calls} calls, {args.threads} threads")
+    print(f"{'case':<30}{'base ms':>9}{'new ms':>9}{'new/base':>9}{'probe GB/s':>11}{'new x roof':>11}{'new % bw':>9}")
+    for name, new in best["new"].items():
+        old = best["base"][name]
+        probe = max(new["probe_GBps"], old["probe_GBps"])
+        roofline = new["nbytes"] / probe / 1e9
+        print(
+            f"{name:<30}{old['seconds'] * 1e3:>9.2f}{new['seconds'] * 1e3:>9.2f}{new['seconds'] / old['seconds']:>9.2f}"
+            f"{probe:>11.1f}{new['seconds'] / roofline:>11.2f}{roofline / new['seconds'] * 100:>8.0f}%"
+        )
+
+
+if __name__ == "__main__":
+    main()
