@@ -15,6 +15,7 @@ bench's shapes).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import subprocess
@@ -57,42 +58,38 @@ def _stats_cases():
         yield f"global_norm {name}", (lambda arrays=arrays: gg.global_norm(arrays)), nbytes, "read"
 
 
-def _norm_cases():
+def _norm_shape_cases(rows, features):
     import numpy as np
 
     import gradguard as gg
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, features), dtype=np.float32)
+    dy = rng.standard_normal((rows, features), dtype=np.float32)
+    weight = rng.standard_normal(features).astype(np.float32)
+    bias = rng.standard_normal(features).astype(np.float32)
+    out = np.empty_like(x)
+    _, mean, rstd = gg.layer_norm(x, weight, bias, return_stats=True)
+    _, rms_rstd = gg.rms_norm(x, weight, return_stats=True)
+    functions = {
+        "layer fwd": (lambda **k: gg.layer_norm(x, weight, bias, **k), 2),
+        "layer bwd": (lambda **k: gg.layer_norm_backward(dy, x, mean, rstd, weight, **k), 3),
+        "rms fwd": (lambda **k: gg.rms_norm(x, weight, **k), 2),
+        "rms bwd": (lambda **k: gg.rms_norm_backward(dy, x, rms_rstd, weight, **k), 3),
+    }
+    cases = []
+    for suffix, kwargs in (("", {}), (" out=", {"out": out})):
+        for name, (function, arrays_moved) in functions.items():
+            call = functools.partial(function, **kwargs)
+            cases.append((f"{name} {rows}x{features}{suffix}", call, arrays_moved * x.nbytes, "copy"))
+    return cases
+
+
+def _norm_cases():
     from gradguard.bench.norm_cases import NORM_SHAPES
 
     for rows, features in NORM_SHAPES:
-        rng = np.random.default_rng(0)
-        x = rng.standard_normal((rows, features), dtype=np.float32)
-        dy = rng.standard_normal((rows, features), dtype=np.float32)
-        weight = rng.standard_normal(features).astype(np.float32)
-        bias = rng.standard_normal(features).astype(np.float32)
-        out = np.empty_like(x)
-        _, mean, rstd = gg.layer_norm(x, weight, bias, return_stats=True)
-        _, rms_rstd = gg.rms_norm(x, weight, return_stats=True)
-        shape = f"{rows}x{features}"
-        for suffix, kwargs in (("", {}), (" out=", {"out": out})):
-            yield (
-                f"layer fwd {shape}{suffix}",
-                (lambda k=kwargs: gg.layer_norm(x, weight, bias, **k)),
-                2 * x.nbytes,
-                "copy",
-            )
-            yield (
-                f"layer bwd {shape}{suffix}",
-                (lambda k=kwargs: gg.layer_norm_backward(dy, x, mean, rstd, weight, **k)),
-                3 * x.nbytes,
-                "copy",
-            )
-            yield f"rms fwd {shape}{suffix}", (lambda k=kwargs: gg.rms_norm(x, weight, **k)), 2 * x.nbytes, "copy"
-            yield (
-                f"rms bwd {shape}{suffix}",
-                (lambda k=kwargs: gg.rms_norm_backward(dy, x, rms_rstd, weight, **k)),
-                3 * x.nbytes,
-                "copy",
-            )
+        yield from _norm_shape_cases(rows, features)
 
 
 def _child(sections, calls, threads):
