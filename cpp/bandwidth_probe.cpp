@@ -4,6 +4,7 @@
 #include <cstring>
 #include <vector>
 
+#include "kernel_table.h"
 #include "multi_tensor/tensor_ref.h"
 #include "parallel.h"
 
@@ -20,7 +21,9 @@ constexpr int kAccumulators = 4;
 double sum_piece(const float* data, int64_t count) {
   Quad sums[kAccumulators] = {};
   int64_t index = 0;
+  constexpr int64_t ahead = kPrefetchBytes / int64_t(sizeof(float));
   for (; index + kAccumulators * kQuadFloats <= count; index += kAccumulators * kQuadFloats) {
+    if (index + ahead < count) __builtin_prefetch(data + index + ahead);
     for (int lane = 0; lane < kAccumulators; ++lane) {
       Quad values;
       std::memcpy(&values, data + index + lane * kQuadFloats, sizeof values);
