@@ -114,28 +114,26 @@ def test_every_records_one_step_in_n(tmp_path):
     assert [entry["gradguard/step"] for entry in _history(out)] == [0, 5, 10, 15, 20, 25]
 
 
-def test_ctrl_c_writes_the_report_and_exits_130(tmp_path):
+def _signal_when_started(tmp_path, script, signal_number, settle=0.0):
+    """Runs `gradguard watch` on a script that touches its marker file once it
+    is where the test wants it, sends it a signal there, and returns
+    (exit status, stderr, seconds from the signal to the exit)."""
     marker = tmp_path / "started"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gradguard",
-            "watch",
-            "--out",
-            str(tmp_path / "out"),
-            str(SCRIPTS / "endless.py"),
-            str(marker),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    command = [sys.executable, "-m", "gradguard", "watch", "--out", str(tmp_path / "out"), str(SCRIPTS / script)]
+    process = subprocess.Popen([*command, str(marker)], stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
+    time.sleep(settle)
+    started = time.monotonic()
+    process.send_signal(signal_number)
     _, error = process.communicate(timeout=60)
-    assert process.returncode == 130 and "interrupted" in error
+    return process.returncode, error, time.monotonic() - started
+
+
+def test_ctrl_c_writes_the_report_and_exits_130(tmp_path):
+    status, error, _ = _signal_when_started(tmp_path, "endless.py", signal.SIGINT)
+    assert status == 130 and "interrupted" in error
     assert "steps recorded" in (tmp_path / "out" / "report.md").read_text()
 
 
@@ -213,29 +211,8 @@ def test_under_torchrun_a_crashed_rank_does_not_hang_the_others_reports(tmp_path
 def test_sigterm_while_blocked_in_cpp_still_writes_the_report(tmp_path):
     """The script waits in C++ (a TCPStore key that never comes), where Python
     cannot unwind: the watcher's helper thread writes the report and exits 143."""
-    marker = tmp_path / "blocked"
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gradguard",
-            "watch",
-            "--out",
-            str(tmp_path / "out"),
-            str(SCRIPTS / "blocked.py"),
-            str(marker),
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    deadline = time.monotonic() + 120
-    while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.1)
-    time.sleep(0.3)
-    started = time.monotonic()
-    process.send_signal(signal.SIGTERM)
-    _, error = process.communicate(timeout=60)
-    assert process.returncode == 143 and time.monotonic() - started < 30
+    status, error, seconds = _signal_when_started(tmp_path, "blocked.py", signal.SIGTERM, settle=0.3)
+    assert status == 143 and seconds < 30
     assert "terminated while blocked" in error
     report = (tmp_path / "out" / "report.md").read_text()
     assert "Exit status of the script: 143" in report and "3 steps recorded of 3" in report

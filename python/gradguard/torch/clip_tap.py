@@ -59,19 +59,25 @@ def _notify(parameters):
         listener(parameters)
 
 
+def _outermost(parameters, call):
+    """Tells the listeners about `parameters` when this is the outermost clip
+    (a clip calling another, as FSDP's calls torch's, is told once), then runs call()."""
+    depth = getattr(_state, "depth", 0)
+    if depth == 0:
+        _notify(parameters)
+    _state.depth = depth + 1
+    try:
+        return call()
+    finally:
+        _state.depth = depth
+
+
 def _wrapped_function(original):
     @functools.wraps(original)
     def clip(parameters, *args, **kwargs):
         # A generator is read here once: the clip gets the same parameters as a list.
         parameters = [parameters] if isinstance(parameters, _torch.Tensor) else list(parameters)
-        depth = getattr(_state, "depth", 0)
-        if depth == 0:
-            _notify(parameters)
-        _state.depth = depth + 1
-        try:
-            return original(parameters, *args, **kwargs)
-        finally:
-            _state.depth = depth
+        return _outermost(parameters, lambda: original(parameters, *args, **kwargs))
 
     clip.__gradguard_original__ = original
     return clip
@@ -80,14 +86,7 @@ def _wrapped_function(original):
 def _wrapped_method(original):
     @functools.wraps(original)
     def clip(self, *args, **kwargs):
-        depth = getattr(_state, "depth", 0)
-        if depth == 0:
-            _notify(list(self.parameters()))
-        _state.depth = depth + 1
-        try:
-            return original(self, *args, **kwargs)
-        finally:
-            _state.depth = depth
+        return _outermost(list(self.parameters()), lambda: original(self, *args, **kwargs))
 
     clip.__gradguard_original__ = original
     return clip
