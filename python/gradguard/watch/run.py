@@ -54,18 +54,22 @@ def run_watched(target, arguments, *, module=False, command=None, **watcher_opti
     code = 0
     try:
         if module:
-            runpy.run_module(target, run_name="__main__", alter_sys=True)
+            _KEPT.append(runpy.run_module(target, run_name="__main__", alter_sys=True))
         else:
-            runpy.run_path(target, run_name="__main__")
+            _KEPT.append(runpy.run_path(target, run_name="__main__"))
     except SystemExit as error:
+        _KEPT.append(error)  # its traceback holds the script's frames and globals
         code = _exit_code(error)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
+        _KEPT.append(error)
         print("\ngradguard watch: interrupted", file=sys.stderr)
         code = 130
-    except _Terminated:
+    except _Terminated as error:
+        _KEPT.append(error)
         print("gradguard watch: terminated", file=sys.stderr)
         code = 143
     except BaseException as error:  # the script's own error: shown as Python shows it, then the reports
+        _KEPT.append(error)
         _print_from_script(error, target if not module else None)
         code = 1
     finally:
@@ -162,6 +166,16 @@ class _TerminationWatch:
             # without the GIL, inside torch's destructors, and the process aborts.
             self.thread.join(timeout=10.0)
             self.watcher = None
+
+
+# The script's globals (or, when it raised, its exception, whose traceback
+# holds them) live until the interpreter exits, as a script's own __main__
+# does. Freed on return from runpy, they were torn down by this thread with the
+# GIL held: a DDP model's process group then joins its gloo threads, one of
+# which may be waiting for the GIL to release a Python object (a deadlock in
+# torch, seen as a torchrun rank that never exits). At exit, threads that wait
+# for the GIL end instead.
+_KEPT = []
 
 
 def _in_main_thread() -> bool:
