@@ -66,7 +66,11 @@ def combine_rows(parts, by_name) -> GradStats:
         for part in parts:
             for name, row in zip(part.names, part.table):
                 rows[name].append(row)
-        table = np.stack([merge_fields(np.stack(rows[name])) for name in names]) if names else np.zeros((0, len(STATS_FIELDS)))
+        table = (
+            np.stack([merge_fields(np.stack(rows[name])) for name in names])
+            if names
+            else np.zeros((0, len(STATS_FIELDS)))
+        )
     columns = {}
     for index, name in enumerate(STATS_FIELDS):
         values = table[:, index] if len(table) else np.zeros(0)
