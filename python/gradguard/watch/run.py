@@ -53,23 +53,23 @@ def run_watched(target, arguments, *, module=False, command=None, **watcher_opti
     termination = _TerminationWatch(watcher, command) if _in_main_thread() else None
     code = 0
     try:
-        if module:
-            _KEPT.append(runpy.run_module(target, run_name="__main__", alter_sys=True))
-        else:
-            _KEPT.append(runpy.run_path(target, run_name="__main__"))
+        try:
+            if module:
+                _KEPT.append(runpy.run_module(target, run_name="__main__", alter_sys=True))
+            else:
+                _KEPT.append(runpy.run_path(target, run_name="__main__"))
+        except BaseException as error:
+            _KEPT.append(error)  # its traceback holds the script's frames and globals
+            raise
     except SystemExit as error:
-        _KEPT.append(error)  # its traceback holds the script's frames and globals
         code = _exit_code(error)
-    except KeyboardInterrupt as error:
-        _KEPT.append(error)
+    except KeyboardInterrupt:
         print("\ngradguard watch: interrupted", file=sys.stderr)
         code = 130
-    except _Terminated as error:
-        _KEPT.append(error)
+    except _Terminated:
         print("gradguard watch: terminated", file=sys.stderr)
         code = 143
     except BaseException as error:  # the script's own error: shown as Python shows it, then the reports
-        _KEPT.append(error)
         _print_from_script(error, target if not module else None)
         code = 1
     finally:
