@@ -114,13 +114,20 @@ def test_every_records_one_step_in_n(tmp_path):
     assert [entry["gradguard/step"] for entry in _history(out)] == [0, 5, 10, 15, 20, 25]
 
 
+def _default_sigint():
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _signal_when_started(tmp_path, script, signal_number, settle=0.0):
     """Runs `gradguard watch` on a script that touches its marker file once it
     is where the test wants it, sends it a signal there, and returns
     (exit status, stderr, seconds from the signal to the exit)."""
     marker = tmp_path / "started"
     command = [sys.executable, "-m", "gradguard", "watch", "--out", str(tmp_path / "out"), str(SCRIPTS / script)]
-    process = subprocess.Popen([*command, str(marker)], stderr=subprocess.PIPE, text=True)
+    # A terminal's Ctrl-C reaches a process whose SIGINT is the default; a test
+    # run started in the background of a non-interactive shell inherits SIGINT
+    # ignored, and Python keeps it so (`python -m pytest ... &` hung here).
+    process = subprocess.Popen([*command, str(marker)], stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
     deadline = time.monotonic() + 120
     while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)
