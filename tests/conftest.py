@@ -5,10 +5,16 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
-import pytest
+# Set before torch is imported (its OpenMP runtime reads it once): idle OpenMP
+# workers sleep instead of spinning for milliseconds after each torch call,
+# which on a 2-core machine took a core from the next test's work (the suite
+# used twice the CPU time it needed). It reaches the tests' subprocesses too.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from gradguard import _core
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from gradguard import _core  # noqa: E402
 
 try:
     import ml_dtypes

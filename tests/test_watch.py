@@ -114,10 +114,6 @@ def test_every_records_one_step_in_n(tmp_path):
     assert [entry["gradguard/step"] for entry in _history(out)] == [0, 5, 10, 15, 20, 25]
 
 
-def _default_sigint():
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def _signal_when_started(tmp_path, script, signal_number, settle=0.0):
     """Runs `gradguard watch` on a script that touches its marker file once it
     is where the test wants it, sends it a signal there, and returns
@@ -125,9 +121,14 @@ def _signal_when_started(tmp_path, script, signal_number, settle=0.0):
     marker = tmp_path / "started"
     command = [sys.executable, "-m", "gradguard", "watch", "--out", str(tmp_path / "out"), str(SCRIPTS / script)]
     # A terminal's Ctrl-C reaches a process whose SIGINT is the default; a test
-    # run started in the background of a non-interactive shell inherits SIGINT
-    # ignored, and Python keeps it so (`python -m pytest ... &` hung here).
-    process = subprocess.Popen([*command, str(marker)], stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
+    # run started in the background of a non-interactive shell has SIGINT
+    # ignored, which a child would inherit (and Python keeps). Caught here while
+    # the child starts, it is the default there (exec resets caught signals).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen([*command, str(marker)], stderr=subprocess.PIPE, text=True)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     deadline = time.monotonic() + 120
     while not marker.exists() and time.monotonic() < deadline and process.poll() is None:
         time.sleep(0.1)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from .._command_line import whole_number
 from ..config import get_num_threads, set_num_threads
-from .clip_cases import format_table, run
-from .harness import torch
-from .norm_cases import format_norm_table, run_norms
-from .optim_cases import format_optimizer_table, run_optimizers
 from .workloads import workload_names
+
+# The sections' modules (and torch, which they import when it is installed)
+# are imported by run_from_arguments: parsing the options, or refusing them,
+# is immediate.
 
 
 def add_arguments(parser):
@@ -37,6 +37,11 @@ def add_arguments(parser):
 
 
 def run_from_arguments(arguments):
+    from .clip_cases import format_table, run
+    from .harness import torch
+    from .norm_cases import format_norm_table, run_norms
+    from .optim_cases import format_optimizer_table, run_optimizers
+
     if "clip" in arguments.sections:
         rows = run(arguments.workloads, arguments.repeat, arguments.threads)
         print(format_table(rows, arguments.threads))
@@ -71,6 +76,8 @@ def run_from_arguments(arguments):
 def _torch_section(name, threads, table):
     """A section that needs torch: skipped with the reason without it; threads set
     for gradguard and torch alike (None: the section sets its own)."""
+    from .harness import torch
+
     print()
     if torch is None:
         print(f"{name}: skipped, torch is not installed")
