@@ -27,11 +27,17 @@ print('sanitized build:', gradguard.__file__, '| targets:', ', '.join(gradguard.
 # --capture=sys: a sanitizer writes to file descriptor 2, which pytest would otherwise hide.
 # Two tests are left out here: one limits the address space (ASan reserves
 # terabytes of shadow), the other measures resident memory (ASan quarantines frees).
-# So are the framework adapters' tests (JAX, Lightning, Keras and the README's
-# examples) and the multi-process tests (gloo and MPI ranks, FSDP2): they exercise
-# other projects' native code under our preloaded runtime, and reach the core
-# only through the functions tested here already (test_partials.py).
+# So are the tests of what is built on the core's public functions without
+# adding a way into it: the framework adapters (JAX, Lightning, Keras, the
+# Hugging Face Trainer, the README's examples), the multi-process tests (gloo
+# and MPI ranks, FSDP2), the watched scripts, torch's own kernels (the device
+# path), the demo and the detection corpus (training runs), the plots and the
+# import graph. They exercise other projects' native code under our preloaded
+# runtime, or the core only through calls tested here already (test_partials.py,
+# test_torch_hook.py, test_monitor.py, ...).
+ignored=(test_jax.py test_lightning.py test_keras.py test_transformers.py test_readme_examples.py
+         test_distributed.py test_fsdp.py test_watch.py test_torch_device.py test_demo.py
+         test_detection_benchmark.py test_plot.py test_imports.py)
 LD_PRELOAD="$runtime" python -m pytest -q --capture=sys -m "not slow" -p no:cacheprovider \
-  --ignore tests/test_jax.py --ignore tests/test_lightning.py --ignore tests/test_keras.py \
-  --ignore tests/test_readme_examples.py --ignore tests/test_distributed.py --ignore tests/test_fsdp.py \
+  "${ignored[@]/#/--ignore=tests/}" \
   --deselect tests/test_config.py::test_set_num_threads_that_fails_part_way_keeps_the_truth
