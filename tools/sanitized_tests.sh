@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The memory-safety pass: builds gradguard's core with AddressSanitizer and
 # UndefinedBehaviorSanitizer into a scratch directory (the source tree is not
-# written), then runs the fast tests against it on every SIMD target this CPU
-# has (the tests' simd_target fixture walks them). Any sanitizer report stops
+# written), then runs the core's fast tests against it (the ones left out are
+# named below) on every SIMD target this CPU has (the tests' simd_target
+# fixture walks them). Any sanitizer report stops
 # the process, so the run fails. Run from the repository root inside the
 # environment that `pip install ".[test]"` made.
 set -euo pipefail
