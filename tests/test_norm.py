@@ -165,6 +165,38 @@ def test_out_buffer_and_in_place(simd_target, rng):
     np.testing.assert_array_equal(dy, expected_dx)
 
 
+# Outputs of 16 MiB and more are written with streaming stores, whole cache
+# lines only; a row's partial lines take ordinary stores, wherever `out` starts.
+STREAMED_BYTES = 16 << 20
+
+
+@pytest.mark.parametrize("features", [128, 1000])
+def test_streamed_output_at_every_offset_within_a_line(simd_target, features):
+    rng = np.random.default_rng(features)
+    rows = -(-STREAMED_BYTES // (4 * features))
+    x = rng.standard_normal((rows, features)).astype(np.float32)
+    dy = rng.standard_normal((rows, features)).astype(np.float32)
+    weight = rng.standard_normal(features).astype(np.float32)
+    bias = rng.standard_normal(features).astype(np.float32)
+    expected_y, mean, rstd, _ = reference.layer_norm(x, weight, bias)
+    mean, rstd = mean.astype(np.float32), rstd.astype(np.float32)  # the statistics the backward is given
+    expected_dx, expected_dweight, _ = reference.layer_norm_backward(dy, x, mean, rstd, weight)
+    dweight_scale = np.abs(as64(dy) * (as64(x) - mean[:, None]) * rstd[:, None]).sum(axis=0).max()
+    buffer = np.empty(x.size + 32, np.float32)
+    line_start = (-buffer.ctypes.data // 4) % 16  # the first element on a 64-byte boundary
+    for offset_bytes in range(0, 64, 4):
+        start = line_start + offset_bytes // 4
+        out = buffer[start : start + x.size].reshape(x.shape)
+        out.fill(np.nan)
+        assert gg.layer_norm(x, weight, bias, out=out) is out
+        assert_close(out, expected_y, np.float32, np.abs(expected_y).max())
+        out.fill(np.nan)
+        dx, dweight, _ = gg.layer_norm_backward(dy, x, mean, rstd, weight, out=out)
+        assert dx is out
+        assert_close(dx, expected_dx, np.float32, np.abs(dy * weight * rstd[:, None]).max())
+        assert_close(dweight, expected_dweight, np.float32, dweight_scale)
+
+
 def test_constant_rows_huge_and_tiny_magnitudes(simd_target):
     constant = np.full((3, 100), 7.0, np.float32)
     y, mean, rstd = gg.layer_norm(constant, return_stats=True)
