@@ -166,12 +166,14 @@ def test_out_buffer_and_in_place(simd_target, rng):
 
 
 # Outputs of 16 MiB and more are written with streaming stores, whole cache
-# lines only; a row's partial lines take ordinary stores, wherever `out` starts.
+# lines only (a row's partial lines take ordinary stores, wherever `out`
+# starts), and with ordinary stores where the inputs' loads would trail them
+# closely modulo 4 KiB (4K aliasing). Each placement must give the same answers.
 STREAMED_BYTES = 16 << 20
 
 
-@pytest.mark.parametrize("features", [128, 1000])
-def test_streamed_output_at_every_offset_within_a_line(simd_target, features):
+@pytest.mark.parametrize("features", [1000, 4096])
+def test_streamed_output_wherever_out_lies(simd_target, features):
     rng = np.random.default_rng(features)
     rows = -(-STREAMED_BYTES // (4 * features))
     x = rng.standard_normal((rows, features)).astype(np.float32)
@@ -182,10 +184,13 @@ def test_streamed_output_at_every_offset_within_a_line(simd_target, features):
     mean, rstd = mean.astype(np.float32), rstd.astype(np.float32)  # the statistics the backward is given
     expected_dx, expected_dweight, _ = reference.layer_norm_backward(dy, x, mean, rstd, weight)
     dweight_scale = np.abs(as64(dy) * (as64(x) - mean[:, None]) * rstd[:, None]).sum(axis=0).max()
-    buffer = np.empty(x.size + 32, np.float32)
+    buffer = np.empty(x.size + 1024 + 16, np.float32)
     line_start = (-buffer.ctypes.data // 4) % 16  # the first element on a 64-byte boundary
-    for offset_bytes in range(0, 64, 4):
-        start = line_start + offset_bytes // 4
+    starts = [line_start + offset_bytes // 4 for offset_bytes in (0, 4, 16, 32, 48, 60)]
+    # Just past x (and dy: both were allocated alike) modulo 4 KiB, and far from it.
+    page_offset = (x.ctypes.data - buffer.ctypes.data) % 4096
+    starts += [(page_offset + distance) % 4096 // 4 for distance in (64, 192, 2048)]
+    for start in starts:
         out = buffer[start : start + x.size].reshape(x.shape)
         out.fill(np.nan)
         assert gg.layer_norm(x, weight, bias, out=out) is out
