@@ -24,11 +24,15 @@ bool stream(int64_t rows, int64_t features, DType dtype) {
 }
 
 // 4K aliasing: a load whose address matches a pending store's below bit 12
-// waits for that store. Streaming stores stay pending long, so loads that run
-// a little ahead of the streamed output modulo 4 KiB stall on every line: the
-// layer-norm backward of 2048x4096 with weight gradients took 17-21 ms
-// instead of 4.5-5 ms with dx 16-128 bytes past x and dy modulo 4 KiB (and
-// 6-7 ms everywhere with ordinary stores).
+// waits for that store, and streaming stores stay pending long. In the
+// backward, when rows are a whole number of 4 KiB apart, x's and dy's rows
+// (a pair of them at a time) all sit at one offset modulo 4 KiB, and if that
+// offset is a little behind dx's the loads stall on every line: 2048x4096
+// with weight gradients took 14-18 ms instead of 4.5-5 with dx 32-160 bytes
+// past x and dy modulo 4 KiB (7 ms at 192, 5 at 256; 8192x1024 alike), and
+// 4.6-5.3 ms at every offset with ordinary stores there. Rows of 128, 768 or
+// 1000 features, and the forward, showed no such stall, so they keep
+// streaming wherever the output lies.
 constexpr uintptr_t kPageBytes = 4096;
 constexpr uintptr_t kAliasWindowBytes = 256;
 
@@ -36,13 +40,14 @@ uintptr_t distance_past(const void* store, const void* load) {
   return (reinterpret_cast<uintptr_t>(store) - reinterpret_cast<uintptr_t>(load)) % kPageBytes;
 }
 
-// Whether loads from any of `loads` (the inputs read beside the output's
-// rows: other rows, or the weight and bias vectors) would trail streaming
-// stores to `store` closely enough to alias them.
-bool trails(const void* store, std::initializer_list<const void*> loads) {
+// Whether the backward's loads from any of `loads` (rows of x and dy, the
+// weight vector) would trail its streaming stores to `dx` closely enough to
+// stall on them, for rows `row_bytes` apart.
+bool loads_trail_output(const void* dx, std::initializer_list<const void*> loads, int64_t row_bytes) {
+  if (row_bytes % int64_t(kPageBytes) != 0) return false;
   for (const void* load : loads) {
     if (load == nullptr) continue;
-    const uintptr_t distance = distance_past(store, load);
+    const uintptr_t distance = distance_past(dx, load);
     if (distance != 0 && distance < kAliasWindowBytes) return true;
   }
   return false;
@@ -62,8 +67,7 @@ int64_t rows_per_task(int64_t features) { return std::max<int64_t>(1, kPieceElem
 
 void normalization_forward(const NormalizationForward& given, int64_t rows, DType dtype) {
   NormalizationForward args = given;
-  args.stream_output = stream(rows, args.features, dtype) &&
-                       !trails(args.y, {args.x, args.residual, args.residual_sum, args.weight, args.bias});
+  args.stream_output = stream(rows, args.features, dtype);
   const NormalizationForwardFn kernel = active_kernels().normalization_forward[static_cast<int>(dtype)];
   const int64_t step = rows_per_task(args.features);
   parallel_for((rows + step - 1) / step, [&](int64_t task) {
@@ -74,7 +78,8 @@ void normalization_forward(const NormalizationForward& given, int64_t rows, DTyp
 void normalization_backward(const NormalizationBackward& given, int64_t rows, DType dtype, double* dweight,
                             double* dbias) {
   NormalizationBackward args = given;
-  args.stream_output = stream(rows, args.features, dtype) && !trails(args.dx, {args.x, args.dy, args.weight});
+  args.stream_output = stream(rows, args.features, dtype) &&
+                       !loads_trail_output(args.dx, {args.x, args.dy, args.weight}, args.features * element_size(dtype));
   const NormalizationBackwardFn kernel = active_kernels().normalization_backward[static_cast<int>(dtype)];
   const int64_t features = args.features;
   if (dweight == nullptr && dbias == nullptr) {
