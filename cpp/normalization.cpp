@@ -28,9 +28,9 @@ bool stream(int64_t rows, int64_t features, DType dtype) {
 // backward, when rows are a whole number of 4 KiB apart, x's and dy's rows
 // (a pair of them at a time) all sit at one offset modulo 4 KiB, and if that
 // offset is a little behind dx's the loads stall on every line: 2048x4096
-// with weight gradients took 14-18 ms instead of 4.5-5 with dx 32-160 bytes
+// with weight gradients took 14-21 ms instead of 4.5-5 with dx 32-160 bytes
 // past x and dy modulo 4 KiB (7 ms at 192, 5 at 256; 8192x1024 alike), and
-// 4.6-5.3 ms at every offset with ordinary stores there. Rows of 128, 768 or
+// 4.6-6.1 ms at every offset with ordinary stores there. Rows of 128, 768 or
 // 1000 features, and the forward, showed no such stall, so they keep
 // streaming wherever the output lies.
 constexpr uintptr_t kPageBytes = 4096;
