@@ -38,7 +38,6 @@ def add_arguments(parser):
 
 def run_from_arguments(arguments):
     from .clip_cases import format_table, run
-    from .harness import torch
     from .norm_cases import format_norm_table, run_norms
     from .optim_cases import format_optimizer_table, run_optimizers
 
@@ -46,15 +45,11 @@ def run_from_arguments(arguments):
         rows = run(arguments.workloads, arguments.repeat, arguments.threads)
         print(format_table(rows, arguments.threads))
     if "norm" in arguments.sections:
-        set_num_threads(arguments.threads)
-        if torch is not None:
-            torch.set_num_threads(arguments.threads)
+        _use_threads(arguments.threads)
         print()
         print(format_norm_table(run_norms(arguments.repeat)))
     if "optim" in arguments.sections:
-        set_num_threads(arguments.threads)
-        if torch is not None:
-            torch.set_num_threads(arguments.threads)
+        _use_threads(arguments.threads)
         print()
         print(format_optimizer_table(run_optimizers(max(3, arguments.repeat // 2))))
     if "backward" in arguments.sections:
@@ -83,9 +78,17 @@ def _torch_section(name, threads, table):
         print(f"{name}: skipped, torch is not installed")
         return
     if threads is not None:
-        set_num_threads(threads)
-        torch.set_num_threads(threads)
+        _use_threads(threads)
     print(table())
+
+
+def _use_threads(threads):
+    """The same thread count for gradguard and, when installed, torch."""
+    from .harness import torch
+
+    set_num_threads(threads)
+    if torch is not None:
+        torch.set_num_threads(threads)
 
 
 def _backward(repeat):
