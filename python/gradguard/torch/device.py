@@ -21,7 +21,6 @@ that rare step takes a second transfer, for those tensors only.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import os
 import threading
@@ -352,7 +351,7 @@ def device_grad_stats(tensors, names=None, *, full: bool = True, count_zeros: bo
     for name in ("numel", "n_nan", "n_inf", "n_zero"):
         fields[name] = np.rint(fields[name]).astype(np.int64)
     ndim = np.array([tensor.dim() for tensor in tensors], dtype=np.int64)
-    return dataclasses.replace(stats_from_columns(fields, names), ndim=ndim)
+    return stats_from_columns(fields, names, ndim=ndim)
 
 
 def needs_zero_counts(monitor) -> bool:
