@@ -191,3 +191,19 @@ def test_subnormal_results_survive_a_stats_call(simd_target):
         tiny = np.full(4 * gg.PIECE_ELEMENTS, 1e-30, np.float32)
         gg.clip_with_norm_([tiny], max_norm=1e-10, total_norm=1.0, eps=0.0)  # x * 1e-10 on the workers
         assert (tiny > 0).all() and tiny[0] == pytest.approx(1e-40, rel=1e-2)
+
+
+def test_ndim_is_each_arrays_number_of_dimensions():
+    # The monitor judges a vector's exact zeros apart by it (its dead test).
+    arrays = {
+        "scalar": np.array(1.0, np.float32),
+        "matrix": np.ones((2, 3), np.float32),
+        "vector": np.ones(4, np.float16),
+        "conv": np.ones((1, 2, 3, 4)),
+    }
+    stats = gg.grad_stats(arrays)
+    np.testing.assert_array_equal(stats.ndim, [0, 2, 1, 4])
+    assert stats.ndim.dtype == np.int64 and stats.names == tuple(arrays)
+    assert gg.grad_stats(list(arrays.values())).ndim.tolist() == [0, 2, 1, 4]
+    # Partials carry no shapes: combined statistics leave ndim unknown.
+    assert gg.combine_stats_partials([gg.stats_partials(list(arrays.values()))]).ndim is None
