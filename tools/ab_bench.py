@@ -9,7 +9,8 @@ The base revision is built once into --cache (a git worktree and a wheel
 unpacked beside it); the current checkout is whatever `import gradguard`
 finds. Cases: `stats` (grad_stats on the standard workloads), `norm` (layer
 and RMS norm, forward and backward, with and without out=, on the norm
-bench's shapes).
+bench's shapes). With --cold each timed call follows a 512 MiB read, so that
+a workload smaller than the L3 is timed from memory too.
 """
 
 from __future__ import annotations
@@ -36,10 +37,12 @@ def _use_base(path):
     sys.path.insert(0, path)
 
 
-def _best(function, calls):
+def _best(function, calls, before=None):
     function()
     best = float("inf")
     for _ in range(calls):
+        if before is not None:
+            before()
         start = time.perf_counter()
         function()
         best = min(best, time.perf_counter() - start)
@@ -92,7 +95,7 @@ def _norm_cases():
         yield from _norm_shape_cases(rows, features)
 
 
-def _child(sections, calls, threads):
+def _child(sections, calls, threads, cold=False):
     import numpy as np
 
     from gradguard import _core
@@ -108,7 +111,10 @@ def _child(sections, calls, threads):
     makers = {"stats": _stats_cases, "norm": _norm_cases}
     for section in sections:
         for name, function, nbytes, kind in makers[section]():
-            seconds = _best(function, calls)
+            # --cold: each timed call follows a 512 MiB read, so it starts from
+            # memory (a workload smaller than the L3 otherwise stays partly cached
+            # between back-to-back calls, and beats the probe).
+            seconds = _best(function, calls, probes["read"] if cold else None)
             moved = probes[kind]()[1]
             probe_seconds = _best(lambda kind=kind: probes[kind](), 3)
             results[name] = {
@@ -157,14 +163,17 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=4, help="alternating process pairs")
     parser.add_argument("--calls", type=int, default=15, help="timed calls per case in each process (best kept)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--cold", action="store_true", help="time each call after a 512 MiB read (from memory)")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         if args.base_path:
             _use_base(args.base_path)
-        return _child(args.sections, args.calls, args.threads)
+        return _child(args.sections, args.calls, args.threads, args.cold)
     base = args.base_path or str(_build_base(args.base_rev, Path(args.cache)))
     common = [*args.sections, "--calls", str(args.calls), "--threads", str(args.threads), "--child"]
+    if args.cold:
+        common.append("--cold")
     best = {"base": {}, "new": {}}
     for round_index in range(args.rounds):
         order = ("base", "new") if round_index % 2 == 0 else ("new", "base")
@@ -181,7 +190,8 @@ def main(argv=None):
                     kept["seconds"] = min(kept["seconds"], row["seconds"])
                     kept["probe_GBps"] = max(kept["probe_GBps"], row["probe_GBps"])
         print(f"round {round_index + 1}/{args.rounds} done", file=sys.stderr)
-    print(f"best of {args.rounds} alternating processes x {args.calls} calls, {args.threads} threads")
+    start = "from memory (--cold), " if args.cold else ""
+    print(f"{start}best of {args.rounds} alternating processes x {args.calls} calls, {args.threads} threads")
     print(f"{'case':<30}{'base ms':>9}{'new ms':>9}{'new/base':>9}{'probe GB/s':>11}{'new x roof':>11}{'new % bw':>9}")
     for name, new in best["new"].items():
         old = best["base"][name]
