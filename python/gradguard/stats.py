@@ -78,12 +78,13 @@ def grad_stats(arrays: Arrays) -> GradStats:
         the values, summed as global_norm sums them (equal to it to ~1e-15).
         mean, std and abs_mean come from deviations about a shift,
         (x - s), (x - s)^2 and |x|, formed and summed 16 to a lane in float32,
-        then in float64 (float64 throughout for other dtypes): within a few
-        1e-6 of std (mean) or relative (std, abs_mean) at worst, ~1e-9 in
-        practice. Pieces where that bound would not hold (inf/NaN, max|x|
-        below 2^-40, a shift far from the mean) take float64 deviations
-        instead; arrays with max|x| of 2^120 or more (beyond 2^+-480 for
-        float64) are recomputed entirely in float64 on rescaled values.
+        then in float64: within a few 1e-6 of std (mean) or relative (std,
+        abs_mean) at worst, ~1e-9 in practice. Other dtypes, and float32
+        pieces where that bound would not hold (inf/NaN, max|x| below 2^-40,
+        a shift far from the mean), take float64 deviations (|x| still summed
+        in groups in the compute type); arrays with max|x| of 2^120 or more
+        (beyond 2^+-480 for float64) are recomputed entirely in float64 on
+        rescaled values.
     """
     array_list, names = as_array_list(arrays)
     return stats_of(array_list, names)
