@@ -5,8 +5,7 @@
 #include <vector>
 
 #include "kernel_table.h"
-#include "multi_tensor/tensor_ref.h"
-#include "parallel.h"
+#include "multi_tensor/plan.h"
 
 namespace gradguard {
 namespace {
@@ -39,12 +38,12 @@ double sum_piece(const float* data, int64_t count) {
 
 }  // namespace
 
-double read_probe(const float* data, int64_t count) {
-  const int64_t pieces = (count + kPieceElements - 1) / kPieceElements;
-  std::vector<double> partials(static_cast<size_t>(pieces));
-  parallel_for(pieces, [&](int64_t piece) {
-    const int64_t first = piece * kPieceElements;
-    partials[piece] = sum_piece(data + first, std::min(kPieceElements, count - first));
+double read_probe(const std::vector<TensorRef>& tensors) {
+  Plan plan;
+  make_plan(tensors, plan);
+  std::vector<double> partials(plan.pieces.size());
+  multi_tensor_apply(tensors, plan, Direction::forwards, [&](const PieceWork& work) {
+    partials[work.index] = sum_piece(reinterpret_cast<const float*>(work.address), work.piece.count);
   });
   double sum = 0.0;
   for (double partial : partials) sum += partial;

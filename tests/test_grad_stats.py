@@ -205,5 +205,39 @@ def test_ndim_is_each_arrays_number_of_dimensions():
     np.testing.assert_array_equal(stats.ndim, [0, 2, 1, 4])
     assert stats.ndim.dtype == np.int64 and stats.names == tuple(arrays)
     assert gg.grad_stats(list(arrays.values())).ndim.tolist() == [0, 2, 1, 4]
+    # A strided array is read through a contiguous copy: its ndim is still its own.
+    assert gg.grad_stats([np.ones((3, 4, 6), np.float32)[:, ::2, 1:]]).ndim.tolist() == [3]
     # Partials carry no shapes: combined statistics leave ndim unknown.
     assert gg.combine_stats_partials([gg.stats_partials(list(arrays.values()))]).ndim is None
+
+
+def test_global_norm_rule_of_the_columns():
+    """GradStats.global_norm from per-array columns, one rule in the core for
+    grad_stats, combined partials and device/JAX columns: NaN if any NaN,
+    else inf if any inf, else sqrt(sum l2^2) with no square overflowing."""
+    from gradguard import _core
+
+    rng = np.random.default_rng(7)
+    l2 = rng.uniform(0.0, 3.0, 50) * 10.0 ** rng.integers(-30, 30, 50)
+    zeros = np.zeros(50, np.int64)
+    expected = math.fsum(value**2 for value in l2) ** 0.5
+    assert _core.stats_global_norm(l2, zeros, zeros) == pytest.approx(expected, rel=1e-14)
+    # Squares beyond float64 (1e300^2) and below its subnormals (1e-300^2).
+    assert _core.stats_global_norm(np.array([1e300, 1e300]), zeros[:2], zeros[:2]) == pytest.approx(2**0.5 * 1e300)
+    assert _core.stats_global_norm(np.array([3e-300, 4e-300]), zeros[:2], zeros[:2]) == pytest.approx(5e-300)
+    assert _core.stats_global_norm(np.zeros(3), zeros[:3], zeros[:3]) == 0.0
+    assert _core.stats_global_norm(np.zeros(0), zeros[:0], zeros[:0]) == 0.0
+    assert _core.stats_global_norm(np.array([1.0, math.inf]), zeros[:2], zeros[:2]) == math.inf
+    ones = np.ones(2, np.int64)
+    assert _core.stats_global_norm(np.array([1.0, 2.0]), zeros[:2], ones) == math.inf
+    assert math.isnan(_core.stats_global_norm(np.array([1.0, 2.0]), ones, ones))
+    with pytest.raises(ValueError, match="one length"):
+        _core.stats_global_norm(np.ones(3), zeros[:2], zeros[:3])
+    # grad_stats and combined partials take it from the core as well.
+    arrays = [np.full(10, 1e30, np.float32), np.full(7, -2.5, np.float32)]
+    stats = gg.grad_stats(arrays)
+    assert stats.global_norm == _core.stats_global_norm(stats.l2, stats.n_nan, stats.n_inf)
+    big = float(np.float32(1e30))
+    assert stats.global_norm == pytest.approx(math.sqrt(10 * big**2 + 7 * 6.25), rel=1e-12)
+    combined = gg.combine_stats_partials([gg.stats_partials(arrays)])
+    assert combined.global_norm == stats.global_norm

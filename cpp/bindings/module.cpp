@@ -278,12 +278,26 @@ PYBIND11_MODULE(_core, m) {
   m.def("grad_stats", [](const py::list& arrays, const py::object& names, const char* argument) {
     TensorList list = to_tensors(arrays, names, argument, Access::read, false);
     StatsTable table(static_cast<py::ssize_t>(list.tensors.size()));
+    // Each array's number of dimensions, from the array read (the caller's,
+    // or a copy of the same shape): here in C++ rather than a Python loop.
+    py::array_t<int64_t> ndim(static_cast<py::ssize_t>(list.tensors.size()));
+    for (size_t index = 0; index < list.tensors.size(); ++index)
+      ndim.mutable_data()[index] = py::detail::array_proxy(list.owners[index].ptr())->nd;
     {
       py::gil_scoped_release released;
       tensor_stats(list.tensors, table.columns());
     }
-    return table.as_dict();
+    py::dict result = table.as_dict();
+    result["ndim"] = ndim;
+    return result;
   }, py::arg("arrays"), py::arg("names"), py::arg("argument") = "arrays");
+
+  // GradStats.global_norm from columns computed elsewhere (a device, JAX, ranks).
+  m.def("stats_global_norm", [](const DoubleArray& l2, const Int64Array& nan, const Int64Array& inf) {
+    if (l2.ndim() != 1 || nan.ndim() != 1 || inf.ndim() != 1 || nan.size() != l2.size() || inf.size() != l2.size())
+      throw py::value_error("stats_global_norm needs three 1-D columns of one length");
+    return global_norm_of_stats(l2.data(), nan.data(), inf.data(), l2.size());
+  }, py::arg("l2"), py::arg("n_nan"), py::arg("n_inf"));
 
   // x is (rows, features) in its dtype; weight, bias, mean, rstd in the compute dtype.
   m.def("normalization_forward", [](const py::array& x, const py::object& residual, const py::object& residual_sum,
@@ -446,17 +460,25 @@ PYBIND11_MODULE(_core, m) {
   }, py::arg("params"), py::arg("grads"), py::kw_only(), py::arg("units"), py::arg("units_first"),
      py::arg("clipping"), py::arg("eps"), py::arg("names"));
 
-  // The bandwidth yardstick of the benchmarks (not an operation of the library).
-  m.def("read_probe", [](const py::array& array) {
-    if (!py::isinstance<py::array_t<float>>(array) || !(array.flags() & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_) ||
-        !(array.flags() & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-      throw py::type_error("read_probe needs a C-contiguous, aligned float32 array");
-    py::array owner = array;
-    const float* data = static_cast<const float*>(owner.data());
-    const int64_t count = static_cast<int64_t>(owner.size());
+  // The bandwidth yardstick of the benchmarks (not an operation of the library):
+  // one array, or a list of them read as the kernels would read that list.
+  m.def("read_probe", [](const py::object& arrays) {
+    const bool one = py::isinstance<py::array>(arrays);
+    py::list items = one ? py::list() : py::list(arrays);
+    if (one) items.append(arrays);
+    std::vector<py::array> owners;
+    std::vector<TensorRef> tensors;
+    for (const py::handle& item : items) {
+      const auto flags = py::isinstance<py::array>(item) ? py::reinterpret_borrow<py::array>(item).flags() : 0;
+      if (!py::isinstance<py::array_t<float>>(item) || !(flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_) ||
+          !(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
+        throw py::type_error("read_probe needs C-contiguous, aligned float32 arrays");
+      owners.push_back(py::reinterpret_borrow<py::array>(item));
+      tensors.push_back({const_cast<void*>(owners.back().data()), static_cast<int64_t>(owners.back().size()), DType::float32});
+    }
     py::gil_scoped_release released;
-    return read_probe(data, count);
-  });
+    return read_probe(tensors);
+  }, py::arg("arrays"));
 
   m.def("set_num_threads", [](int count) {
     try {

@@ -1,6 +1,6 @@
 // The per-tensor statistics as NumPy columns: allocated here, filled by the
 // core through StatsColumns, handed to Python as a dict keyed by the core's
-// own field names (kStatsFieldNames).
+// own field names (kStatsFieldNames), with the list's global norm.
 #pragma once
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -23,11 +23,14 @@ class StatsTable {
             inf_.mutable_data(),   zero_.mutable_data()};
   }
 
-  // In StatsColumns' order, which is kStatsFieldNames' order.
+  // In StatsColumns' order, which is kStatsFieldNames' order, then
+  // "global_norm" (the whole list's, from the columns): the keyword
+  // arguments of gg.GradStats but for names and ndim.
   py::dict as_dict() const {
     const py::object columns[kStatsFieldCount] = {numel_, mean_, std_, abs_mean_, l2_, min_, max_, nan_, inf_, zero_};
     py::dict result;
     for (int field = 0; field < kStatsFieldCount; ++field) result[kStatsFieldNames[field]] = columns[field];
+    result["global_norm"] = global_norm_of_stats(l2_.data(), nan_.data(), inf_.data(), l2_.size());
     return result;
   }
 

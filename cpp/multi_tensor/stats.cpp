@@ -221,5 +221,22 @@ bool combine_stats_partials(const std::vector<StatsPartialOfPiece>& pieces, int6
   return true;
 }
 
+double global_norm_of_stats(const double* l2, const int64_t* nan, const int64_t* inf, int64_t tensors) {
+  bool any_inf = false;
+  double largest = 0.0;
+  for (int64_t tensor = 0; tensor < tensors; ++tensor) {
+    if (nan[tensor] != 0) return std::numeric_limits<double>::quiet_NaN();
+    any_inf = any_inf || inf[tensor] != 0;
+    largest = std::max(largest, l2[tensor]);
+  }
+  if (any_inf) return std::numeric_limits<double>::infinity();
+  if (largest == 0.0 || !std::isfinite(largest)) return largest;
+  double sum = 0.0;
+  for (int64_t tensor = 0; tensor < tensors; ++tensor) {
+    const double ratio = l2[tensor] / largest;
+    sum += ratio * ratio;
+  }
+  return largest * std::sqrt(sum);
+}
 
 }  // namespace gradguard

@@ -59,4 +59,10 @@ std::vector<StatsPartialOfPiece> stats_partials(const std::vector<TensorRef>& te
 bool combine_stats_partials(const std::vector<StatsPartialOfPiece>& pieces, int64_t tensor_count,
                             const StatsColumns& columns);
 
+// The L2 norm of all `tensors` from their statistics (GradStats.global_norm):
+// NaN when any n_nan is nonzero, otherwise inf when any n_inf is, otherwise
+// sqrt(sum l2^2), formed as L * sqrt(sum (l2 / L)^2) with L = max l2 so that
+// no square overflows or underflows (L itself when it is 0 or not finite).
+double global_norm_of_stats(const double* l2, const int64_t* nan, const int64_t* inf, int64_t tensors);
+
 }  // namespace gradguard
