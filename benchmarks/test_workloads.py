@@ -82,3 +82,20 @@ def test_monitor_update_costs_one_read(benchmark, cases_of):
     monitor = gg.GradientMonitor()
     benchmark.group = "gpt2-small grad_stats"
     benchmark.pedantic(lambda: monitor.update(gradients), rounds=10, iterations=1, warmup_rounds=1)
+
+
+def test_plain_read_reads_every_array_of_the_list_once():
+    """The grad_stats cases' 'plain read': the probe's loop over a workload's own arrays."""
+    arrays = [np.ones(n, np.float32) for n in (0, 1, 17, 65_536, 65_537, 200_000)] + [np.full((3, 5), 2.0, np.float32)]
+    assert _core.read_probe(arrays) == sum(a.size for a in arrays) + 15
+    assert _core.read_probe(arrays[4]) == 65_537  # one array, as the 512 MiB probe takes it
+    assert _core.read_probe([]) == 0.0
+    for refused in ([np.ones(4)], [np.ones((4, 4), np.float32)[:, ::2]], [[1.0, 2.0]]):
+        with pytest.raises(TypeError, match="C-contiguous, aligned float32"):
+            _core.read_probe(refused)
+    gradients = make_gradients("many-small")
+    (case,) = make_cases("many-small", gradients, ("grad_stats",))
+    # float32 lanes: each value's rounding is below 2^-24 of the running lane sums it joins.
+    magnitude = sum(float(np.abs(a).sum(dtype=np.float64)) for a in gradients.values())
+    expected = sum(float(a.sum(dtype=np.float64)) for a in gradients.values())
+    assert case.implementations["plain read"]() == pytest.approx(expected, abs=1e-5 * magnitude)

@@ -8,7 +8,9 @@ Bytes moved per call: a norm or statistics pass reads every gradient once
 to scale (3N). The roofline is the time those bytes take at the best
 bandwidth measured here: read-only passes at the read bandwidth, the scale
 pass at the read+write bandwidth, each the best of gradguard's plain probe
-loop, NumPy and torch.
+loop, NumPy and torch. The grad_stats cases also time that plain read loop
+over the workload's own arrays ("plain read"): their memory may sit on
+smaller pages than the probe buffer's, and read slower whatever reads it.
 """
 
 from __future__ import annotations
@@ -17,11 +19,14 @@ import math
 
 import numpy as np
 
+from .. import _core
 from ..clip import CLIP_EPS, clip_by_global_norm, global_norm
 from ..config import set_num_threads, simd_target
 from ..stats import grad_stats
 from .harness import Case, ShrinkingBound, bandwidth_from, interleaved_medians, read_probes, torch, write_probes
 from .workloads import make_gradients
+
+PLAIN_READ = "plain read"
 
 
 def numpy_global_norm(arrays):
@@ -119,6 +124,10 @@ def make_cases(workload, gradients, operations=("global_norm", "clip_by_global_n
         case.implementations["numpy"] = lambda: numpy_stats(arrays)
         if torch is not None:
             case.implementations["torch"] = lambda: torch_stats(tensors)
+        if all(a.dtype == np.float32 and a.flags.c_contiguous for a in arrays):
+            # The plainest read of these very arrays: their pages (4 KiB, or the 2 MiB
+            # NumPy asks for from 4 MiB up) bound any pass over them, the probe buffer's may not.
+            case.implementations[PLAIN_READ] = lambda: _core.read_probe(arrays)
         cases.append(case)
     return cases
 
@@ -150,7 +159,7 @@ def run(workloads, repeat, threads, slow_repeat=3):
             slow = {
                 name: slow_repeat
                 for name in case.implementations
-                if name != "gradguard" and case.operation == "grad_stats"
+                if name not in ("gradguard", PLAIN_READ) and case.operation == "grad_stats"
             }
             medians = interleaved_medians(functions, repeat, repeat_of=slow, first=tuple(probes))
             bandwidth = bandwidth_from(medians, probe_buffer.nbytes)
@@ -186,7 +195,8 @@ def format_table(rows, threads):
         "each case is timed round-robin with the bandwidth probes (512 MiB buffer, run first in each round,",
         "then the implementations in rotating order; each timed call follows 20 ms idle, so no other",
         "library's threads are still spinning, and one untimed call); the roofline is the case's bytes at the best",
-        "read / read+write bandwidth of the same rounds (for many-small, 8 MB, the data can sit in cache)",
+        "read / read+write bandwidth of the same rounds (for many-small, 8 MB, the data can sit in cache);",
+        f"'{PLAIN_READ}' is the probe's loop over the workload's own arrays (their pages, not the probe buffer's)",
         "",
         f"{'workload':<26}{'operation':<21}{'impl':<11}{'ms':>9}{'GB/s':>7}{'roofline':>10}{'x roof':>8}"
         f"{'gg faster':>10}{'bw read/rw':>12}",
