@@ -215,6 +215,30 @@ def test_bool_and_str_scalars_refused(call):
         call()
 
 
+def test_real_takes_every_kind_of_number_alike():
+    """Python floats and ints take a shorter path through the scalar check than
+    NumPy scalars and 0-d arrays: both must give the same float and refusals."""
+    from gradguard._arguments import real
+
+    for plain, other in [(2, np.int64(2)), (2.5, np.float32(2.5)), (4.0, np.array(4.0)), (-0.0, np.float64(-0.0))]:
+        assert real(plain, "x") == real(other, "x") == float(plain)
+        assert type(real(plain, "x")) is float and type(real(other, "x")) is float
+    assert real(10**400, "x") == math.inf and real(-(10**400), "x") == -math.inf
+    for value in (math.nan, np.float64(math.nan)):
+        with pytest.raises(ValueError, match="x must not be NaN"):
+            real(value, "x")
+        assert math.isnan(real(value, "x", allow_nan=True))
+    for value in (0, 0.0, np.float32(0.0)):
+        with pytest.raises(ValueError, match=r"x must be a number in \(0, inf\), got"):
+            real(value, "x", low=0.0, low_open=True)
+    for value in (math.inf, np.float64(math.inf)):
+        with pytest.raises(ValueError, match="finite"):
+            real(value, "x", allow_inf=False)
+    for value in (True, np.bool_(True), "1", [1.0]):
+        with pytest.raises(TypeError, match="x must be a real number"):
+            real(value, "x")
+
+
 def test_huge_integer_bound_is_infinite():
     array = np.ones(3, np.float32)
     assert gg.clip_by_global_norm([array], 10**400) == pytest.approx(math.sqrt(3))

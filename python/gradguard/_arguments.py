@@ -140,6 +140,27 @@ def name_of(index, names, argument="arrays"):
     return f"{argument}[{index}] ({names[index]!r})"
 
 
+def _plain_number(value, argument, allow_none):
+    """A real number of any kind (NumPy scalar or 0-d array, 0-d tensor) as a
+    Python number; TypeError for bool, str and anything else."""
+    if (
+        not isinstance(value, (numbers.Real, np.ndarray))
+        and getattr(value, "ndim", None) == 0
+        and hasattr(value, "item")
+    ):
+        value = value.item()  # a 0-d tensor (torch, JAX), as torch.optim takes lr=torch.tensor(1e-3)
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray)):
+        kind = "a real number or None" if allow_none else "a real number"
+        raise TypeError(f"{argument} must be {kind}, got {type(value).__name__}")
+    if isinstance(value, np.ndarray):
+        if value.ndim != 0 or value.dtype.kind not in "iuf":
+            raise TypeError(
+                f"{argument} must be a real number, got an array of shape {value.shape} and dtype {value.dtype}"
+            )
+        value = value.item()
+    return value
+
+
 def real(
     value,
     argument,
@@ -161,21 +182,11 @@ def real(
     """
     if value is None and allow_none:
         return None
-    if (
-        not isinstance(value, (numbers.Real, np.ndarray))
-        and getattr(value, "ndim", None) == 0
-        and hasattr(value, "item")
-    ):
-        value = value.item()  # a 0-d tensor (torch, JAX), as torch.optim takes lr=torch.tensor(1e-3)
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.ndarray)):
-        kind = "a real number or None" if allow_none else "a real number"
-        raise TypeError(f"{argument} must be {kind}, got {type(value).__name__}")
-    if isinstance(value, np.ndarray):
-        if value.ndim != 0 or value.dtype.kind not in "iuf":
-            raise TypeError(
-                f"{argument} must be a real number, got an array of shape {value.shape} and dtype {value.dtype}"
-            )
-        value = value.item()
+    # A Python float or int (not bool), the common case, skips _plain_number:
+    # its ABC isinstance checks cost tens of microseconds once a training step
+    # has swept the caches.
+    if type(value) is not float and type(value) is not int:
+        value = _plain_number(value, argument, allow_none)
     try:
         number = float(value)
     except OverflowError:
