@@ -2,6 +2,7 @@
 adaptive clippers against plain re-implementations of the papers' rules."""
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -489,3 +490,22 @@ def test_a_vector_whose_gradient_cancels_exactly_is_not_dead_units():
             step=step,
         )
     assert [(f.layer, f.kind) for f in monitor.findings] == [("dead.weight", "dead")]
+
+
+def test_column_medians_are_numpys_nanmedian_exactly():
+    """The monitor's baselines take medians over the kept steps with their own
+    sort (NumPy's nanmedian is masked-array slow on short columns): the same
+    values bit for bit, NaN columns, even and odd counts and no rows included."""
+    from gradguard.monitor.history import nanmedian_columns
+
+    rng = np.random.default_rng(11)
+    for steps in (0, 1, 2, 3, 16, 255, 256, 700):
+        values = rng.standard_normal((steps, 9)) * 10.0 ** rng.integers(-8, 8, 9)
+        values[rng.random(values.shape) < 0.3] = np.nan
+        if steps:
+            values[:, 0] = np.nan  # a layer with no history yet
+            values[: steps // 2, 1] = np.nan
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            expected = np.nanmedian(values, axis=0) if steps else np.full(9, np.nan)
+        np.testing.assert_array_equal(nanmedian_columns(values), expected)

@@ -209,6 +209,7 @@ class GradientMonitor:
         if names is not None and duplicates(names):
             raise ValueError(f"stats names layers more than once: {duplicates(names)}")
         labels, order, subset, present = self._matched(names, len(stats), allow_missing, "layers' statistics", "stats")
+        order = np.asarray(order, dtype=np.intp)  # converted once, not per field (thousands of layers)
         fields = {key: getattr(stats, key)[order] for key in STATS_FIELDS}
         subset = tuple(subset) if subset is not None else None
         ndim = None if stats.ndim is None else stats.ndim[order]
