@@ -10,8 +10,8 @@ unpacked beside it); the current checkout is whatever `import gradguard`
 finds. Cases: `stats` (grad_stats and global_norm on the standard workloads,
 and the plain read of the same arrays: "new x own" is the time over that
 read's), `norm` (layer and RMS norm, forward and backward, with and without
-out=, on the norm bench's shapes). With --cold each timed call follows a 512 MiB read, so that
-a workload smaller than the L3 is timed from memory too.
+out=, on the norm bench's shapes). With --cold each timed call follows a
+512 MiB read, so that a workload smaller than the L3 is timed from memory too.
 """
 
 from __future__ import annotations

@@ -469,12 +469,11 @@ PYBIND11_MODULE(_core, m) {
     std::vector<py::array> owners;
     std::vector<TensorRef> tensors;
     for (const py::handle& item : items) {
-      const auto flags = py::isinstance<py::array>(item) ? py::reinterpret_borrow<py::array>(item).flags() : 0;
-      if (!py::isinstance<py::array_t<float>>(item) || !(flags & py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_) ||
-          !(flags & py::detail::npy_api::NPY_ARRAY_ALIGNED_))
-        throw py::type_error("read_probe needs C-contiguous, aligned float32 arrays");
-      owners.push_back(py::reinterpret_borrow<py::array>(item));
-      tensors.push_back({const_cast<void*>(owners.back().data()), static_cast<int64_t>(owners.back().size()), DType::float32});
+      constexpr int kDense = py::detail::npy_api::NPY_ARRAY_C_CONTIGUOUS_ | py::detail::npy_api::NPY_ARRAY_ALIGNED_;
+      const int flags = py::isinstance<py::array_t<float>>(item) ? py::reinterpret_borrow<py::array>(item).flags() : 0;
+      if ((flags & kDense) != kDense) throw py::type_error("read_probe needs C-contiguous, aligned float32 arrays");
+      const py::array& array = owners.emplace_back(py::reinterpret_borrow<py::array>(item));
+      tensors.push_back({const_cast<void*>(array.data()), static_cast<int64_t>(array.size()), DType::float32});
     }
     py::gil_scoped_release released;
     return read_probe(tensors);

@@ -26,10 +26,9 @@ def nanmedian_columns(values: np.ndarray) -> np.ndarray:
     the two middle ones when n is even; NaN where n = 0 (without a warning).
     NumPy takes masked arrays for columns under 600 long, which cost tens of
     milliseconds a call on thousands of layers; one sort costs a few."""
-    layers = values.shape[1]
-    count = values.shape[0] - np.count_nonzero(np.isnan(values), axis=0)
     if values.shape[0] == 0:
-        return np.full(layers, np.nan)
+        return np.full(values.shape[1], np.nan)
+    count = values.shape[0] - np.count_nonzero(np.isnan(values), axis=0)
     ordered = np.sort(values, axis=0)  # NaN last
     low, high = np.maximum(count - 1, 0) // 2, count // 2
     below = np.take_along_axis(ordered, low[None, :], axis=0)[0]
