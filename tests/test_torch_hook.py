@@ -287,3 +287,28 @@ def test_find_origin_needs_the_module():
     model = _poisoned_model()
     with pytest.raises(TypeError, match="module itself"):
         GradGuardHook(model.named_parameters(), find_origin=True)
+
+
+def test_a_layer_unfrozen_after_the_hook_was_made_joins_its_monitor():
+    """Progressive unfreezing: a parameter frozen when the hook is made is read
+    once it has a gradient, and joins the monitor from that step on."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 4))
+    for parameter in model[2].parameters():
+        parameter.requires_grad_(False)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    hook = GradGuardHook(model, optimizer=optimizer, max_norm=1.0)
+    assert hook.monitor.names == ["0.weight", "0.bias"]
+    x, y = torch.randn(32, 8), torch.randn(32, 4)
+    for step in range(6):
+        if step == 3:
+            for parameter in model[2].parameters():
+                parameter.requires_grad_(True)
+        optimizer.zero_grad()
+        torch.nn.functional.mse_loss(model(x), y).backward()
+        expected = math.sqrt(sum(float(p.grad.double().square().sum()) for p in model.parameters() if p.grad is not None))
+        optimizer.step()
+        assert hook.last_norm == pytest.approx(expected, rel=1e-6)
+    assert hook.monitor.names == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    norms = hook.monitor.history()["norm"]
+    assert np.isnan(norms[:3, 2:]).all() and np.isfinite(norms[3:]).all() and (norms[3:] > 0).all()

@@ -106,3 +106,20 @@ def test_bad_settings_are_refused_at_once():
         GradGuardCallback(max_norm=-1.0)
     with pytest.raises(TypeError):
         GradGuardCallback(monitor_settings={"window": "x"})
+
+
+def test_a_layer_unfrozen_during_training_joins_the_monitor(tmp_path):
+    class Unfreeze(transformers.TrainerCallback):
+        def on_step_begin(self, args, state, control, model=None, **kwargs):
+            if state.global_step == 4:
+                model.transformer.h[1].mlp.c_fc.weight.requires_grad_(True)
+
+    callback = GradGuardCallback()
+    trainer = _trainer(tmp_path, callback, steps=8)
+    trainer.model.transformer.h[1].mlp.c_fc.weight.requires_grad_(False)
+    trainer.add_callback(Unfreeze())
+    trainer.train()
+    name = "transformer.h.1.mlp.c_fc.weight"
+    assert name in callback.monitor.names
+    norms = callback.monitor.history()["norm"][:, callback.monitor.names.index(name)]
+    assert np.isnan(norms[:4]).all() and np.isfinite(norms[4:]).all() and (norms[4:] > 0).all()

@@ -33,6 +33,7 @@ except ImportError as error:  # pragma: no cover - exercised only without transf
 from ._arguments import boolean, real
 from .monitor import GradientMonitor
 from .torch import clip_tap
+from .torch._tensors import named_parameters
 from .torch.origin import NonfiniteOrigin
 from .torch.recorder import StepRecorder
 
@@ -87,11 +88,13 @@ class GradGuardCallback(TrainerCallback, ExportableState):
 
     # -- the Trainer's events ------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+        # Every parameter is read when it has a gradient: one frozen now and unfrozen later joins the monitor then.
+        every = named_parameters(model, frozen=True)
+        named = [(name, p) for name, p in every if p.requires_grad]
         self.monitor = GradientMonitor(names=[name for name, _ in named], **self.monitor_settings)
         origin = NonfiniteOrigin(model, named_parameters=named) if self.find_origin else None
         self.recorder = StepRecorder(
-            named, self.monitor, max_norm=self.max_norm, skip_nonfinite=self.skip_nonfinite, origin=origin
+            every, self.monitor, max_norm=self.max_norm, skip_nonfinite=self.skip_nonfinite, origin=origin
         )
         if self.checkpoint is not None:
             self.recorder.load_state_dict(self.checkpoint)  # checked whole before it loads

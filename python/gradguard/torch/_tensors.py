@@ -79,16 +79,19 @@ def gradients(parameters):
     return [p.grad for p in parameters if p.grad is not None]
 
 
-def named_parameters(parameters):
-    """[(name, tensor)] from a module or an iterable of (name, tensor) pairs."""
+def named_parameters(parameters, frozen=False):
+    """[(name, tensor)] from a module or an iterable of (name, tensor) pairs:
+    those that require a gradient, or with frozen=True every one (a recorder
+    reads each step the gradients present then, so that a layer unfrozen
+    after it was made joins its monitor at its first gradient)."""
     if hasattr(parameters, "named_parameters"):
         pairs = list(parameters.named_parameters())
     else:
         pairs = list(parameters)
         if not all(isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], _torch.Tensor) for p in pairs):
             raise TypeError("parameters must be a torch.nn.Module or its named_parameters(): (name, tensor) pairs")
-    named = [(str(name), tensor) for name, tensor in pairs if tensor.requires_grad]
-    if not named:
+    named = [(str(name), tensor) for name, tensor in pairs if frozen or tensor.requires_grad]
+    if not any(tensor.requires_grad for _, tensor in named):
         raise ValueError("parameters holds no tensor that requires a gradient")
     if len({name for name, _ in named}) != len(named):
         raise ValueError("parameter names must be unique")

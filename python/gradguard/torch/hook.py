@@ -53,10 +53,11 @@ class GradGuardHook:
     inf/NaN gradients, which the scaler will skip, is neither recorded nor clipped;
     skip_nonfinite=True does the same for a caller that skips such steps itself).
 
-    parameters: a torch.nn.Module or its named_parameters(); tensors that do
-    not require a gradient are left out, and a parameter whose .grad is None
-    on a step is skipped for that step. monitor: a GradientMonitor (default:
-    a new one over these names). CPU tensors are read through NumPy views by
+    parameters: a torch.nn.Module or its named_parameters(); a parameter
+    whose .grad is None on a step is skipped for that step, and one frozen
+    when the hook is made (requires_grad=False) joins the monitor at its first
+    gradient, if it is unfrozen later. monitor: a GradientMonitor (default:
+    a new one over the parameters that require a gradient). CPU tensors are read through NumPy views by
     gradguard's core; tensors on any other device (or all, under
     gradguard.torch.device_path()) on their device by torch's kernels, the
     monitor's statistics brought to the host in one transfer a step and the
@@ -94,8 +95,9 @@ class GradGuardHook:
         skip_nonfinite=False,
         find_origin=False,
     ):
-        self._named = named_parameters(parameters)
-        self.names = [name for name, _ in self._named]
+        self._named = named_parameters(parameters, frozen=True)  # a layer unfrozen later joins the monitor then
+        trainable = [(name, p) for name, p in self._named if p.requires_grad]
+        self.names = [name for name, _ in trainable]
         self.monitor = GradientMonitor(names=self.names) if monitor is None else monitor
         if self.monitor.names is None:
             raise ValueError("monitor must know its layers: GradientMonitor(names=...), or pass none and one is made")
@@ -108,7 +110,7 @@ class GradGuardHook:
                 raise TypeError(
                     "find_origin=True needs the module itself (its submodules are hooked), not its parameters"
                 )
-            self.origin = NonfiniteOrigin(parameters, named_parameters=self._named)
+            self.origin = NonfiniteOrigin(parameters, named_parameters=trainable)
         self.steps = 0
         self.training_step = 0  # the next step's number (see the class docstring)
         self.last_norm = None

@@ -152,9 +152,11 @@ class Watcher:
     def _recorder_for(self, optimizer):
         recorder = self._by_optimizer.get(id(optimizer))
         if recorder is None:
-            parameters = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+            # Every parameter is read when it has a gradient: one frozen now and unfrozen later joins the monitor then.
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]
             names = owner_names(parameters)
-            monitor = GradientMonitor(names=names, **self.monitor_settings)
+            trainable = [(name, p) for name, p in zip(names, parameters) if p.requires_grad]
+            monitor = GradientMonitor(names=[name for name, _ in trainable], **self.monitor_settings)
             recorder = StepRecorder(
                 list(zip(names, parameters)),
                 monitor,
@@ -164,7 +166,7 @@ class Watcher:
                 origin=self.origin,
             )
             if self.origin is not None:
-                self.origin.add_parameters(zip(names, parameters))
+                self.origin.add_parameters(trainable)
             if self._unclaimed is not None:
                 recorder.adopt(self._unclaimed)
                 self._unclaimed = None
