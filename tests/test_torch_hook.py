@@ -306,7 +306,9 @@ def test_a_layer_unfrozen_after_the_hook_was_made_joins_its_monitor():
                 parameter.requires_grad_(True)
         optimizer.zero_grad()
         torch.nn.functional.mse_loss(model(x), y).backward()
-        expected = math.sqrt(sum(float(p.grad.double().square().sum()) for p in model.parameters() if p.grad is not None))
+        expected = math.sqrt(
+            sum(float(p.grad.double().square().sum()) for p in model.parameters() if p.grad is not None)
+        )
         optimizer.step()
         assert hook.last_norm == pytest.approx(expected, rel=1e-6)
     assert hook.monitor.names == ["0.weight", "0.bias", "2.weight", "2.bias"]
