@@ -250,3 +250,11 @@ def test_gradguards_own_clip_is_seen_before_it_writes(tmp_path):
     history = watcher.recorders[0][2].monitor.history()
     assert history["grad_norm"].tolist() == pytest.approx(totals, rel=1e-6) and min(totals) > 0.5
     assert history["norm_after_clip"].tolist() == pytest.approx([0.5] * 5, rel=1e-5)
+
+
+def test_a_layer_unfrozen_during_the_run_joins_the_monitor(tmp_path):
+    assert _watch("unfreeze.py", tmp_path) == 0
+    history = _history(tmp_path)
+    assert len(history) == 20
+    assert all("grad_norm/2.weight" not in entry for entry in history[:10])
+    assert all(entry["grad_norm/2.weight"] > 0 and entry["grad_norm/2.bias"] > 0 for entry in history[10:])
