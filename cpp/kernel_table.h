@@ -10,7 +10,8 @@
 namespace gradguard {
 
 // Streaming reads ask for the cache line this many bytes ahead (within the
-// piece they read): with the hardware prefetcher alone, a core's reads in the
+// piece they read), on the targets whose isa/*.inc sets kSoftwarePrefetch:
+// on Zen 3 (AVX2), with the hardware prefetcher alone, a core's reads in the
 // reductions stayed ~25% below what they reach with it (A/B in
 // tools/ab_bench.py). The read probe does the same, so that it stays the
 // fastest read loop it is meant to be.
@@ -38,8 +39,9 @@ struct NormPartial {
 
 // Partial statistics of one piece, over its finite entries (see
 // stats_kernel for what is accumulated in which precision). The squared
-// deviations are taken around `shift` (the piece's first finite value) so the
-// variance does not cancel catastrophically when |mean| >> std.
+// deviations are taken around `shift` (the piece's first finite value on the
+// exact path) so the variance does not cancel catastrophically when |mean| >>
+// std; the float32 fast path, taken only while |mean| <= std, has shift 0.
 struct StatsPartial {
   int64_t count = 0;        // elements in the piece
   int64_t finite = 0;       // finite elements

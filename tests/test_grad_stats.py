@@ -7,7 +7,7 @@ import pytest
 
 import gradguard as gg
 from conftest import SIZES, STATS_RTOL, random_array
-from gradguard import reference
+from gradguard import _core, reference
 
 FLOAT_FIELDS = ("mean", "std", "abs_mean", "l2", "min", "max")
 COUNT_FIELDS = ("numel", "n_nan", "n_inf", "n_zero")
@@ -114,10 +114,11 @@ def test_grad_stats_extreme_values(simd_target, values):
     assert stats.n_nan[0] == 0 and stats.n_inf[0] == 0
 
 
-# float32 pieces take a fast path (float32 deviations, widened every few
-# terms) and fall back to the exact one when its error bound would not hold:
-# non-finite values, largest |x| below 2^-40, a shift far from the mean.
-# These inputs sit on both sides of each fallback rule.
+# float32 pieces take a fast path (float32 sums of x and |x|, widened every
+# few terms; the variance from the float64 squares) and fall back to the
+# exact one when its error bound would not hold: non-finite values, largest
+# |x| below 2^-40, |mean| above the standard deviation. These inputs sit on
+# both sides of each fallback rule.
 def _float32_inputs():
     rng = np.random.default_rng(11)
     size = 3 * 65536 + 77  # pieces of both paths in one tensor, and a tail
@@ -126,7 +127,7 @@ def _float32_inputs():
     outlier_first[0] = 1e4
     mixed_tiny = normal.copy()
     mixed_tiny[::3] *= 1e-30
-    mixed_tiny[:16] = 1e-30  # the shift is tiny: squares below 2^-126 are flushed
+    mixed_tiny[:16] = 1e-30  # a tiny first value beside normal ones
     half_zero = np.where(rng.random(size) < 0.5, 0.0, normal)
     spikes = normal + (rng.random(size) < 0.001) * 1e6
     one_bad_piece = normal.copy()
@@ -146,6 +147,9 @@ def _float32_inputs():
         "spikes": spikes,
         "one-nan-piece": one_bad_piece,
         "ramp": np.linspace(-1, 1, size) + 5,
+        "mean-0.9-std": 0.9 + normal,
+        "mean-1.1-std": 1.1 + normal,
+        "uniform-0-1": rng.random(size),
     }
 
 
@@ -168,6 +172,23 @@ def test_float32_fast_path_and_its_fallbacks(simd_target, name):
         alone = gg.grad_stats([values])
     for field in FLOAT_FIELDS:
         np.testing.assert_array_equal(getattr(alone, field), getattr(stats, field), err_msg=field)
+
+
+def test_float32_fast_path_is_taken_where_its_bound_holds(simd_target):
+    """Which path a float32 piece takes: the fast one (its partial's shift is 0
+    and its second moment is the float64 sum of squares, global_norm's) while
+    |mean| <= std, the exact one (shift: the piece's first finite value) beyond."""
+    normal = np.random.default_rng(5).standard_normal(gg.PIECE_ELEMENTS)
+    fields = _core.STATS_PARTIAL_FIELDS
+    for offset, fast in ((0.0, True), (0.9, True), (1.1, False), (-1.1, False)):
+        values = (normal + offset).astype(np.float32)
+        (row,) = gg.stats_partials([values]).values
+        assert (row[fields.index("shift")] == 0.0) == fast, offset
+        if fast:
+            assert row[fields.index("shifted_sumsq")] == row[fields.index("sum_of_squares")]
+            assert math.sqrt(row[fields.index("sum_of_squares")]) == gg.global_norm([values])
+        else:
+            assert row[fields.index("shift")] == values[0]
 
 
 class _threads:
