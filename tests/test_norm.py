@@ -57,7 +57,12 @@ def test_rms_norm_forward(simd_target, dtype, features, rng, rows_for):
     np.testing.assert_allclose(rstd, expected_rstd, rtol=1e-5)
 
 
-@pytest.mark.parametrize("features", [1, 9, 128, 1000, 8193])
+# 4096: rows long enough that the backward takes them in pairs (the kernel's
+# kPairRowBytes); the others, one at a time (8193: rows not vector-aligned).
+BACKWARD_FEATURES = [1, 9, 128, 1000, 4096, 8193]
+
+
+@pytest.mark.parametrize("features", BACKWARD_FEATURES)
 def test_layer_norm_backward(simd_target, dtype, features, rng, rows_for):
     rows = rows_for(features)
     x = random_array(rng, (rows, features), dtype)
@@ -77,7 +82,7 @@ def test_layer_norm_backward(simd_target, dtype, features, rng, rows_for):
     assert dx_only[1] is None and dx_only[2] is None
 
 
-@pytest.mark.parametrize("features", [1, 9, 128, 1000, 8193])
+@pytest.mark.parametrize("features", BACKWARD_FEATURES)
 def test_rms_norm_backward(simd_target, dtype, features, rng, rows_for):
     rows = rows_for(features)
     x = random_array(rng, (rows, features), dtype)
