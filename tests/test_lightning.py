@@ -31,10 +31,10 @@ class Regression(lightning.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
 
-def _trainer(callback, tmp_path, steps=12):
+def _trainer(callback, tmp_path, steps=12, **settings):
     return lightning.Trainer(
         max_steps=steps,
-        callbacks=[callback],
+        callbacks=[callback, *settings.pop("callbacks", [])],
         logger=lightning.pytorch.loggers.CSVLogger(str(tmp_path)),
         enable_progress_bar=False,
         enable_model_summary=False,
@@ -42,6 +42,7 @@ def _trainer(callback, tmp_path, steps=12):
         log_every_n_steps=1,
         accelerator="cpu",
         devices=1,
+        **settings,
     )
 
 
@@ -133,3 +134,34 @@ def test_callback_names_where_a_nan_was_born(tmp_path):
     assert born and {f.step for f in born} == {3}
     # the loss was multiplied by inf after every module: the last layer's gradient is where it began
     assert all(f.evidence["origin"].startswith("backward gradient of `body.2.") for f in born)
+
+
+class _UnfreezeAt(lightning.Callback):
+    """Progressive unfreezing: body.2 trains from `step` on."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_index):
+        if trainer.global_step == self.step:
+            for parameter in pl_module.body[2].parameters():
+                parameter.requires_grad_(True)
+
+
+def test_a_layer_unfrozen_during_fit_joins_the_monitor(tmp_path):
+    """A layer frozen when fit starts is read once it has a gradient (here with
+    gradient accumulation over 2 batches), and joins the monitor from then on."""
+    torch.manual_seed(0)
+    model = Regression()
+    for parameter in model.body[2].parameters():
+        parameter.requires_grad_(False)
+    callback = GradGuardCallback()
+    trainer = _trainer(callback, tmp_path, steps=8, accumulate_grad_batches=2, callbacks=[_UnfreezeAt(4)])
+    trainer.fit(model, _data())
+    assert trainer.fit_loop.epoch_loop.batch_progress.total.completed == 16  # two batches a step
+    names = callback.monitor.names
+    assert "body.2.weight" in names and "body.2.bias" in names
+    history = callback.monitor.history()
+    late = history["layers"].index("body.2.weight")
+    assert history["step"].tolist() == list(range(8))
+    assert np.isnan(history["norm"][:4, late]).all() and (history["norm"][4:, late] > 0).all()

@@ -18,7 +18,6 @@ except ImportError as error:  # pragma: no cover - exercised only without lightn
 
 from ._arguments import boolean, positive_int
 from .clip import clip_coefficient
-from .monitor import GradientMonitor
 from .torch import GradGuardHook
 
 __all__ = ["GradGuardCallback"]
@@ -68,9 +67,6 @@ class GradGuardCallback(Callback):
         self._trainer_clip = None
 
     def setup(self, trainer, pl_module, stage):
-        names = [name for name, p in pl_module.named_parameters() if p.requires_grad]
-        if self.monitor is None:
-            self.monitor = GradientMonitor(names=names)
         max_norm = self.max_norm
         self._trainer_clip = None
         if trainer.gradient_clip_val:  # Lightning clips after on_before_optimizer_step
@@ -93,6 +89,7 @@ class GradGuardCallback(Callback):
             skip_nonfinite=self.skip_nonfinite,
             find_origin=self.find_origin,
         )
+        self.monitor = self._hook.monitor  # the one given, or one the hook made over the trainable parameters
         if self._pending is not None:  # a checkpoint's state, given before the hook existed
             self._hook.load_state_dict(self._pending)
             self._pending = None

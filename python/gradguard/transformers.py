@@ -33,7 +33,7 @@ except ImportError as error:  # pragma: no cover - exercised only without transf
 from ._arguments import boolean, real
 from .monitor import GradientMonitor
 from .torch import clip_tap
-from .torch._tensors import named_parameters
+from .torch._tensors import named_parameters, trainable
 from .torch.origin import NonfiniteOrigin
 from .torch.recorder import StepRecorder
 
@@ -88,9 +88,8 @@ class GradGuardCallback(TrainerCallback, ExportableState):
 
     # -- the Trainer's events ------------------------------------------------------------------
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        # Every parameter is read when it has a gradient: one frozen now and unfrozen later joins the monitor then.
         every = named_parameters(model, frozen=True)
-        named = [(name, p) for name, p in every if p.requires_grad]
+        named = trainable(every)
         self.monitor = GradientMonitor(names=[name for name, _ in named], **self.monitor_settings)
         origin = NonfiniteOrigin(model, named_parameters=named) if self.find_origin else None
         self.recorder = StepRecorder(

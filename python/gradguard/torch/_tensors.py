@@ -79,11 +79,18 @@ def gradients(parameters):
     return [p.grad for p in parameters if p.grad is not None]
 
 
+def trainable(named):
+    """The (name, tensor) pairs of `named` that require a gradient now. A
+    recorder names its monitor after these but reads every parameter's
+    gradient (named_parameters(..., frozen=True)), so that a layer unfrozen
+    later joins the monitor at its first gradient."""
+    return [(name, tensor) for name, tensor in named if tensor.requires_grad]
+
+
 def named_parameters(parameters, frozen=False):
     """[(name, tensor)] from a module or an iterable of (name, tensor) pairs:
     those that require a gradient, or with frozen=True every one (a recorder
-    reads each step the gradients present then, so that a layer unfrozen
-    after it was made joins its monitor at its first gradient)."""
+    reads each step the gradients present then: see trainable)."""
     if hasattr(parameters, "named_parameters"):
         pairs = list(parameters.named_parameters())
     else:

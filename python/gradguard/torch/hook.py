@@ -11,7 +11,7 @@ from .._arguments import boolean, positive_int, real, state_entries
 from ..clip import clip_coefficient, clip_with_norm_
 from ..monitor import GradientMonitor
 from ..stats import grad_stats
-from ._tensors import InPlace, as_numpy, named_parameters, scalar
+from ._tensors import InPlace, as_numpy, named_parameters, scalar, trainable
 from .device import device_grad_stats, needs_zero_counts, on_device_path, scale_on_device_
 from .origin import NonfiniteOrigin
 
@@ -96,8 +96,8 @@ class GradGuardHook:
         find_origin=False,
     ):
         self._named = named_parameters(parameters, frozen=True)  # a layer unfrozen later joins the monitor then
-        trainable = [(name, p) for name, p in self._named if p.requires_grad]
-        self.names = [name for name, _ in trainable]
+        named_trainable = trainable(self._named)
+        self.names = [name for name, _ in named_trainable]
         self.monitor = GradientMonitor(names=self.names) if monitor is None else monitor
         if self.monitor.names is None:
             raise ValueError("monitor must know its layers: GradientMonitor(names=...), or pass none and one is made")
@@ -110,7 +110,7 @@ class GradGuardHook:
                 raise TypeError(
                     "find_origin=True needs the module itself (its submodules are hooked), not its parameters"
                 )
-            self.origin = NonfiniteOrigin(parameters, named_parameters=trainable)
+            self.origin = NonfiniteOrigin(parameters, named_parameters=named_trainable)
         self.steps = 0
         self.training_step = 0  # the next step's number (see the class docstring)
         self.last_norm = None

@@ -26,6 +26,7 @@ import math
 
 import torch as _torch
 
+from ._tensors import trainable
 from .device import to_host
 
 __all__ = ["NonfiniteOrigin"]
@@ -58,7 +59,7 @@ class NonfiniteOrigin:
             for _, submodule in module.named_modules():
                 self._handles.append(submodule.register_forward_hook(self._after_forward))
             if named_parameters is None:
-                named_parameters = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+                named_parameters = trainable(module.named_parameters())
         else:
             from torch.nn.modules.module import register_module_forward_hook
 

@@ -31,6 +31,7 @@ from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from ..monitor import GradientMonitor
 from ..torch import clip_tap
+from ..torch._tensors import trainable
 from ..torch.origin import NonfiniteOrigin
 from ..torch.recorder import StepRecorder, read_stats
 from . import outputs
@@ -152,11 +153,10 @@ class Watcher:
     def _recorder_for(self, optimizer):
         recorder = self._by_optimizer.get(id(optimizer))
         if recorder is None:
-            # Every parameter is read when it has a gradient: one frozen now and unfrozen later joins the monitor then.
-            parameters = [p for group in optimizer.param_groups for p in group["params"]]
+            parameters = [p for group in optimizer.param_groups for p in group["params"]]  # frozen ones too
             names = owner_names(parameters)
-            trainable = [(name, p) for name, p in zip(names, parameters) if p.requires_grad]
-            monitor = GradientMonitor(names=[name for name, _ in trainable], **self.monitor_settings)
+            named_trainable = trainable(zip(names, parameters))
+            monitor = GradientMonitor(names=[name for name, _ in named_trainable], **self.monitor_settings)
             recorder = StepRecorder(
                 list(zip(names, parameters)),
                 monitor,
@@ -166,7 +166,7 @@ class Watcher:
                 origin=self.origin,
             )
             if self.origin is not None:
-                self.origin.add_parameters(trainable)
+                self.origin.add_parameters(named_trainable)
             if self._unclaimed is not None:
                 recorder.adopt(self._unclaimed)
                 self._unclaimed = None
