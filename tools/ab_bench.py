@@ -10,7 +10,8 @@ unpacked beside it); the current checkout is whatever `import gradguard`
 finds. Cases: `stats` (grad_stats and global_norm on the standard workloads,
 and the plain read of the same arrays: "new x own" is the time over that
 read's), `norm` (layer and RMS norm, forward and backward, with and without
-out=, on the norm bench's shapes). With --cold each timed call follows a
+out=, on the norm bench's shapes); --match keeps the cases whose name contains
+a given text (e.g. --match "bwd 65536x128"). With --cold each timed call follows a
 512 MiB read, so that a workload smaller than the L3 is timed from memory too.
 """
 
@@ -114,7 +115,7 @@ def _norm_cases():
         yield from _norm_shape_cases(rows, features)
 
 
-def _child(sections, calls, threads, cold=False):
+def _child(sections, calls, threads, cold=False, match=()):
     import numpy as np
 
     from gradguard import _core
@@ -130,6 +131,8 @@ def _child(sections, calls, threads, cold=False):
     makers = {"stats": _stats_cases, "norm": _norm_cases}
     for section in sections:
         for name, function, nbytes, kind in makers[section]():
+            if match and not any(text in name for text in match):
+                continue
             # --cold: each timed call follows a 512 MiB read, so it starts from
             # memory (a workload smaller than the L3 otherwise stays partly cached
             # between back-to-back calls, and beats the probe).
@@ -183,16 +186,21 @@ def main(argv=None):
     parser.add_argument("--calls", type=int, default=15, help="timed calls per case in each process (best kept)")
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--cold", action="store_true", help="time each call after a 512 MiB read (from memory)")
+    parser.add_argument(
+        "--match", action="append", default=[], help="time only cases whose name contains this (repeatable)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         if args.base_path:
             _use_base(args.base_path)
-        return _child(args.sections, args.calls, args.threads, args.cold)
+        return _child(args.sections, args.calls, args.threads, args.cold, args.match)
     base = args.base_path or str(_build_base(args.base_rev, Path(args.cache)))
     common = [*args.sections, "--calls", str(args.calls), "--threads", str(args.threads), "--child"]
     if args.cold:
         common.append("--cold")
+    for text in args.match:
+        common += ["--match", text]
     best = {"base": {}, "new": {}}
     for round_index in range(args.rounds):
         order = ("base", "new") if round_index % 2 == 0 else ("new", "base")
