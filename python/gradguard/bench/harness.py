@@ -90,6 +90,17 @@ def copy_probes(source, target):
     return probes
 
 
+def fresh_copy_probes(source):
+    """x -> a newly allocated y: the yardstick of a call without out=, which
+    pays the same page faults (glibc hands an array of 32 MiB or more fresh
+    pages from the kernel on every allocation; smaller ones it recycles)."""
+    probes = {"numpy copy": lambda: np.copy(source)}
+    if torch is not None:
+        source_tensor = torch.from_numpy(source)
+        probes["torch clone"] = lambda: source_tensor.clone()
+    return probes
+
+
 @dataclass
 class Bandwidth:
     read: float  # bytes/s, best of the read probes
