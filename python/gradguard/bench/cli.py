@@ -21,6 +21,12 @@ def add_arguments(parser):
         "--threads", type=whole_number(1), default=get_num_threads(), help="threads for gradguard and torch"
     )
     parser.add_argument(
+        "--busy-settle",
+        action="store_true",
+        help="norm section: before each timed call, spin for the settle time instead of sleeping "
+        "(on a VM, calls after idle can run slower; compare both)",
+    )
+    parser.add_argument(
         "--sections",
         nargs="+",
         default=["clip", "norm", "optim"],
@@ -47,7 +53,7 @@ def run_from_arguments(arguments):
     if "norm" in arguments.sections:
         _use_threads(arguments.threads)
         print()
-        print(format_norm_table(run_norms(arguments.repeat)))
+        print(format_norm_table(run_norms(arguments.repeat, busy_settle=arguments.busy_settle)))
     if "optim" in arguments.sections:
         _use_threads(arguments.threads)
         print()

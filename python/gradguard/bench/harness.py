@@ -24,14 +24,29 @@ except ImportError:  # torch is optional: its columns are left out
 SETTLE_SECONDS = 0.02
 
 
-def interleaved_medians(functions, repeat, warmup=1, repeat_of=None, first=(), settle=SETTLE_SECONDS, before=None):
+def _wait(seconds, busy):
+    """Idle (sleep) or keep this thread busy (spin) for `seconds`."""
+    if not busy:
+        time.sleep(seconds)
+        return
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        pass
+
+
+def interleaved_medians(
+    functions, repeat, warmup=1, repeat_of=None, first=(), settle=SETTLE_SECONDS, before=None, busy_settle=False
+):
     """Median seconds of each function, timed round-robin: every round calls
     each function once. On a machine whose memory bandwidth drifts (a shared
     host), drift then affects every function alike. The functions named in
     `first` open every round; the others follow in an order rotated by one
     each round, so each follows every other equally often (caches it left
     warm or cold). Each timed call follows `settle` idle seconds and one
-    untimed call of the same function.
+    untimed call of the same function. busy_settle: spend those seconds
+    spinning on this thread instead of sleeping (on a VM whose cores clock
+    down or are handed to other guests when idle, a call after idle runs
+    slower, the more so the more it computes per byte).
     repeat_of: optional name -> repeat count for slow functions. before: an
     untimed callable run right before each timed call (e.g. restoring inputs
     the functions change in place)."""
@@ -45,7 +60,7 @@ def interleaved_medians(functions, repeat, warmup=1, repeat_of=None, first=(), s
         shift = round_index % max(1, len(rotating))
         for name in list(first) + rotating[shift:] + rotating[:shift]:
             if round_index < counts[name]:
-                time.sleep(settle)
+                _wait(settle, busy_settle)
                 functions[name]()  # untimed: wakes the library's threads, as in back-to-back use
                 if before is not None:
                     before()

@@ -105,11 +105,12 @@ def make_norm_cases(shape, seed=0, kind="layer"):
     }
 
 
-def run_norms(repeat, shapes=NORM_SHAPES, kinds=NORM_KINDS):
+def run_norms(repeat, shapes=NORM_SHAPES, kinds=NORM_KINDS, busy_settle=False):
     """Rows for the normalisation section, each case timed round-robin with the copy probes.
     copy_fraction = bytes moved per second / the best copy's (read + write) bytes per
     second into a kept buffer; fresh_copy_fraction, for the calls that allocate
-    their output (no out=), the same against the best copy into a new buffer."""
+    their output (no out=), the same against the best copy into a new buffer.
+    busy_settle: as interleaved_medians takes it."""
     rows = []
     for kind in kinds:
         for shape in shapes:
@@ -120,7 +121,7 @@ def run_norms(repeat, shapes=NORM_SHAPES, kinds=NORM_KINDS):
             for direction, moved in (("forward", 2 * nbytes), ("backward", 3 * nbytes)):
                 functions = dict(cases[direction])
                 functions.update(copies)
-                medians = interleaved_medians(functions, repeat, first=tuple(copies))
+                medians = interleaved_medians(functions, repeat, first=tuple(copies), busy_settle=busy_settle)
                 copy_bandwidth = max(2 * nbytes / medians[f"copy: {name}"] for name in cases["copy"])
                 fresh_bandwidth = max(2 * nbytes / medians[f"fresh copy: {name}"] for name in cases["fresh copy"])
                 for name in cases[direction]:
