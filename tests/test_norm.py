@@ -171,13 +171,15 @@ def test_out_buffer_and_in_place(simd_target, rng):
 
 
 # Outputs of 16 MiB and more are written with streaming stores, whole cache
-# lines only (a row's partial lines take ordinary stores, wherever `out`
-# starts), and with ordinary stores where the inputs' loads would trail them
-# closely modulo 4 KiB (4K aliasing). Each placement must give the same answers.
+# lines only (the line two rows share is held until the second row completes
+# it; a part no row completes takes ordinary stores), and with ordinary stores
+# where the inputs' loads would trail them closely modulo 4 KiB (4K aliasing).
+# Each placement must give the same answers and write nothing outside `out`.
+# 24 features: rows under two lines, which share lines without the carry.
 STREAMED_BYTES = 16 << 20
 
 
-@pytest.mark.parametrize("features", [1000, 4096])
+@pytest.mark.parametrize("features", [24, 128, 1000, 4096])
 def test_streamed_output_wherever_out_lies(simd_target, features):
     rng = np.random.default_rng(features)
     rows = -(-STREAMED_BYTES // (4 * features))
@@ -195,8 +197,12 @@ def test_streamed_output_wherever_out_lies(simd_target, features):
     # Just past x (and dy: both were allocated alike) modulo 4 KiB, and far from it.
     page_offset = (x.ctypes.data - buffer.ctypes.data) % 4096
     starts += [(page_offset + distance) % 4096 // 4 for distance in (64, 192, 2048)]
+    outside = np.ones(buffer.size, bool)
     for start in starts:
         out = buffer[start : start + x.size].reshape(x.shape)
+        outside[:] = True
+        outside[start : start + x.size] = False
+        buffer.fill(-7.0)
         out.fill(np.nan)
         assert gg.layer_norm(x, weight, bias, out=out) is out
         assert_close(out, expected_y, np.float32, np.abs(expected_y).max())
@@ -205,6 +211,7 @@ def test_streamed_output_wherever_out_lies(simd_target, features):
         assert dx is out
         assert_close(dx, expected_dx, np.float32, np.abs(dy * weight * rstd[:, None]).max())
         assert_close(dweight, expected_dweight, np.float32, dweight_scale)
+        assert (buffer[outside] == -7.0).all()
 
 
 def test_constant_rows_huge_and_tiny_magnitudes(simd_target):
